@@ -1,0 +1,277 @@
+//! Handlers of the HTTP server API (PROTOCOL.md section 8). Each validates its input,
+//! calls the broker or the hub, and answers JSON (MessagePack when `Accept` asks for it).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::ApiError;
+use super::body::{self, Broadcast, BroadcastBody, DisconnectBody, Publish, PublishBody, UnsubscribeBody};
+use crate::config::NamespaceConfig;
+use crate::hub::{ClientHandle, ClientId};
+use crate::protocol::{ChannelName, CloseCode, Encoding, ErrorCode, HistoryItem, Payload, ServerMessage, StreamPosition, data_fields};
+use crate::state::AppState;
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Answers `value` as JSON, or MessagePack when the client's `Accept` prefers it.
+fn respond<T: Serialize>(headers: &HeaderMap, value: &T) -> ApiResult {
+    let wants_msgpack = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("msgpack"));
+    if wants_msgpack {
+        let bytes = rmp_serde::to_vec_named(value)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, e.to_string()))?;
+        return Ok(([(header::CONTENT_TYPE, "application/msgpack")], bytes).into_response());
+    }
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+/// Parses a channel and finds its namespace: 400 with code 107 or 102.
+fn channel_and_namespace(state: &AppState, name: &str) -> Result<(ChannelName, NamespaceConfig), ApiError> {
+    let channel = ChannelName::parse(name).map_err(|e| ApiError::bad_request(format!("channel {name:?}: {e}")))?;
+    let ns = state.config().namespace_of(&channel).cloned().ok_or_else(|| {
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::UnknownChannel, format!("unknown namespace for channel {channel}"))
+    })?;
+    Ok((channel, ns))
+}
+
+fn check_size(state: &AppState, payload: &Payload) -> Result<(), ApiError> {
+    let limit = state.config().api.max_publish_bytes;
+    if payload.len() > limit {
+        state.metrics.limit_tripped("publish_body_size");
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::LimitExceeded, "data larger than max_publish_bytes"));
+    }
+    Ok(())
+}
+
+pub async fn publish(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> ApiResult {
+    let limit = state.config().api.max_publish_bytes;
+    let (kind, bytes) = body::read(&headers, body, limit).await?;
+    let request: Publish = body::decode_with_data::<PublishBody<Box<RawValue>>, PublishBody<rmpv::Value>, _>(
+        kind,
+        &bytes,
+        Publish::from,
+        Publish::from,
+    )?;
+    let (channel, ns) = channel_and_namespace(&state, &request.channel)?;
+    check_size(&state, &request.payload)?;
+    let result = state
+        .broker
+        .publish(&channel, request.payload, &ns, request.idempotency_key.as_deref())
+        .await?;
+    state.metrics.publications.with_label_values(&["api"]).inc();
+    respond(&headers, &result)
+}
+
+pub async fn broadcast(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> ApiResult {
+    let limit = state.config().api.max_publish_bytes;
+    let (kind, bytes) = body::read(&headers, body, limit).await?;
+    let request: Broadcast = body::decode_with_data::<BroadcastBody<Box<RawValue>>, BroadcastBody<rmpv::Value>, _>(
+        kind,
+        &bytes,
+        Broadcast::from,
+        Broadcast::from,
+    )?;
+    if request.channels.is_empty() {
+        return Err(ApiError::bad_request("channels must list at least one channel"));
+    }
+    check_size(&state, &request.payload)?;
+    let mut results = Vec::with_capacity(request.channels.len());
+    for name in &request.channels {
+        let outcome = match channel_and_namespace(&state, name) {
+            Ok((channel, ns)) => state
+                .broker
+                .publish(&channel, request.payload.clone(), &ns, None)
+                .await
+                .map_err(ApiError::from),
+            Err(err) => Err(err),
+        };
+        results.push(match outcome {
+            Ok(result) => {
+                state.metrics.publications.with_label_values(&["api"]).inc();
+                json!({ "channel": name, "offset": result.offset, "epoch": result.epoch })
+            }
+            Err(err) => json!({ "channel": name, "error": { "code": err.code.as_u16(), "message": err.message } }),
+        });
+    }
+    for result in &mut results {
+        if let Some(map) = result.as_object_mut() {
+            map.retain(|_, v| !v.is_null());
+        }
+    }
+    respond(&headers, &json!({ "results": results }))
+}
+
+/// The local clients a `user` or `client_id` selector names.
+fn select_clients(state: &AppState, user: Option<&str>, client_id: Option<&str>) -> Result<Vec<Arc<ClientHandle>>, ApiError> {
+    match (user, client_id) {
+        (Some(user), None) => Ok(state.hub.clients_of_user(user)),
+        (None, Some(id)) => Ok(ClientId::parse(id).and_then(|id| state.hub.client(id)).into_iter().collect()),
+        _ => Err(ApiError::bad_request("give exactly one of user or client_id")),
+    }
+}
+
+pub async fn disconnect(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> ApiResult {
+    let limit = state.config().api.max_publish_bytes;
+    let (kind, bytes) = body::read(&headers, body, limit).await?;
+    let request: DisconnectBody = body::decode(kind, &bytes)?;
+    let code = match request.code {
+        None => CloseCode::ApiDisconnect,
+        Some(code) => CloseCode::from_u16(code)
+            .filter(|c| (4000..=4999).contains(&c.as_u16()))
+            .ok_or_else(|| ApiError::bad_request("code must be in 4000..=4999"))?,
+    };
+    let reason = request.reason.unwrap_or_else(|| code.default_reason().to_owned());
+    let reconnect = request.reconnect.unwrap_or(true);
+    let clients = select_clients(&state, request.user.as_deref(), request.client_id.as_deref())?;
+    let disconnected = clients
+        .iter()
+        .filter(|c| c.close_with(code, &reason, reconnect, true))
+        .count();
+    respond(&headers, &json!({ "disconnected": disconnected }))
+}
+
+pub async fn unsubscribe(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> ApiResult {
+    let limit = state.config().api.max_publish_bytes;
+    let (kind, bytes) = body::read(&headers, body, limit).await?;
+    let request: UnsubscribeBody = body::decode(kind, &bytes)?;
+    let channel = ChannelName::parse(&request.channel)
+        .map_err(|e| ApiError::bad_request(format!("channel {:?}: {e}", request.channel)))?;
+    let clients = select_clients(&state, request.user.as_deref(), request.client_id.as_deref())?;
+    let limits = state.hub.queue_limits();
+    let mut unsubscribed = 0;
+    for client in clients {
+        if state.hub.unsubscribe(&client, &channel) {
+            unsubscribed += 1;
+            let notice = ServerMessage::Unsubscribed { id: 0, channel: channel.as_str() };
+            if let Ok(bytes) = crate::protocol::encode(client.encoding, &notice) {
+                let _ = client.push(bytes, limits);
+            }
+        }
+    }
+    respond(&headers, &json!({ "unsubscribed": unsubscribed }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChannelsQuery {
+    #[serde(default)]
+    prefix: String,
+}
+
+pub async fn channels(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(query): Query<ChannelsQuery>) -> ApiResult {
+    let mut channels = state.hub.channel_counts(&query.prefix);
+    channels.sort();
+    let list: Vec<_> = channels
+        .iter()
+        .map(|(channel, n)| json!({ "channel": channel.as_str(), "subscribers": n }))
+        .collect();
+    respond(&headers, &json!({ "channels": list }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ChannelQuery {
+    channel: Option<String>,
+    limit: Option<usize>,
+    since_offset: Option<u64>,
+    since_epoch: Option<String>,
+}
+
+fn required_channel(state: &AppState, query: &ChannelQuery) -> Result<(ChannelName, NamespaceConfig), ApiError> {
+    let name = query.channel.as_deref().ok_or_else(|| ApiError::bad_request("query parameter channel is required"))?;
+    channel_and_namespace(state, name)
+}
+
+pub async fn presence(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(query): Query<ChannelQuery>) -> ApiResult {
+    let (channel, ns) = required_channel(&state, &query)?;
+    if !ns.presence {
+        return Err(ApiError::not_available(format!("presence is off for the namespace of {channel}")));
+    }
+    let clients = state.broker.presence(&channel).await?;
+    respond(&headers, &json!({ "clients": clients }))
+}
+
+pub async fn history(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(query): Query<ChannelQuery>) -> ApiResult {
+    let (channel, ns) = required_channel(&state, &query)?;
+    if ns.history_size == 0 {
+        return Err(ApiError::not_available(format!("history is off for the namespace of {channel}")));
+    }
+    let since = match (query.since_offset, &query.since_epoch) {
+        (Some(offset), Some(epoch)) => Some(StreamPosition { offset, epoch: epoch.clone() }),
+        (None, None) => None,
+        _ => return Err(ApiError::bad_request("since_offset and since_epoch go together")),
+    };
+    let page = state.broker.history(&channel, &ns, since.as_ref(), query.limit).await?;
+    let messages: Vec<HistoryItem<'_>> = page
+        .messages
+        .iter()
+        .map(|(offset, payload)| {
+            let (data, data_b64) = data_fields(Encoding::Json, payload);
+            HistoryItem { offset: *offset, data, data_b64 }
+        })
+        .collect();
+    #[derive(Serialize)]
+    struct HistoryReply<'a> {
+        channel: &'a str,
+        epoch: &'a str,
+        offset: u64,
+        messages: Vec<HistoryItem<'a>>,
+    }
+    respond(
+        &headers,
+        &HistoryReply { channel: channel.as_str(), epoch: &page.epoch, offset: page.offset, messages },
+    )
+}
+
+pub async fn info(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
+    let node = &state.node;
+    let this = json!({
+        "id": node.id,
+        "name": node.name,
+        "version": node.version,
+        "uptime_s": node.started.elapsed().as_secs(),
+        "connections": state.hub.connection_count(),
+        "subscriptions": state.hub.subscription_count(),
+        "channels": state.hub.channel_count(),
+    });
+    respond(&headers, &json!({ "nodes": [this] }))
+}
+
+pub async fn health() -> Response {
+    axum::Json(json!({ "status": "ok" })).into_response()
+}
+
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable", "reason": "shutting down" })))
+            .into_response();
+    }
+    match state.broker.readiness() {
+        Ok(()) => axum::Json(json!({ "status": "ready", "broker": state.broker.kind() })).into_response(),
+        Err(reason) => {
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable", "reason": reason })))
+                .into_response()
+        }
+    }
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotAvailable, "no such route")
+}

@@ -1,0 +1,101 @@
+//! The HTTP server API for backend services (`/api/*`, bearer keys), plus `/health`,
+//! `/ready` and `/metrics`. Only this module maps errors to HTTP statuses.
+
+mod body;
+mod error;
+mod handlers;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+
+use crate::protocol::ErrorCode;
+use crate::state::AppState;
+
+/// The `/api` routes, behind API-key auth.
+pub fn api_router(state: Arc<AppState>) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/publish", post(handlers::publish))
+        .route("/api/broadcast", post(handlers::broadcast))
+        .route("/api/disconnect", post(handlers::disconnect))
+        .route("/api/unsubscribe", post(handlers::unsubscribe))
+        .route("/api/channels", get(handlers::channels))
+        .route("/api/presence", get(handlers::presence))
+        .route("/api/history", get(handlers::history))
+        .route("/api/info", get(handlers::info))
+        .route("/api/{*rest}", axum::routing::any(handlers::not_found))
+        .layer(middleware::from_fn_with_state(state, require_api_key))
+}
+
+/// `/health`, `/ready` and (unless on its own listener) `/metrics`.
+pub fn probe_router(with_metrics: bool) -> Router<Arc<AppState>> {
+    let router = Router::new()
+        .route("/health", get(handlers::health))
+        .route("/ready", get(handlers::ready));
+    if with_metrics { router.merge(metrics_router()) } else { router }
+}
+
+pub fn metrics_router() -> Router<Arc<AppState>> {
+    Router::new().route("/metrics", get(handlers::metrics))
+}
+
+async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim);
+    match presented {
+        Some(key) if state.api_keys.check(key.as_bytes()) => next.run(request).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "invalid API key").into_response(),
+        None => ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing Authorization: Bearer <api key>")
+            .into_response(),
+    }
+}
+
+/// Counts every HTTP request by route and status, with its latency.
+pub async fn record_metrics(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let route = route_label(request.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
+    if route == "ws" {
+        return next.run(request).await;
+    }
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let metrics = &state.metrics;
+    metrics
+        .api_requests
+        .with_label_values(&[route, response.status().as_str()])
+        .inc();
+    metrics
+        .api_request_seconds
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+fn route_label(path: Option<&str>) -> &'static str {
+    match path {
+        Some("/ws") => "ws",
+        Some("/api/publish") => "publish",
+        Some("/api/broadcast") => "broadcast",
+        Some("/api/disconnect") => "disconnect",
+        Some("/api/unsubscribe") => "unsubscribe",
+        Some("/api/channels") => "channels",
+        Some("/api/presence") => "presence",
+        Some("/api/history") => "history",
+        Some("/api/info") => "info",
+        Some("/health") => "health",
+        Some("/ready") => "ready",
+        Some("/metrics") => "metrics",
+        _ => "other",
+    }
+}

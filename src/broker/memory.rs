@@ -1,0 +1,233 @@
+//! The embedded single-node broker: per-channel streams with offsets and history in
+//! process memory, idempotency keys, and presence read straight from the hub.
+//!
+//! A channel's lock is held from offset assignment through `Hub::dispatch` and through a
+//! recovering subscribe, so history, offsets and live delivery can never disagree.
+//! A stream unused for its `history_ttl` is dropped; the next publication starts a new
+//! epoch at offset 1, so a client holding the old epoch learns it must reload.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::Mutex;
+
+use super::{HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered};
+use crate::config::NamespaceConfig;
+use crate::hub::{ClientHandle, Hub, Publication};
+use crate::protocol::{ChannelName, ClientInfo, Payload, StreamPosition};
+
+/// How long an idempotency key is remembered (PROTOCOL.md section 8).
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
+/// Locks that order publications on channels without history.
+const STRIPES: usize = 256;
+
+struct Stream {
+    epoch: String,
+    offset: u64,
+    items: VecDeque<(u64, Payload, Instant)>,
+    touched: Instant,
+}
+
+impl Stream {
+    fn new() -> Self {
+        Stream {
+            epoch: new_epoch(),
+            offset: 0,
+            items: VecDeque::new(),
+            touched: Instant::now(),
+        }
+    }
+
+    fn prune(&mut self, ns: &NamespaceConfig, now: Instant) {
+        let ttl = Duration::from_secs(ns.history_ttl_secs);
+        while self.items.len() > ns.history_size {
+            self.items.pop_front();
+        }
+        while self.items.front().is_some_and(|(_, _, at)| now.duration_since(*at) > ttl) {
+            self.items.pop_front();
+        }
+    }
+
+    /// Messages after `offset`, and whether they cover everything since it.
+    fn since(&self, offset: u64) -> (Vec<(u64, Payload)>, bool) {
+        let messages: Vec<(u64, Payload)> = self
+            .items
+            .iter()
+            .filter(|(o, _, _)| *o > offset)
+            .map(|(o, p, _)| (*o, p.clone()))
+            .collect();
+        let complete = match messages.first() {
+            Some((first, _)) => *first == offset + 1,
+            None => offset == self.offset,
+        };
+        (messages, complete)
+    }
+}
+
+fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// The in-memory broker.
+pub struct MemoryBroker {
+    hub: Hub,
+    streams: DashMap<ChannelName, Arc<Mutex<Stream>>>,
+    stripes: Vec<Mutex<()>>,
+    idempotency: DashMap<String, (Instant, PublishResult)>,
+}
+
+impl MemoryBroker {
+    pub fn new(hub: Hub) -> Self {
+        MemoryBroker {
+            hub,
+            streams: DashMap::new(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            idempotency: DashMap::new(),
+        }
+    }
+
+    fn stripe(&self, channel: &ChannelName) -> &Mutex<()> {
+        let mut hasher = self.streams.hasher().build_hasher();
+        channel.hash(&mut hasher);
+        &self.stripes[(hasher.finish() as usize) % STRIPES]
+    }
+
+    fn stream(&self, channel: &ChannelName) -> Arc<Mutex<Stream>> {
+        self.streams
+            .entry(channel.clone())
+            .or_insert_with(|| Arc::new(Mutex::new(Stream::new())))
+            .value()
+            .clone()
+    }
+
+    fn remembered(&self, key: Option<&str>) -> Option<PublishResult> {
+        let key = key?;
+        let entry = self.idempotency.get(key)?;
+        (entry.0.elapsed() < IDEMPOTENCY_WINDOW).then(|| entry.1.clone())
+    }
+
+    pub async fn publish(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+        ns: &NamespaceConfig,
+        idempotency_key: Option<&str>,
+    ) -> PublishResult {
+        self.expire_idle();
+        if ns.history_size == 0 {
+            let _order = self.stripe(channel).lock().await;
+            if let Some(result) = self.remembered(idempotency_key) {
+                return result;
+            }
+            let publication = Publication { channel: channel.clone(), payload, position: None };
+            self.hub.dispatch(publication).await;
+            let result = PublishResult { offset: None, epoch: None };
+            self.remember(idempotency_key, &result);
+            return result;
+        }
+        let stream = self.stream(channel);
+        let mut stream = stream.lock().await;
+        if let Some(result) = self.remembered(idempotency_key) {
+            return result;
+        }
+        let now = Instant::now();
+        stream.offset += 1;
+        stream.touched = now;
+        let position = StreamPosition { offset: stream.offset, epoch: stream.epoch.clone() };
+        stream.items.push_back((position.offset, payload.clone(), now));
+        stream.prune(ns, now);
+        let result = PublishResult { offset: Some(position.offset), epoch: Some(position.epoch.clone()) };
+        let publication = Publication { channel: channel.clone(), payload, position: Some(position) };
+        self.hub.dispatch(publication).await;
+        drop(stream);
+        self.remember(idempotency_key, &result);
+        result
+    }
+
+    fn remember(&self, key: Option<&str>, result: &PublishResult) {
+        if let Some(key) = key {
+            self.idempotency.insert(key.to_owned(), (Instant::now(), result.clone()));
+        }
+    }
+
+    /// Drops idempotency keys past their window (cheap: only when the map is large or
+    /// every few thousand publications would be better; the map is small in practice).
+    fn expire_idle(&self) {
+        if self.idempotency.len() > 10_000 {
+            self.idempotency.retain(|_, (at, _)| at.elapsed() < IDEMPOTENCY_WINDOW);
+        }
+    }
+
+    pub async fn subscribe(
+        &self,
+        client: &Arc<ClientHandle>,
+        channel: &ChannelName,
+        ns: &NamespaceConfig,
+        recover: Option<&StreamPosition>,
+        reply: ReplyBuilder<'_>,
+    ) -> Option<SubscribeResult> {
+        if ns.history_size == 0 {
+            let result = SubscribeResult { position: None, recovered: None };
+            let _order = self.stripe(channel).lock().await;
+            return self.hub.subscribe(client, channel, reply(&result).into_iter().collect()).then_some(result);
+        }
+        let stream = self.stream(channel);
+        let mut stream = stream.lock().await;
+        let now = Instant::now();
+        stream.prune(ns, now);
+        let position = StreamPosition { offset: stream.offset, epoch: stream.epoch.clone() };
+        let (recovered, missed) = match recover {
+            Some(from) if from.epoch == stream.epoch => {
+                let (messages, complete) = stream.since(from.offset);
+                if complete { (Some(true), messages) } else { (Some(false), Vec::new()) }
+            }
+            Some(_) => (Some(false), Vec::new()),
+            None => (None, Vec::new()),
+        };
+        let result = SubscribeResult { position: Some(position), recovered };
+        let mut frames: Vec<_> = reply(&result).into_iter().collect();
+        frames.extend(encode_recovered(client.encoding, channel, &stream.epoch, &missed));
+        self.hub.subscribe(client, channel, frames).then_some(result)
+    }
+
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        ns: &NamespaceConfig,
+        since: Option<&StreamPosition>,
+        limit: Option<usize>,
+    ) -> HistoryPage {
+        let stream = self.stream(channel);
+        let mut stream = stream.lock().await;
+        stream.prune(ns, Instant::now());
+        let from = since.filter(|s| s.epoch == stream.epoch).map_or(0, |s| s.offset);
+        let (mut messages, _) = stream.since(from);
+        if let Some(limit) = limit {
+            messages.truncate(limit);
+        }
+        HistoryPage { epoch: stream.epoch.clone(), offset: stream.offset, messages }
+    }
+
+    pub fn presence(&self, channel: &ChannelName) -> Vec<ClientInfo> {
+        self.hub
+            .subscribers(channel)
+            .iter()
+            .map(|c| ClientInfo {
+                client_id: c.client_id(),
+                user: c.user.to_string(),
+                info: c.info.as_deref().cloned(),
+            })
+            .collect()
+    }
+
+    /// Drops streams untouched for longer than their namespace's history TTL.
+    pub fn expire_streams(&self, ttl_of: impl Fn(&ChannelName) -> Option<Duration>) {
+        self.streams.retain(|name, stream| {
+            let Ok(stream) = stream.try_lock() else { return true };
+            ttl_of(name).is_some_and(|ttl| stream.touched.elapsed() <= ttl)
+        });
+    }
+}

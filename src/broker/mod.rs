@@ -1,0 +1,148 @@
+//! Brokers carry publications to the hub of every node that has subscribers, and own
+//! channel streams: offsets, epochs, history, idempotency, presence.
+//!
+//! `memory` serves one node with no dependency (the embedded default). A `redis` broker
+//! relays between nodes. `Broker` is an enum, not a trait object: there are few kinds and
+//! every call site stays a plain `await`.
+//!
+//! Architecture Invariant: a channel's publications reach `Hub::dispatch` one at a time,
+//! in offset order; that is what makes per-channel order the same for every client.
+
+mod memory;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use memory::MemoryBroker;
+
+use crate::config::NamespaceConfig;
+use crate::hub::{ClientHandle, Hub};
+use crate::protocol::{ChannelName, ClientInfo, Encoding, Payload, StreamPosition};
+
+/// A broker operation that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The outcome of a publication.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PublishResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<String>,
+}
+
+/// A page of a channel's history.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub epoch: String,
+    /// The channel's latest offset.
+    pub offset: u64,
+    pub messages: Vec<(u64, Payload)>,
+}
+
+/// What a subscribe with `recover` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeResult {
+    pub position: Option<StreamPosition>,
+    pub recovered: Option<bool>,
+}
+
+/// Builds the `subscribed` reply once the broker knows the stream position.
+pub type ReplyBuilder<'a> = &'a (dyn Fn(&SubscribeResult) -> Option<Bytes> + Sync);
+
+/// The broker of one node.
+#[derive(Clone)]
+pub enum Broker {
+    Memory(Arc<MemoryBroker>),
+}
+
+impl Broker {
+    pub fn memory(hub: Hub) -> Broker {
+        Broker::Memory(Arc::new(MemoryBroker::new(hub)))
+    }
+
+    /// Publishes `payload` on `channel`; assigns offset and epoch where `ns` keeps history.
+    pub async fn publish(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+        ns: &NamespaceConfig,
+        idempotency_key: Option<&str>,
+    ) -> Result<PublishResult, BrokerError> {
+        match self {
+            Broker::Memory(b) => Ok(b.publish(channel, payload, ns, idempotency_key).await),
+        }
+    }
+
+    /// Subscribes a local client, recovering missed messages when asked: the `subscribed`
+    /// reply, then the recovered messages, then live ones, each exactly once.
+    pub async fn subscribe(
+        &self,
+        client: &Arc<ClientHandle>,
+        channel: &ChannelName,
+        ns: &NamespaceConfig,
+        recover: Option<&StreamPosition>,
+        reply: ReplyBuilder<'_>,
+    ) -> Result<Option<SubscribeResult>, BrokerError> {
+        match self {
+            Broker::Memory(b) => Ok(b.subscribe(client, channel, ns, recover, reply).await),
+        }
+    }
+
+    /// A channel's history after `since` (all of it without), at most `limit` messages.
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        ns: &NamespaceConfig,
+        since: Option<&StreamPosition>,
+        limit: Option<usize>,
+    ) -> Result<HistoryPage, BrokerError> {
+        match self {
+            Broker::Memory(b) => Ok(b.history(channel, ns, since, limit).await),
+        }
+    }
+
+    /// Clients present in `channel`.
+    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, BrokerError> {
+        match self {
+            Broker::Memory(b) => Ok(b.presence(channel)),
+        }
+    }
+
+    /// `Ok` while the broker can serve; the reason otherwise (for `/ready`).
+    pub fn readiness(&self) -> Result<(), String> {
+        match self {
+            Broker::Memory(_) => Ok(()),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Broker::Memory(_) => "memory",
+        }
+    }
+}
+
+/// Encodes the recovered messages for a client.
+pub(crate) fn encode_recovered(
+    encoding: Encoding,
+    channel: &ChannelName,
+    epoch: &str,
+    messages: &[(u64, Payload)],
+) -> Vec<Bytes> {
+    messages
+        .iter()
+        .filter_map(|(offset, payload)| {
+            let position = StreamPosition {
+                offset: *offset,
+                epoch: epoch.to_owned(),
+            };
+            crate::protocol::encode_publication(encoding, channel.as_str(), payload, Some(&position)).ok()
+        })
+        .collect()
+}

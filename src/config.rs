@@ -1,0 +1,454 @@
+//! Typed configuration: embedded defaults, a TOML file, `PUSHWIRE_*` environment overrides
+//! (`PUSHWIRE_CLIENT__PING_INTERVAL_SECS=5`), then command-line flags, in that order.
+//! `validate` checks every value and names the offending key.
+//!
+//! Every limit the server enforces lives here with a default; `config/pushwire.toml`
+//! documents each key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration of one node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Shown in `/api/info` and `connected.node`; empty: hostname plus a random suffix.
+    pub node_name: String,
+    /// Lets a `connect` without a token in, as user "".
+    pub allow_anonymous: bool,
+    pub server: ServerConfig,
+    pub client: ClientConfig,
+    pub api: ApiConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+    pub broker: BrokerConfig,
+    pub redis: RedisConfig,
+    /// Channel namespaces by name; `default` holds channels without `:`.
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the WebSocket and HTTP API listener.
+    pub listen: String,
+    /// A separate listener for `/metrics`; empty: served on `listen`.
+    pub metrics_listen: String,
+    /// How long shutdown waits for client queues to flush.
+    pub shutdown_grace_secs: u64,
+    /// Open connections per node (4010 beyond it).
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    pub connect_timeout_secs: u64,
+    pub ping_interval_secs: u64,
+    pub pong_timeout_secs: u64,
+    /// Outbound queue bound in messages; overflow evicts the client with 4008.
+    pub queue_max_messages: usize,
+    /// Outbound queue bound in bytes; overflow evicts the client with 4008.
+    pub queue_max_bytes: usize,
+    /// Largest inbound frame (close 1009 beyond it).
+    pub max_frame_bytes: usize,
+    /// Channels one connection may subscribe to (error 106 beyond it).
+    pub max_channels: usize,
+    /// Largest outbound batch frame; a queue holding more is sent in several frames.
+    pub max_batch_bytes: usize,
+    /// WebSocket read buffer per connection (clients send little; it grows for big frames).
+    pub read_buffer_bytes: usize,
+    /// A write to a client that takes longer than this ends the connection.
+    pub write_timeout_secs: u64,
+    /// Browser origins allowed to open a WebSocket; empty or "*": any.
+    pub allowed_origins: Vec<String>,
+    /// Inbound messages per second per connection (token bucket refill); 0: unlimited.
+    pub rate_limit_per_sec: u32,
+    /// Inbound burst per connection (token bucket size).
+    pub rate_limit_burst: u32,
+    /// Requests refused with error 110 in a row before the connection is closed with 4009.
+    pub rate_limit_strikes: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer keys for `/api/*`; empty: a random key is generated at startup and logged once.
+    pub keys: Vec<String>,
+    /// Largest request body and largest publication data, in bytes.
+    pub max_publish_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Shared secret for HS256 connection and subscription tokens; empty: HS256 off.
+    pub token_hmac_secret: String,
+    /// PEM files with RSA or EC public keys for RS256/ES256 tokens (several for rotation).
+    pub token_public_keys: Vec<String>,
+    /// Seconds a connection may stay open past its token's `exp` before close 4002.
+    pub expiry_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (human-readable) or `json`.
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `pushwire=debug,info`; `RUST_LOG` overrides it.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `memory` (one node, embedded) or `redis` (relay between nodes).
+    pub kind: BrokerKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Prefix of every key and pub/sub topic, so several deployments can share a Redis.
+    pub key_prefix: String,
+    /// Pub/sub connections; channels are spread over them by hash.
+    pub pubsub_connections: usize,
+    pub connect_timeout_ms: u64,
+    pub command_timeout_ms: u64,
+    /// Use Redis Cluster with sharded pub/sub (SPUBLISH/SSUBSCRIBE).
+    pub cluster: bool,
+    /// Seed nodes of the cluster, when `cluster = true`.
+    pub cluster_nodes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Messages kept per channel; > 0 turns on offsets, epochs and recovery.
+    pub history_size: usize,
+    pub history_ttl_secs: u64,
+    pub presence: bool,
+    pub join_leave: bool,
+    pub allow_subscribe: SubscribePolicy,
+    pub allow_publish: PublishPolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribePolicy {
+    All,
+    Authenticated,
+    Token,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishPolicy {
+    None,
+    Authenticated,
+    All,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_name: String::new(),
+            allow_anonymous: true,
+            server: ServerConfig::default(),
+            client: ClientConfig::default(),
+            api: ApiConfig::default(),
+            auth: AuthConfig::default(),
+            log: LogConfig::default(),
+            broker: BrokerConfig::default(),
+            redis: RedisConfig::default(),
+            namespaces: BTreeMap::from([(DEFAULT_NAMESPACE.to_owned(), NamespaceConfig::default())]),
+        }
+    }
+}
+
+/// The key under `[namespaces]` that holds channels without `:`.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:8080".into(),
+            metrics_listen: String::new(),
+            shutdown_grace_secs: 10,
+            max_connections: 100_000,
+        }
+    }
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connect_timeout_secs: 10,
+            ping_interval_secs: 25,
+            pong_timeout_secs: 10,
+            queue_max_messages: 4096,
+            queue_max_bytes: 1024 * 1024,
+            max_frame_bytes: 64 * 1024,
+            max_channels: 128,
+            max_batch_bytes: 64 * 1024,
+            read_buffer_bytes: 1024,
+            write_timeout_secs: 10,
+            allowed_origins: Vec::new(),
+            rate_limit_per_sec: 100,
+            rate_limit_burst: 200,
+            rate_limit_strikes: 50,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            keys: Vec::new(),
+            max_publish_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            token_hmac_secret: String::new(),
+            token_public_keys: Vec::new(),
+            expiry_grace_secs: 10,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            kind: BrokerKind::Memory,
+        }
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            key_prefix: "pushwire".into(),
+            pubsub_connections: 4,
+            connect_timeout_ms: 2000,
+            command_timeout_ms: 2000,
+            cluster: false,
+            cluster_nodes: Vec::new(),
+        }
+    }
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        NamespaceConfig {
+            history_size: 0,
+            history_ttl_secs: 300,
+            presence: false,
+            join_leave: false,
+            allow_subscribe: SubscribePolicy::All,
+            allow_publish: PublishPolicy::None,
+        }
+    }
+}
+
+/// A configuration that cannot be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path} does not exist")]
+    MissingFile { path: String },
+    #[error("{0}")]
+    Load(#[source] Box<figment::Error>),
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: String, message: String },
+}
+
+/// Values given on the command line; they win over the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+}
+
+impl Config {
+    /// Loads defaults, then `file` (if any), then `PUSHWIRE_*` variables, then `overrides`.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile {
+                    path: path.display().to_string(),
+                });
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("PUSHWIRE_").split("__").ignore(&["config"]));
+        if let Some(listen) = &overrides.listen {
+            figment = figment.merge(Serialized::default("server.listen", listen));
+        }
+        let config: Config = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on top of the defaults (tests and `check-config`).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value that serde cannot; errors name the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                key: key.into(),
+                message: message.into(),
+            })
+        };
+        if self.server.listen.parse::<SocketAddr>().is_err() {
+            return invalid("server.listen", "expected an address like 0.0.0.0:8080");
+        }
+        if !self.server.metrics_listen.is_empty()
+            && self.server.metrics_listen.parse::<SocketAddr>().is_err()
+        {
+            return invalid("server.metrics_listen", "expected an address like 0.0.0.0:9090");
+        }
+        let positive = [
+            ("server.max_connections", self.server.max_connections as u64),
+            ("client.connect_timeout_secs", self.client.connect_timeout_secs),
+            ("client.ping_interval_secs", self.client.ping_interval_secs),
+            ("client.pong_timeout_secs", self.client.pong_timeout_secs),
+            ("client.queue_max_messages", self.client.queue_max_messages as u64),
+            ("client.queue_max_bytes", self.client.queue_max_bytes as u64),
+            ("client.max_frame_bytes", self.client.max_frame_bytes as u64),
+            ("client.max_channels", self.client.max_channels as u64),
+            ("client.max_batch_bytes", self.client.max_batch_bytes as u64),
+            ("client.read_buffer_bytes", self.client.read_buffer_bytes as u64),
+            ("client.write_timeout_secs", self.client.write_timeout_secs),
+            ("api.max_publish_bytes", self.api.max_publish_bytes as u64),
+            ("redis.pubsub_connections", self.redis.pubsub_connections as u64),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return invalid(key, "must be greater than 0");
+            }
+        }
+        if self.api.keys.iter().any(|k| k.len() < 8) {
+            return invalid("api.keys", "every key must be at least 8 characters");
+        }
+        for (name, ns) in &self.namespaces {
+            if name.is_empty() || name.contains(':') || crate::protocol::ChannelName::parse(name).is_err() {
+                return invalid(&format!("namespaces.{name}"), "not a valid namespace name");
+            }
+            if ns.history_size > 0 && ns.history_ttl_secs == 0 {
+                return invalid(&format!("namespaces.{name}.history_ttl_secs"), "must be greater than 0 when history_size > 0");
+            }
+            if ns.join_leave && !ns.presence {
+                return invalid(&format!("namespaces.{name}.join_leave"), "needs presence = true");
+            }
+        }
+        if self.redis.cluster && self.redis.cluster_nodes.is_empty() {
+            return invalid("redis.cluster_nodes", "must list at least one seed node when redis.cluster = true");
+        }
+        Ok(())
+    }
+
+    /// The namespace options for a channel, or `None` when its namespace is undeclared.
+    pub fn namespace_of(&self, channel: &crate::protocol::ChannelName) -> Option<&NamespaceConfig> {
+        self.namespaces.get(channel.namespace().unwrap_or(DEFAULT_NAMESPACE))
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server
+            .listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8080)))
+    }
+}
+
+impl ClientConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ping_interval_secs)
+    }
+    pub fn pong_timeout(&self) -> Duration {
+        Duration::from_secs(self.pong_timeout_secs)
+    }
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_secs(self.write_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_serve_one_node() -> Result<(), ConfigError> {
+        let config = Config::from_toml("")?;
+        assert_eq!(config.broker.kind, BrokerKind::Memory);
+        assert!(config.allow_anonymous);
+        assert!(config.namespaces.contains_key(DEFAULT_NAMESPACE));
+        Ok(())
+    }
+
+    #[test]
+    fn file_namespaces_add_to_the_default_one() -> Result<(), ConfigError> {
+        let config = Config::from_toml("[namespaces.chat]\nhistory_size = 10\nallow_publish = \"all\"\n")?;
+        assert!(config.namespaces.contains_key(DEFAULT_NAMESPACE));
+        assert_eq!(config.namespaces["chat"].history_size, 10);
+        assert_eq!(config.namespaces["chat"].allow_publish, PublishPolicy::All);
+        assert_eq!(config.namespaces["chat"].history_ttl_secs, 300);
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = Config::from_toml("[client]\nping_interval_secs = 0\n").err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("client.ping_interval_secs")));
+        let err = Config::from_toml("[client]\nping_intervall = 3\n").err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("ping_intervall")));
+        let err = Config::from_toml("[server]\nlisten = \"nope\"\n").err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("server.listen")));
+        let err = Config::from_toml("[namespaces.chat]\nallow_publish = \"maybe\"\n").err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("allow_publish")));
+    }
+}

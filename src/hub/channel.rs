@@ -1,0 +1,101 @@
+//! One channel's local subscribers, with a lazily rebuilt snapshot for fan-out.
+//!
+//! Architecture Invariant: fan-out never holds the channel lock. A publication takes the
+//! current snapshot (an `Arc` of subscriber lists, one per fan-out shard) and iterates it
+//! unlocked. Subscribing or leaving only marks the snapshot stale, so a subscribe storm
+//! costs O(1) per subscriber and the next publication rebuilds the snapshot once.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::client::{ClientHandle, ClientId};
+
+/// The subscribers of one channel at one moment, split by fan-out shard.
+pub(crate) struct Snapshot {
+    pub(crate) by_shard: Vec<Vec<Arc<ClientHandle>>>,
+}
+
+impl Snapshot {
+    pub(crate) fn len(&self) -> usize {
+        self.by_shard.iter().map(Vec::len).sum()
+    }
+}
+
+struct State {
+    members: HashMap<ClientId, Arc<ClientHandle>>,
+    snapshot: Option<Arc<Snapshot>>,
+}
+
+/// A channel with at least one local subscriber.
+pub(crate) struct ChannelEntry {
+    shards: usize,
+    state: Mutex<State>,
+}
+
+impl ChannelEntry {
+    pub(crate) fn new(shards: usize) -> Self {
+        ChannelEntry {
+            shards,
+            state: Mutex::new(State {
+                members: HashMap::new(),
+                snapshot: None,
+            }),
+        }
+    }
+
+    /// Adds a subscriber and runs `then` under the channel lock, so nothing published
+    /// after the subscription can reach the client before what `then` enqueues.
+    /// Returns false when the client was already a member.
+    pub(crate) fn insert_then(&self, client: &Arc<ClientHandle>, then: impl FnOnce()) -> bool {
+        let mut state = self.state.lock();
+        if state.members.contains_key(&client.id) {
+            return false;
+        }
+        state.members.insert(client.id, client.clone());
+        state.snapshot = None;
+        then();
+        true
+    }
+
+    /// Removes a subscriber; returns (was a member, channel is now empty).
+    pub(crate) fn remove(&self, id: ClientId) -> (bool, bool) {
+        let mut state = self.state.lock();
+        let removed = state.members.remove(&id).is_some();
+        if removed {
+            state.snapshot = None;
+        }
+        if state.members.capacity() > 64 && state.members.len() < state.members.capacity() / 4 {
+            state.members.shrink_to_fit();
+        }
+        (removed, state.members.is_empty())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.state.lock().members.is_empty()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.state.lock().members.len()
+    }
+
+    /// The current subscribers, rebuilt if anything changed since the last call.
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        let mut state = self.state.lock();
+        if let Some(snapshot) = &state.snapshot {
+            return snapshot.clone();
+        }
+        let mut by_shard: Vec<Vec<Arc<ClientHandle>>> = vec![Vec::new(); self.shards];
+        for client in state.members.values() {
+            by_shard[client.shard % self.shards].push(client.clone());
+        }
+        let snapshot = Arc::new(Snapshot { by_shard });
+        state.snapshot = Some(snapshot.clone());
+        snapshot
+    }
+
+    pub(crate) fn members(&self) -> Vec<Arc<ClientHandle>> {
+        self.state.lock().members.values().cloned().collect()
+    }
+}

@@ -1,0 +1,345 @@
+//! One connected client as the hub sees it: identity, encoding, the bounded outbound queue
+//! its session drains, and the liveness timestamps the shared ticker checks.
+//!
+//! Architecture Invariant: the queue is the only path from the hub to a socket. It is
+//! bounded by messages and by bytes; the push that would overflow it discards what is
+//! queued and marks the client for close 4008, so one slow reader costs the node at most
+//! `queue_max_bytes` and never slows anyone else.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::protocol::{ChannelName, CloseCode, Encoding};
+
+/// A client id, unique across the cluster (a random node prefix plus a counter).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u64);
+
+impl fmt::Display for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl ClientId {
+    pub fn parse(text: &str) -> Option<ClientId> {
+        if text.len() != 16 {
+            return None;
+        }
+        u64::from_str_radix(text, 16).ok().map(ClientId)
+    }
+}
+
+/// Bounds of one client's outbound queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+/// Why and how a client's connection is being ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closing {
+    pub code: CloseCode,
+    pub reason: String,
+    /// Sent in `disconnect.reconnect`.
+    pub reconnect: bool,
+}
+
+/// Result of a push that did not enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The client is already closing; the message is dropped.
+    Closed,
+    /// This push overflowed the queue: the client is now closing with 4008.
+    Overflow,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Bytes>,
+    bytes: usize,
+    closing: Option<Closing>,
+}
+
+/// What the session takes from the queue for one write.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub items: Vec<Bytes>,
+    /// Set once the queue is empty and the client is closing.
+    pub closing: Option<Closing>,
+}
+
+/// A connected client, shared by the hub (channel snapshots) and its session.
+pub struct ClientHandle {
+    pub id: ClientId,
+    pub user: Arc<str>,
+    pub encoding: Encoding,
+    /// The presence `info` from the connection token, if any.
+    pub info: Option<Arc<serde_json::Value>>,
+    /// Index of the fan-out shard that delivers to this client.
+    pub(crate) shard: usize,
+    queue: Mutex<QueueState>,
+    wake: Notify,
+    abort: Notify,
+    /// Channels this client is subscribed to.
+    pub(crate) channels: Mutex<Vec<ChannelName>>,
+    /// Liveness, in milliseconds on the hub clock.
+    pub(crate) next_ping_ms: AtomicU64,
+    pub(crate) ping_sent_ms: AtomicU64,
+    pub(crate) write_started_ms: AtomicU64,
+    /// When the connection token expires, in Unix seconds; 0: never.
+    pub(crate) expires_at: AtomicU64,
+}
+
+impl ClientHandle {
+    pub(crate) fn new(
+        id: ClientId,
+        user: Arc<str>,
+        encoding: Encoding,
+        info: Option<Arc<serde_json::Value>>,
+        shard: usize,
+        next_ping_ms: u64,
+    ) -> Self {
+        ClientHandle {
+            id,
+            user,
+            encoding,
+            info,
+            shard,
+            queue: Mutex::new(QueueState::default()),
+            wake: Notify::new(),
+            abort: Notify::new(),
+            channels: Mutex::new(Vec::new()),
+            next_ping_ms: AtomicU64::new(next_ping_ms),
+            ping_sent_ms: AtomicU64::new(0),
+            write_started_ms: AtomicU64::new(0),
+            expires_at: AtomicU64::new(0),
+        }
+    }
+
+    /// Enqueues one encoded message. On overflow the queue is emptied and the client is
+    /// marked for close 4008; the caller counts the eviction.
+    pub fn push(&self, message: Bytes, limits: QueueLimits) -> Result<(), PushError> {
+        let mut state = self.queue.lock();
+        if state.closing.is_some() {
+            return Err(PushError::Closed);
+        }
+        if state.items.len() >= limits.max_messages || state.bytes + message.len() > limits.max_bytes {
+            state.items = VecDeque::new();
+            state.bytes = 0;
+            state.closing = Some(Closing {
+                code: CloseCode::SlowConsumer,
+                reason: CloseCode::SlowConsumer.default_reason().into(),
+                reconnect: true,
+            });
+            drop(state);
+            self.wake.notify_one();
+            return Err(PushError::Overflow);
+        }
+        state.bytes += message.len();
+        state.items.push_back(message);
+        let was_empty = state.items.len() == 1;
+        drop(state);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Asks the session to close with `code`. The first close wins. With `discard`, queued
+    /// messages are dropped; without, they are written first (graceful shutdown).
+    /// Returns whether this call started the close.
+    pub fn close(&self, code: CloseCode, reason: &str, discard: bool) -> bool {
+        self.close_with(code, reason, code.reconnect(), discard)
+    }
+
+    /// `close` with an explicit `disconnect.reconnect` (server API disconnects).
+    pub fn close_with(&self, code: CloseCode, reason: &str, reconnect: bool, discard: bool) -> bool {
+        let mut state = self.queue.lock();
+        if state.closing.is_some() {
+            return false;
+        }
+        if discard {
+            state.items = VecDeque::new();
+            state.bytes = 0;
+        }
+        state.closing = Some(Closing {
+            code,
+            reason: reason.into(),
+            reconnect,
+        });
+        drop(state);
+        self.wake.notify_one();
+        true
+    }
+
+    /// The close in progress, if any.
+    pub fn closing(&self) -> Option<Closing> {
+        self.queue.lock().closing.clone()
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.queue.lock().closing.is_some()
+    }
+
+    /// Takes queued messages up to `max_bytes` (at least one). The close, if any, is
+    /// reported only once everything queued before it was taken.
+    pub fn take_batch(&self, max_bytes: usize) -> Batch {
+        let mut state = self.queue.lock();
+        let mut batch = Batch::default();
+        let mut taken = 0;
+        while let Some(front) = state.items.front() {
+            if !batch.items.is_empty() && taken + front.len() > max_bytes {
+                break;
+            }
+            taken += front.len();
+            if let Some(item) = state.items.pop_front() {
+                batch.items.push(item);
+            }
+        }
+        state.bytes -= taken;
+        if state.items.is_empty() {
+            if state.items.capacity() > 64 {
+                state.items = VecDeque::new();
+            }
+            batch.closing = state.closing.clone();
+        }
+        batch
+    }
+
+    pub fn queue_len(&self) -> usize {
+        self.queue.lock().items.len()
+    }
+
+    /// Resolves when something was queued or a close was requested since the last take.
+    pub async fn wait_for_work(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Resolves when the ticker gives up on a stalled write.
+    pub async fn wait_for_abort(&self) {
+        self.abort.notified().await;
+    }
+
+    pub(crate) fn abort_write(&self) {
+        self.abort.notify_one();
+    }
+
+    pub fn client_id(&self) -> String {
+        self.id.to_string()
+    }
+
+    pub fn subscribed_channels(&self) -> Vec<ChannelName> {
+        self.channels.lock().clone()
+    }
+
+    pub fn is_subscribed(&self, channel: &ChannelName) -> bool {
+        self.channels.lock().contains(channel)
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.channels.lock().len()
+    }
+
+    /// Records that the client answered a ping.
+    pub fn pong_received(&self) {
+        self.ping_sent_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Sets when the connection's token expires (Unix seconds; 0: never).
+    pub fn set_expires_at(&self, unix_secs: u64) {
+        self.expires_at.store(unix_secs, Ordering::Relaxed);
+    }
+
+    pub fn expires_at(&self) -> u64 {
+        self.expires_at.load(Ordering::Relaxed)
+    }
+
+    /// Wakes the session again (it left work in the queue to read in between).
+    pub(crate) fn rewake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn write_started(&self, now_ms: u64) {
+        self.write_started_ms.store(now_ms.max(1), Ordering::Relaxed);
+    }
+
+    pub(crate) fn write_finished(&self) {
+        self.write_started_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> ClientHandle {
+        ClientHandle::new(ClientId(1), Arc::from(""), Encoding::Json, None, 0, 0)
+    }
+
+    const LIMITS: QueueLimits = QueueLimits { max_messages: 3, max_bytes: 10 };
+
+    #[test]
+    fn overflow_by_count_discards_and_closes_4008() {
+        let c = client();
+        for _ in 0..3 {
+            assert_eq!(c.push(Bytes::from_static(b"a"), LIMITS), Ok(()));
+        }
+        assert_eq!(c.push(Bytes::from_static(b"a"), LIMITS), Err(PushError::Overflow));
+        assert_eq!(c.push(Bytes::from_static(b"a"), LIMITS), Err(PushError::Closed));
+        let batch = c.take_batch(1000);
+        assert!(batch.items.is_empty());
+        assert_eq!(batch.closing.map(|c| c.code), Some(CloseCode::SlowConsumer));
+    }
+
+    #[test]
+    fn overflow_by_bytes() {
+        let c = client();
+        assert_eq!(c.push(Bytes::from_static(b"123456"), LIMITS), Ok(()));
+        assert_eq!(c.push(Bytes::from_static(b"12345"), LIMITS), Err(PushError::Overflow));
+    }
+
+    #[test]
+    fn batches_respect_max_bytes_but_take_at_least_one() {
+        let c = client();
+        let limits = QueueLimits { max_messages: 10, max_bytes: 100 };
+        for item in [&b"aaaa"[..], b"bbbb", b"cccccccccc"] {
+            assert_eq!(c.push(Bytes::copy_from_slice(item), limits), Ok(()));
+        }
+        assert_eq!(c.take_batch(8).items.len(), 2);
+        assert_eq!(c.take_batch(4).items.len(), 1);
+        assert!(c.take_batch(4).items.is_empty());
+    }
+
+    #[test]
+    fn graceful_close_flushes_first() {
+        let c = client();
+        let limits = QueueLimits { max_messages: 10, max_bytes: 100 };
+        assert_eq!(c.push(Bytes::from_static(b"x"), limits), Ok(()));
+        assert!(c.close(CloseCode::GoingAway, "bye", false));
+        assert!(!c.close(CloseCode::SlowConsumer, "late", true));
+        let first = c.take_batch(100);
+        assert_eq!(first.items.len(), 1);
+        assert_eq!(first.closing.map(|c| c.code), Some(CloseCode::GoingAway));
+    }
+
+    #[test]
+    fn client_ids_round_trip() {
+        let id = ClientId(0xdead_beef_0000_0001);
+        assert_eq!(ClientId::parse(&id.to_string()), Some(id));
+        assert_eq!(ClientId::parse("xyz"), None);
+    }
+}

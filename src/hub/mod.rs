@@ -1,0 +1,300 @@
+//! The sharded connection hub: every connected client, the channel -> subscribers maps,
+//! and fan-out of publications into bounded per-client queues.
+//!
+//! Shape: `Hub` is a cheap-clone handle (`Arc<Shared>`). Channels live in a `DashMap`;
+//! each channel keeps its members and a lazily rebuilt snapshot (see `channel`). A
+//! publication is split by fan-out shard and handed to that shard's worker (see `fanout`),
+//! which pushes a shared `Bytes` frame into each recipient's queue. A shared ticker (see
+//! `ticker`) sends pings, enforces pong and write timeouts, and samples queue depth, so
+//! no connection owns a timer.
+//!
+//! Architecture Invariant: no lock and no `DashMap` reference is held while awaiting or
+//! while fanning out; the hub never touches a socket.
+
+mod channel;
+mod client;
+mod fanout;
+mod ticker;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use client::{Batch, ClientHandle, ClientId, Closing, PushError, QueueLimits};
+pub use fanout::{EncodedPublication, Publication};
+
+use crate::metrics::Metrics;
+use crate::protocol::{ChannelName, CloseCode, Encoding};
+use channel::ChannelEntry;
+
+/// Settings the hub needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub queue: QueueLimits,
+    pub ping_interval_ms: u64,
+    pub pong_timeout_ms: u64,
+    pub write_timeout_ms: u64,
+    /// Seconds a connection may outlive its token before close 4002.
+    pub expiry_grace_secs: u64,
+}
+
+/// Handle to the hub; clones share it.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    clients: DashMap<ClientId, Arc<ClientHandle>>,
+    channels: DashMap<ChannelName, Arc<ChannelEntry>>,
+    workers: Vec<mpsc::Sender<FanoutSender>>,
+    settings: RwLock<HubSettings>,
+    queue_limits: Arc<RwLock<QueueLimits>>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+    id_prefix: u64,
+    id_counter: AtomicU32,
+    released: RwLock<Option<mpsc::UnboundedSender<ChannelName>>>,
+}
+
+type FanoutSender = fanout::FanoutJob;
+
+impl Hub {
+    /// Starts the hub's fan-out workers and ticker on `tracker`, stopping on `shutdown`.
+    pub fn start(
+        settings: HubSettings,
+        metrics: Arc<Metrics>,
+        tracker: &TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Hub {
+        let shards = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 64);
+        let queue_limits = Arc::new(RwLock::new(settings.queue));
+        let mut workers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = mpsc::channel(1024);
+            workers.push(tx);
+            tracker.spawn(fanout::run_worker(rx, queue_limits.clone(), metrics.clone()));
+        }
+        let hub = Hub {
+            shared: Arc::new(Shared {
+                clients: DashMap::new(),
+                channels: DashMap::new(),
+                workers,
+                settings: RwLock::new(settings),
+                queue_limits,
+                metrics,
+                started: Instant::now(),
+                id_prefix: u64::from(rand::random::<u32>()) << 32,
+                id_counter: AtomicU32::new(0),
+                released: RwLock::new(None),
+            }),
+        };
+        tracker.spawn(ticker::run(hub.clone(), shutdown));
+        hub
+    }
+
+    /// Milliseconds since the hub started (the clock of liveness checks).
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.shared.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    pub fn settings(&self) -> HubSettings {
+        self.shared.settings.read().clone()
+    }
+
+    /// Applies new limits (config reload).
+    pub fn update_settings(&self, settings: HubSettings) {
+        *self.shared.queue_limits.write() = settings.queue;
+        *self.shared.settings.write() = settings;
+    }
+
+    pub fn queue_limits(&self) -> QueueLimits {
+        *self.shared.queue_limits.read()
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Channels whose last local subscriber left are sent here (the Redis broker
+    /// unsubscribes them).
+    pub fn on_channel_released(&self, sender: mpsc::UnboundedSender<ChannelName>) {
+        *self.shared.released.write() = Some(sender);
+    }
+
+    /// Registers a connected client.
+    pub fn register(
+        &self,
+        user: Arc<str>,
+        encoding: Encoding,
+        info: Option<Arc<serde_json::Value>>,
+    ) -> Arc<ClientHandle> {
+        let counter = self.shared.id_counter.fetch_add(1, Ordering::Relaxed);
+        let id = ClientId(self.shared.id_prefix | u64::from(counter));
+        let shard = (counter as usize) % self.shared.workers.len();
+        let next_ping = self.now_ms() + self.shared.settings.read().ping_interval_ms;
+        let client = Arc::new(ClientHandle::new(id, user, encoding, info, shard, next_ping));
+        self.shared.clients.insert(id, client.clone());
+        let m = &self.shared.metrics;
+        m.connections.with_label_values(&[encoding.label()]).inc();
+        m.connects.inc();
+        client
+    }
+
+    /// Removes a client and all its subscriptions.
+    pub fn unregister(&self, client: &ClientHandle) {
+        if self.shared.clients.remove(&client.id).is_none() {
+            return;
+        }
+        for channel in client.subscribed_channels() {
+            self.unsubscribe(client, &channel);
+        }
+        let m = &self.shared.metrics;
+        m.connections.with_label_values(&[client.encoding.label()]).dec();
+    }
+
+    /// Subscribes `client` to `channel` and enqueues `frames` (the `subscribed` reply and
+    /// any recovered messages) atomically with it: every publication dispatched after this
+    /// call reaches the client after them. Returns false if it was already subscribed.
+    pub fn subscribe(&self, client: &Arc<ClientHandle>, channel: &ChannelName, frames: Vec<Bytes>) -> bool {
+        let limits = self.queue_limits();
+        let mut first_local = false;
+        let entry = self.shared.channels.entry(channel.clone()).or_insert_with(|| {
+            first_local = true;
+            Arc::new(ChannelEntry::new(self.shared.workers.len()))
+        });
+        let added = entry.insert_then(client, || {
+            client.channels.lock().push(channel.clone());
+            for frame in frames {
+                // An overflow here marks the client for 4008; its session sees it.
+                if client.push(frame, limits).is_err() {
+                    break;
+                }
+            }
+        });
+        drop(entry);
+        let m = &self.shared.metrics;
+        if first_local {
+            m.channels.inc();
+        }
+        if added {
+            m.subscriptions.inc();
+        }
+        added
+    }
+
+    /// Unsubscribes `client` from `channel`; returns whether it was subscribed.
+    pub fn unsubscribe(&self, client: &ClientHandle, channel: &ChannelName) -> bool {
+        client.channels.lock().retain(|c| c != channel);
+        let Some(entry) = self.shared.channels.get(channel).map(|e| e.value().clone()) else {
+            return false;
+        };
+        let (removed, now_empty) = entry.remove(client.id);
+        if removed {
+            self.shared.metrics.subscriptions.dec();
+        }
+        if now_empty && self.shared.channels.remove_if(channel, |_, e| e.is_empty()).is_some() {
+            self.shared.metrics.channels.dec();
+            if let Some(tx) = self.shared.released.read().as_ref() {
+                let _ = tx.send(channel.clone());
+            }
+        }
+        removed
+    }
+
+    /// Delivers a publication to every local subscriber of its channel; returns how many
+    /// recipients it was handed to. Callers dispatch one channel's publications in order.
+    pub async fn dispatch(&self, publication: Publication) -> usize {
+        let Some(entry) = self.shared.channels.get(&publication.channel).map(|e| e.value().clone()) else {
+            return 0;
+        };
+        let snapshot = entry.snapshot();
+        let recipients = snapshot.len();
+        for job in fanout::jobs_for(snapshot, publication) {
+            let shard = job.shard;
+            // Fails only while shutting down, when nothing is delivered any more.
+            let _ = self.shared.workers[shard].send(job).await;
+        }
+        recipients
+    }
+
+    /// Whether some local client is subscribed to `channel`.
+    pub fn has_subscribers(&self, channel: &ChannelName) -> bool {
+        self.shared.channels.contains_key(channel)
+    }
+
+    pub fn client(&self, id: ClientId) -> Option<Arc<ClientHandle>> {
+        self.shared.clients.get(&id).map(|c| c.value().clone())
+    }
+
+    /// Every local client of `user`.
+    pub fn clients_of_user(&self, user: &str) -> Vec<Arc<ClientHandle>> {
+        self.shared
+            .clients
+            .iter()
+            .filter(|c| &*c.user == user)
+            .map(|c| c.value().clone())
+            .collect()
+    }
+
+    pub fn all_clients(&self) -> Vec<Arc<ClientHandle>> {
+        self.shared.clients.iter().map(|c| c.value().clone()).collect()
+    }
+
+    /// Local subscribers of `channel`.
+    pub fn subscribers(&self, channel: &ChannelName) -> Vec<Arc<ClientHandle>> {
+        self.shared
+            .channels
+            .get(channel)
+            .map(|e| e.value().clone())
+            .map(|e| e.members())
+            .unwrap_or_default()
+    }
+
+    /// Channels with local subscribers whose name starts with `prefix`, with counts.
+    pub fn channel_counts(&self, prefix: &str) -> Vec<(ChannelName, usize)> {
+        let entries: Vec<(ChannelName, Arc<ChannelEntry>)> = self
+            .shared
+            .channels
+            .iter()
+            .filter(|e| e.key().as_str().starts_with(prefix))
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        entries.into_iter().map(|(name, e)| (name, e.len())).filter(|(_, n)| *n > 0).collect()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.shared.clients.len()
+    }
+
+    pub fn channel_count(&self) -> usize {
+        self.shared.channels.len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        usize::try_from(self.shared.metrics.subscriptions.get()).unwrap_or(0)
+    }
+
+    /// Closes every client with `code`, letting queued messages flush first.
+    pub fn close_all(&self, code: CloseCode) {
+        for client in self.all_clients() {
+            client.close(code, code.default_reason(), false);
+        }
+    }
+
+    fn clients_snapshot_where(&self, keep: impl Fn(&ClientHandle) -> bool) -> Vec<Arc<ClientHandle>> {
+        self.shared
+            .clients
+            .iter()
+            .filter(|c| keep(c.value()))
+            .map(|c| c.value().clone())
+            .collect()
+    }
+}

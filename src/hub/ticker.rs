@@ -1,0 +1,88 @@
+//! The shared ticker: one task for the whole node that sends pings, closes clients that
+//! missed a pong (4005), aborts writes stalled past `write_timeout`, and samples queue
+//! depth. One scan per second instead of a timer per connection.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{ClientHandle, Hub, HubSettings};
+use crate::protocol::{CloseCode, ping_frame};
+
+/// How often the ticker scans the clients.
+const TICK: Duration = Duration::from_millis(500);
+
+pub(super) async fn run(hub: Hub, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => tick(&hub),
+        }
+    }
+}
+
+/// What the ticker must do for one client.
+enum Due {
+    TokenExpired,
+    Ping,
+    PongTimeout,
+    WriteTimeout,
+}
+
+fn due(client: &ClientHandle, now: u64, settings: &HubSettings, unix_now: u64) -> Option<Due> {
+    let (pong_timeout, write_timeout) = (settings.pong_timeout_ms, settings.write_timeout_ms);
+    let expires_at = client.expires_at.load(Ordering::Relaxed);
+    if expires_at != 0 && unix_now > expires_at + settings.expiry_grace_secs {
+        return Some(Due::TokenExpired);
+    }
+    let write_started = client.write_started_ms.load(Ordering::Relaxed);
+    if write_started != 0 && now.saturating_sub(write_started) > write_timeout {
+        return Some(Due::WriteTimeout);
+    }
+    let ping_sent = client.ping_sent_ms.load(Ordering::Relaxed);
+    if ping_sent != 0 && now.saturating_sub(ping_sent) > pong_timeout {
+        return Some(Due::PongTimeout);
+    }
+    (ping_sent == 0 && now >= client.next_ping_ms.load(Ordering::Relaxed)).then_some(Due::Ping)
+}
+
+fn tick(hub: &Hub) {
+    let settings = hub.settings();
+    let now = hub.now_ms();
+    let metrics = hub.metrics().clone();
+    let limits = hub.queue_limits();
+    // Collect first: no map lock is held while pushing into queues.
+    let unix_now = crate::auth::unix_now();
+    let due_clients = hub.clients_snapshot_where(|c| due(c, now, &settings, unix_now).is_some());
+    for client in due_clients {
+        match due(&client, now, &settings, unix_now) {
+            Some(Due::TokenExpired) => {
+                client.close(CloseCode::TokenExpired, CloseCode::TokenExpired.default_reason(), true);
+            }
+            Some(Due::Ping) => {
+                metrics.queue_depth.observe(client.queue_len() as f64);
+                client.ping_sent_ms.store(now.max(1), Ordering::Relaxed);
+                client
+                    .next_ping_ms
+                    .store(now + settings.ping_interval_ms, Ordering::Relaxed);
+                if client.push(ping_frame(client.encoding), limits) == Err(super::PushError::Overflow) {
+                    metrics.slow_consumer_evictions.inc();
+                }
+            }
+            Some(Due::PongTimeout) => {
+                if client.close(CloseCode::PongTimeout, CloseCode::PongTimeout.default_reason(), true) {
+                    metrics.limit_tripped("pong_timeout");
+                }
+            }
+            Some(Due::WriteTimeout) => {
+                metrics.limit_tripped("write_timeout");
+                client.write_finished();
+                client.abort_write();
+            }
+            None => {}
+        }
+    }
+}

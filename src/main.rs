@@ -1,0 +1,157 @@
+//! The `pushwire` command line: `serve` (the default), `check-config`, and `token` (mint a
+//! JWT for local development). Nothing else lives here.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use pushwire::auth::{ConnectClaims, SubscribeClaims, mint_hs256, unix_now};
+use pushwire::config::{Config, Overrides};
+use pushwire::server::Server;
+
+#[derive(Parser)]
+#[command(name = "pushwire", version, about = "A real-time WebSocket push server")]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// TOML config file (defaults are embedded; every key is optional).
+    #[arg(long, short, global = true, env = "PUSHWIRE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address, overriding server.listen (e.g. 127.0.0.1:0 for a free port).
+    #[arg(long, global = true)]
+    listen: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve,
+    /// Load and validate the configuration, print it, and exit.
+    CheckConfig,
+    /// Mint an HS256 token from auth.token_hmac_secret, for development.
+    Token(TokenArgs),
+}
+
+#[derive(Args)]
+struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    user: String,
+    /// Lifetime, e.g. 1h, 30m, 90s.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    ttl: Duration,
+    /// Channels to subscribe server-side at connect (`channels` claim); repeatable.
+    #[arg(long = "channel")]
+    channels: Vec<String>,
+    /// Mint a subscription token for this channel instead of a connection token.
+    #[arg(long)]
+    subscribe_channel: Option<String>,
+    /// JSON shown in presence (`info` claim).
+    #[arg(long)]
+    info: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let overrides = Overrides { listen: cli.common.listen.clone() };
+    let config = Config::load(cli.common.config.as_deref(), &overrides).context("loading configuration")?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config, cli.common, overrides),
+        Command::CheckConfig => {
+            println!("{}", toml::to_string_pretty(&config).context("printing configuration")?);
+            Ok(())
+        }
+        Command::Token(args) => {
+            println!("{}", mint(&config, &args)?);
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: Config, common: Common, overrides: Overrides) -> anyhow::Result<()> {
+    pushwire::logging::init(&config.log);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let server = Server::bind(config).await.context("starting the server")?;
+        if let Some(key) = &server.generated_api_key {
+            tracing::warn!(api_key = %key, "no api.keys configured; generated an API key for this run");
+        }
+        let state = server.state();
+        tracing::info!(addr = %server.local_addr(), node = %state.node.name, broker = state.broker.kind(), "listening");
+        println!("pushwire listening on {}", server.local_addr());
+        reload_on_sighup(state, common.config, overrides);
+        server.run(shutdown_signal()).await.context("serving")?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Reloads limits and namespaces from the same sources on SIGHUP.
+fn reload_on_sighup(state: std::sync::Arc<pushwire::state::AppState>, path: Option<PathBuf>, overrides: Overrides) {
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        while hup.recv().await.is_some() {
+            match Config::load(path.as_deref(), &overrides) {
+                Ok(next) => {
+                    state.reload(next);
+                    tracing::info!("configuration reloaded (limits and namespaces)");
+                }
+                Err(err) => tracing::error!(error = %err, "configuration reload failed; keeping the old one"),
+            }
+        }
+    });
+}
+
+fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {
+    let secret = &config.auth.token_hmac_secret;
+    anyhow::ensure!(!secret.is_empty(), "auth.token_hmac_secret is not set; tokens cannot be minted");
+    let exp = unix_now() + args.ttl.as_secs();
+    let token = match &args.subscribe_channel {
+        Some(channel) => mint_hs256(secret, &SubscribeClaims { sub: args.user.clone(), channel: channel.clone(), exp })?,
+        None => {
+            let info = match &args.info {
+                Some(text) => Some(serde_json::from_str(text).context("--info is not valid JSON")?),
+                None => None,
+            };
+            let channels = (!args.channels.is_empty()).then(|| args.channels.clone());
+            mint_hs256(secret, &ConnectClaims { sub: args.user.clone(), exp, info, channels })?
+        }
+    };
+    Ok(token)
+}

@@ -1,0 +1,227 @@
+//! The Prometheus registry of one node and the metric handles the other modules use.
+//!
+//! Architecture Invariant: the per-delivery hot path pays at most one atomic add; counts
+//! are added per publication or per flushed batch wherever possible. Label sets are
+//! closed (close codes, routes, encodings), never client- or channel-derived.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::protocol::{CloseCode, Encoding};
+
+/// Every metric of one node. Cheap to share behind an `Arc`.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGaugeVec,
+    pub connects: IntCounter,
+    pub disconnects: IntCounterVec,
+    pub subscriptions: IntGauge,
+    pub channels: IntGauge,
+    pub publications: IntCounterVec,
+    pub deliveries: IntCounter,
+    pub bytes_sent: IntCounter,
+    pub frames_sent: IntCounter,
+    pub slow_consumer_evictions: IntCounter,
+    pub queue_depth: Histogram,
+    pub publish_enqueue_seconds: Histogram,
+    pub api_requests: IntCounterVec,
+    pub api_request_seconds: HistogramVec,
+    pub limit_trips: IntCounterVec,
+    pub client_requests: IntCounterVec,
+}
+
+/// Routes as labelled in `pushwire_api_requests_total`.
+pub const API_ROUTES: [&str; 12] = [
+    "publish",
+    "broadcast",
+    "disconnect",
+    "unsubscribe",
+    "channels",
+    "presence",
+    "history",
+    "info",
+    "health",
+    "ready",
+    "metrics",
+    "other",
+];
+
+/// Kinds of limit as labelled in `pushwire_limit_trips_total`.
+pub const LIMIT_KINDS: [&str; 10] = [
+    "queue_overflow",
+    "frame_size",
+    "channels_per_connection",
+    "message_size",
+    "publish_body_size",
+    "connections_per_node",
+    "connect_timeout",
+    "pong_timeout",
+    "write_timeout",
+    "rate_limit",
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            connections: IntGaugeVec::new(
+                Opts::new("pushwire_connections", "Open client connections that completed connect, by encoding."),
+                &["encoding"],
+            )
+            .expect("valid metric"),
+            connects: IntCounter::new("pushwire_connects_total", "Connections that completed connect.")
+                .expect("valid metric"),
+            disconnects: IntCounterVec::new(
+                Opts::new("pushwire_disconnects_total", "Connections ended, by close code."),
+                &["code"],
+            )
+            .expect("valid metric"),
+            subscriptions: IntGauge::new("pushwire_subscriptions", "Channel subscriptions of local clients.")
+                .expect("valid metric"),
+            channels: IntGauge::new("pushwire_channels", "Channels with at least one local subscriber.")
+                .expect("valid metric"),
+            publications: IntCounterVec::new(
+                Opts::new("pushwire_publications_total", "Publications handed to the hub, by source."),
+                &["source"],
+            )
+            .expect("valid metric"),
+            deliveries: IntCounter::new("pushwire_deliveries_total", "Messages enqueued to local subscribers.")
+                .expect("valid metric"),
+            bytes_sent: IntCounter::new("pushwire_sent_bytes_total", "Bytes of WebSocket payload written to clients.")
+                .expect("valid metric"),
+            frames_sent: IntCounter::new("pushwire_frames_sent_total", "WebSocket frames written to clients (a frame may batch several messages).")
+                .expect("valid metric"),
+            slow_consumer_evictions: IntCounter::new(
+                "pushwire_slow_consumer_evictions_total",
+                "Clients closed with 4008 because their outbound queue overflowed.",
+            )
+            .expect("valid metric"),
+            queue_depth: Histogram::with_opts(
+                HistogramOpts::new("pushwire_client_queue_depth_messages", "Client queue depth, sampled once per ping round per client.")
+                    .buckets(vec![0.0, 1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0]),
+            )
+            .expect("valid metric"),
+            publish_enqueue_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pushwire_publish_enqueue_seconds",
+                    "Time from a publication reaching the hub to its last enqueue, per publication.",
+                )
+                .buckets(vec![0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            )
+            .expect("valid metric"),
+            api_requests: IntCounterVec::new(
+                Opts::new("pushwire_api_requests_total", "HTTP API requests, by route and status."),
+                &["route", "status"],
+            )
+            .expect("valid metric"),
+            api_request_seconds: HistogramVec::new(
+                HistogramOpts::new("pushwire_api_request_duration_seconds", "HTTP API request latency, by route.")
+                    .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0]),
+                &["route"],
+            )
+            .expect("valid metric"),
+            limit_trips: IntCounterVec::new(
+                Opts::new("pushwire_limit_trips_total", "Times a configured limit was hit, by kind."),
+                &["kind"],
+            )
+            .expect("valid metric"),
+            client_requests: IntCounterVec::new(
+                Opts::new("pushwire_client_requests_total", "Requests received from WebSocket clients, by op and result."),
+                &["op", "result"],
+            )
+            .expect("valid metric"),
+            registry,
+        };
+        m.register_all();
+        m
+    }
+
+    fn register_all(&self) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.connections.clone()),
+            Box::new(self.connects.clone()),
+            Box::new(self.disconnects.clone()),
+            Box::new(self.subscriptions.clone()),
+            Box::new(self.channels.clone()),
+            Box::new(self.publications.clone()),
+            Box::new(self.deliveries.clone()),
+            Box::new(self.bytes_sent.clone()),
+            Box::new(self.frames_sent.clone()),
+            Box::new(self.slow_consumer_evictions.clone()),
+            Box::new(self.queue_depth.clone()),
+            Box::new(self.publish_enqueue_seconds.clone()),
+            Box::new(self.api_requests.clone()),
+            Box::new(self.api_request_seconds.clone()),
+            Box::new(self.limit_trips.clone()),
+            Box::new(self.client_requests.clone()),
+        ];
+        for collector in collectors {
+            // Names are unique by construction; a failure here is a programming error.
+            self.registry.register(collector).expect("metric registered once");
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = self.registry.register(Box::new(process));
+        }
+        // Make every closed label value visible from the start, so dashboards have series.
+        for encoding in Encoding::ALL {
+            self.connections.with_label_values(&[encoding.label()]);
+        }
+        for code in CloseCode::ALL {
+            self.disconnects.with_label_values(&[code.label()]);
+        }
+        for label in ["1006", "other"] {
+            self.disconnects.with_label_values(&[label]);
+        }
+        for source in ["api", "client", "relay"] {
+            self.publications.with_label_values(&[source]);
+        }
+        for kind in LIMIT_KINDS {
+            self.limit_trips.with_label_values(&[kind]);
+        }
+    }
+
+    /// Adds a sub-registry's collectors (used by brokers that own metrics).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn limit_tripped(&self, kind: &'static str) {
+        self.limit_trips.with_label_values(&[kind]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_the_prefix() {
+        let metrics = Metrics::new();
+        metrics.deliveries.inc_by(3);
+        let text = metrics.render();
+        assert!(text.contains("pushwire_deliveries_total 3"));
+        assert!(text.contains("pushwire_disconnects_total{code=\"4008\"} 0"));
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let name = line.split_whitespace().nth(2).unwrap_or_default();
+            assert!(name.starts_with("pushwire_") || name.starts_with("process_"), "{name}");
+        }
+    }
+}

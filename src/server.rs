@@ -1,0 +1,188 @@
+//! Listeners, routing (`/ws`, `/api/*`, `/health`, `/ready`, `/metrics`), and graceful
+//! shutdown: stop accepting, send every client `disconnect` + close 1001 after its queue
+//! flushes, wait for the sessions within `shutdown_grace_secs`, then stop the hub.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api;
+use crate::auth::{ApiKeys, KeyError, TokenVerifier};
+use crate::broker::Broker;
+use crate::config::{Config, DEFAULT_NAMESPACE};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::protocol::CloseCode;
+use crate::session;
+use crate::state::{AppState, NodeIdentity, hub_settings};
+
+/// A server that cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A bound, not yet running, node.
+pub struct Server {
+    state: Arc<AppState>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    background: TaskTracker,
+    background_stop: CancellationToken,
+    /// Set when no API key was configured: generated for this run.
+    pub generated_api_key: Option<String>,
+}
+
+impl Server {
+    /// Binds the listeners and builds the node's state.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let listener = bind(&config.server.listen).await?;
+        let metrics_listener = match config.server.metrics_listen.as_str() {
+            "" => None,
+            addr => Some(bind(addr).await?),
+        };
+        let metrics = Arc::new(Metrics::new());
+        let background = TaskTracker::new();
+        let background_stop = CancellationToken::new();
+        let hub = Hub::start(hub_settings(&config), metrics.clone(), &background, background_stop.clone());
+        let broker = Broker::memory(hub.clone());
+        let tokens = TokenVerifier::from_config(&config.auth)?;
+        let mut keys = config.api.keys.clone();
+        let generated_api_key = keys.is_empty().then(random_key);
+        keys.extend(generated_api_key.clone());
+        let node = NodeIdentity {
+            id: format!("{:016x}", rand::random::<u64>()),
+            name: node_name(&config),
+            version: env!("CARGO_PKG_VERSION"),
+            started: Instant::now(),
+        };
+        let state = Arc::new(AppState::new(
+            Arc::new(config),
+            hub,
+            broker,
+            metrics,
+            tokens,
+            ApiKeys::new(&keys),
+            node,
+            CancellationToken::new(),
+        ));
+        Ok(Server { state, listener, metrics_listener, background, background_stop, generated_api_key })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `signal` resolves, then shuts down gracefully.
+    pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let Server { state, listener, metrics_listener, background, background_stop, .. } = self;
+        let router = router(state.clone(), metrics_listener.is_none());
+        let stop_accepting = state.shutdown.clone();
+        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stop_accepting.cancelled_owned());
+        let serve = tokio::spawn(async move { serve.await });
+        if let Some(listener) = metrics_listener {
+            let metrics = api::metrics_router().with_state(state.clone());
+            let stop = background_stop.clone();
+            background.spawn(async move {
+                let _ = axum::serve(listener, metrics).with_graceful_shutdown(stop.cancelled_owned()).await;
+            });
+        }
+        background.spawn(expire_streams(state.clone(), background_stop.clone()));
+        signal.await;
+        shutdown(&state).await;
+        background_stop.cancel();
+        background.close();
+        let _ = tokio::time::timeout(Duration::from_secs(5), background.wait()).await;
+        match tokio::time::timeout(Duration::from_secs(5), serve).await {
+            Ok(Ok(Err(err))) => Err(ServerError::Serve(err)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The whole HTTP surface of a node.
+pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
+    Router::new()
+        .route("/ws", get(session::ws_handler))
+        .merge(api::api_router(state.clone()))
+        .merge(api::probe_router(with_metrics))
+        .fallback(|| async { api::ApiError::not_available("no such route") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), api::record_metrics))
+        .with_state(state)
+}
+
+async fn shutdown(state: &Arc<AppState>) {
+    let grace = Duration::from_secs(state.config().server.shutdown_grace_secs);
+    tracing::info!(connections = state.hub.connection_count(), grace_secs = grace.as_secs(), "shutting down");
+    state.shutdown.cancel();
+    state.hub.close_all(CloseCode::GoingAway);
+    state.sessions.close();
+    if tokio::time::timeout(grace, state.sessions.wait()).await.is_err() {
+        tracing::warn!(left = state.sessions.len(), "grace period over; dropping remaining connections");
+    }
+}
+
+/// Drops memory-broker streams idle past their history TTL.
+async fn expire_streams(state: Arc<AppState>, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let Broker::Memory(broker) = &state.broker;
+        let config = state.config();
+        broker.expire_streams(|channel| {
+            let ns = config.namespaces.get(channel.namespace().unwrap_or(DEFAULT_NAMESPACE))?;
+            Some(Duration::from_secs(ns.history_ttl_secs))
+        });
+    }
+}
+
+async fn bind(addr: &str) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr: addr.to_owned(), source })
+}
+
+fn random_key() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn node_name(config: &Config) -> String {
+    if !config.node_name.is_empty() {
+        return config.node_name.clone();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pushwire".into());
+    format!("{host}-{:04x}", rand::random::<u16>())
+}

@@ -1,0 +1,118 @@
+//! The `connect` handshake: the first message within `connect_timeout`, authentication by
+//! token (in the message, or the `Authorization` header for non-browser clients) or as
+//! anonymous, node limits, registration, and the server-side subscriptions of the token's
+//! `channels` claim.
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::transport::{Inbound, Transport};
+use crate::auth::TokenError;
+use crate::hub::ClientHandle;
+use crate::protocol::{ChannelName, CloseCode, Request, RequestError, ServerMessage, decode_frame, encode};
+use crate::state::AppState;
+
+/// Who the client turned out to be.
+struct Identity {
+    user: String,
+    expires_at: Option<u64>,
+    info: Option<serde_json::Value>,
+    channels: Vec<String>,
+}
+
+/// Runs the handshake; on success the client is registered and `connected` is queued.
+/// Returns the rest of the first frame's batch, to be handled as ordinary requests.
+pub(super) async fn handshake<S>(
+    transport: &mut Transport<S>,
+    state: &Arc<AppState>,
+    header_token: Option<String>,
+) -> Result<(Arc<ClientHandle>, Vec<Result<Request, RequestError>>), CloseCode>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let config = state.config();
+    let frame = match tokio::time::timeout(config.client.connect_timeout(), transport.next()).await {
+        Err(_) => {
+            state.metrics.limit_tripped("connect_timeout");
+            return Err(CloseCode::ConnectTimeout);
+        }
+        Ok(Inbound::Frame(frame)) => frame,
+        Ok(Inbound::TooLarge) => {
+            state.metrics.limit_tripped("frame_size");
+            return Err(CloseCode::FrameTooLarge);
+        }
+        Ok(Inbound::Closed | Inbound::Broken) => return Err(CloseCode::Normal),
+    };
+    let mut requests = decode_frame(transport.encoding(), &frame)
+        .map_err(|_| CloseCode::Malformed)?
+        .into_iter();
+    let Some(Ok(Request::Connect { id, token, client: _ })) = requests.next() else {
+        return Err(CloseCode::Malformed);
+    };
+    let identity = authenticate(state, token.or(header_token))?;
+    if state.hub.connection_count() >= config.server.max_connections {
+        state.metrics.limit_tripped("connections_per_node");
+        return Err(CloseCode::ConnectionLimit);
+    }
+    let client = state.hub.register(
+        Arc::from(identity.user.as_str()),
+        transport.encoding(),
+        identity.info.map(Arc::new),
+    );
+    if let Some(exp) = identity.expires_at {
+        client.set_expires_at(exp);
+    }
+    let channels: Vec<ChannelName> = identity
+        .channels
+        .iter()
+        .filter_map(|name| ChannelName::parse(name).ok())
+        .filter(|c| config.namespace_of(c).is_some())
+        .take(config.client.max_channels)
+        .collect();
+    let client_id = client.client_id();
+    let names: Vec<&str> = channels.iter().map(ChannelName::as_str).collect();
+    let reply = ServerMessage::Connected {
+        id,
+        client_id: &client_id,
+        node: &state.node.name,
+        user: Some(identity.user.as_str()).filter(|u| !u.is_empty()),
+        ping_interval: config.client.ping_interval_secs,
+        pong_timeout: config.client.pong_timeout_secs,
+        expires_at: identity.expires_at,
+        subscribed: (!names.is_empty()).then_some(names),
+    };
+    let limits = state.hub.queue_limits();
+    if let Ok(bytes) = encode(transport.encoding(), &reply) {
+        let _ = client.push(bytes, limits);
+    }
+    for channel in &channels {
+        let Some(ns) = config.namespace_of(channel) else { continue };
+        if let Err(err) = state.broker.subscribe(&client, channel, ns, None, &|_| None).await {
+            tracing::warn!(channel = %channel, error = %err, "server-side subscription failed");
+        }
+    }
+    Ok((client, requests.collect()))
+}
+
+fn authenticate(state: &AppState, token: Option<String>) -> Result<Identity, CloseCode> {
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        if state.config().allow_anonymous {
+            return Ok(Identity { user: String::new(), expires_at: None, info: None, channels: Vec::new() });
+        }
+        return Err(CloseCode::InvalidToken);
+    };
+    match state.tokens.verify_connect(&token) {
+        Ok(claims) => Ok(Identity {
+            user: claims.sub,
+            expires_at: Some(claims.exp),
+            info: claims.info,
+            channels: claims.channels.unwrap_or_default(),
+        }),
+        Err(TokenError::Expired) => Err(CloseCode::TokenExpired),
+        Err(err) => {
+            tracing::debug!(error = %err, "connect token refused");
+            Err(CloseCode::InvalidToken)
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! One WebSocket connection: the upgrade (subprotocol, origin), the `connect` handshake,
+//! then one task that both reads requests and drains the client's queue into batched
+//! frames, until the client leaves or the hub asks it to close.
+//!
+//! Architecture Invariant: a session is a single task and owns no timer while idle; pings,
+//! pong and write timeouts come from the hub's shared ticker through the client handle.
+//! The session is the only place that maps an ending to a WebSocket close code.
+
+mod connect;
+mod rate;
+mod requests;
+mod transport;
+mod upgrade;
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+pub use upgrade::ws_handler;
+
+use crate::hub::ClientHandle;
+use crate::protocol::{CloseCode, Encoding, decode_frame, encode_error};
+use crate::state::AppState;
+use rate::RateLimiter;
+use transport::{Inbound, Transport};
+
+/// Batches written before the session goes back to reading.
+const BATCHES_PER_TURN: usize = 16;
+
+/// Whether the session goes on after handling something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// A connected session.
+struct Session<S> {
+    transport: Transport<S>,
+    state: Arc<AppState>,
+    client: Arc<ClientHandle>,
+    rate: RateLimiter,
+}
+
+/// Serves one upgraded connection to its end.
+pub async fn run<S>(socket: tokio_tungstenite::WebSocketStream<S>, state: Arc<AppState>, encoding: Encoding, header_token: Option<String>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let config = state.config();
+    let mut transport = Transport::new(socket, encoding, config.client.write_timeout());
+    let (client, rest) = match connect::handshake(&mut transport, &state, header_token).await {
+        Ok(connected) => connected,
+        Err(code) => {
+            if code != CloseCode::Normal {
+                transport.close(code, code.default_reason(), code.reconnect()).await;
+            }
+            state.metrics.disconnects.with_label_values(&[code.label()]).inc();
+            return;
+        }
+    };
+    let span = tracing::debug_span!("session", client_id = %client.id, user = %client.user);
+    let _enter = span.enter();
+    tracing::debug!(encoding = encoding.label(), "connected");
+    let mut session = Session {
+        transport,
+        rate: RateLimiter::new(&config.client),
+        state,
+        client,
+    };
+    let mut flow = Flow::Continue;
+    for request in rest {
+        flow = session.handle(request).await;
+        if flow == Flow::Stop {
+            break;
+        }
+    }
+    if flow == Flow::Continue {
+        session.serve().await;
+    }
+    session.finish().await;
+}
+
+impl<S> Session<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// The main loop: write what the hub queued, read what the client sends.
+    async fn serve(&mut self) {
+        loop {
+            let flow = tokio::select! {
+                biased;
+                _ = self.client.wait_for_work() => self.flush().await,
+                inbound = self.transport.next() => self.on_inbound(inbound).await,
+            };
+            if flow == Flow::Stop {
+                return;
+            }
+        }
+    }
+
+    async fn on_inbound(&mut self, inbound: Inbound) -> Flow {
+        match inbound {
+            Inbound::Frame(frame) => self.on_frame(&frame).await,
+            Inbound::Closed => {
+                self.client.close(CloseCode::Normal, "client closed", true);
+                Flow::Stop
+            }
+            Inbound::TooLarge => {
+                self.state.metrics.limit_tripped("frame_size");
+                self.client.close(CloseCode::FrameTooLarge, CloseCode::FrameTooLarge.default_reason(), true);
+                self.flush().await
+            }
+            Inbound::Broken => {
+                self.client.close(CloseCode::GoingAway, "connection lost", true);
+                Flow::Stop
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: &[u8]) -> Flow {
+        let requests = match decode_frame(self.transport.encoding(), frame) {
+            Ok(requests) => requests,
+            Err(err) => {
+                tracing::debug!(error = %err, "malformed frame");
+                self.client.close(CloseCode::Malformed, &err.to_string(), true);
+                return self.flush().await;
+            }
+        };
+        for request in requests {
+            if self.handle(request).await == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Writes queued messages as batch frames; performs the close once the queue says so.
+    async fn flush(&mut self) -> Flow {
+        let max_batch = self.state.config().client.max_batch_bytes;
+        for _ in 0..BATCHES_PER_TURN {
+            let batch = self.client.take_batch(max_batch);
+            if !batch.items.is_empty() {
+                let started = self.state.hub.now_ms();
+                self.client.write_started(started);
+                let written = tokio::select! {
+                    written = self.transport.send_batch(&batch.items, &self.state.metrics) => written,
+                    _ = self.client.wait_for_abort() => false,
+                };
+                self.client.write_finished();
+                if !written {
+                    self.client.close(CloseCode::GoingAway, "write failed", true);
+                    return Flow::Stop;
+                }
+            }
+            if let Some(closing) = batch.closing {
+                if closing.code != CloseCode::Normal {
+                    self.transport.close(closing.code, &closing.reason, closing.reconnect).await;
+                }
+                return Flow::Stop;
+            }
+            if batch.items.is_empty() {
+                return Flow::Continue;
+            }
+        }
+        // More is waiting: read in between, then come back.
+        self.client.rewake();
+        Flow::Continue
+    }
+
+    /// Queues an `error` reply.
+    fn reply_error(&self, id: u64, code: crate::protocol::ErrorCode, message: &str) {
+        let bytes = encode_error(self.transport.encoding(), id, code, message);
+        self.enqueue(bytes);
+    }
+
+    fn enqueue(&self, bytes: bytes::Bytes) {
+        if self.client.push(bytes, self.state.hub.queue_limits()) == Err(crate::hub::PushError::Overflow) {
+            self.state.metrics.slow_consumer_evictions.inc();
+        }
+    }
+
+    /// Unregisters the client and records why the connection ended.
+    async fn finish(&mut self) {
+        self.state.hub.unregister(&self.client);
+        let label = self.client.closing().map_or("1006", |c| c.code.label());
+        self.state.metrics.disconnects.with_label_values(&[label]).inc();
+        tracing::debug!(code = label, "disconnected");
+        self.transport.shutdown().await;
+    }
+}

@@ -1,0 +1,182 @@
+//! The `GET /ws` upgrade (RFC 6455 handshake over hyper): subprotocol choice (PROTOCOL.md
+//! section 1), origin allowlist, WebSocket buffer sizes, and the hand-off to a tracked
+//! session task. Done here rather than through a framework extractor so the session owns
+//! the raw stream and can close with a proper lingering close.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::api::ApiError;
+use crate::config::ClientConfig;
+use crate::protocol::{Encoding, ErrorCode};
+use crate::state::AppState;
+
+/// Accepts a WebSocket connection.
+pub async fn ws_handler(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
+    if state.shutdown.is_cancelled() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotAvailable, "server is shutting down")
+            .into_response();
+    }
+    let headers = request.headers();
+    let key = match handshake_key(headers) {
+        Ok(key) => key,
+        Err(message) => return ApiError::bad_request(message).into_response(),
+    };
+    let encoding = match choose_encoding(headers) {
+        Ok(encoding) => encoding,
+        Err(offered) => {
+            let message = format!(
+                "unsupported subprotocol {offered:?}: offer {} or {}",
+                Encoding::JSON_SUBPROTOCOL,
+                Encoding::MSGPACK_SUBPROTOCOL
+            );
+            return ApiError::bad_request(message).into_response();
+        }
+    };
+    let config = state.config();
+    if !origin_allowed(headers, &config.client.allowed_origins) {
+        return ApiError::new(StatusCode::FORBIDDEN, ErrorCode::PermissionDenied, "origin not allowed").into_response();
+    }
+    let header_token = bearer_token(headers);
+    let offered_protocol = headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL);
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return ApiError::bad_request("connection cannot be upgraded").into_response();
+    };
+    let ws_config = websocket_config(&config.client);
+    let task_state = state.clone();
+    state.sessions.spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        super::run(socket, task_state, encoding, header_token).await;
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let out = response.headers_mut();
+    out.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    out.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        out.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if offered_protocol {
+        out.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(encoding.subprotocol()));
+    }
+    response
+}
+
+/// Buffers sized for a push server: clients send little, so the read buffer starts small
+/// (it grows for a big frame); writes go straight out.
+fn websocket_config(client: &ClientConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(client.read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_write_buffer_size(usize::MAX)
+        .max_message_size(Some(client.max_frame_bytes))
+        .max_frame_size(Some(client.max_frame_bytes))
+}
+
+/// Checks the RFC 6455 request headers; returns `Sec-WebSocket-Key`.
+fn handshake_key(headers: &HeaderMap) -> Result<String, &'static str> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err("expected a WebSocket upgrade (Connection: upgrade, Upgrade: websocket)");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err("Sec-WebSocket-Version must be 13");
+    }
+    headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .and_then(|k| k.to_str().ok())
+        .map(str::to_owned)
+        .ok_or("missing Sec-WebSocket-Key")
+}
+
+/// The encoding the client offered, JSON when it offered none; `Err` with the offer when
+/// it offered only protocols we do not speak.
+fn choose_encoding(headers: &HeaderMap) -> Result<Encoding, String> {
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    if offered.is_empty() {
+        return Ok(Encoding::Json);
+    }
+    offered
+        .iter()
+        .find_map(|name| Encoding::from_subprotocol(name))
+        .ok_or_else(|| offered.join(", "))
+}
+
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    if allowed.is_empty() || allowed.iter().any(|a| a == "*") {
+        return true;
+    }
+    // Non-browser clients send no Origin; the allowlist guards browsers.
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
+        return true;
+    };
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+    Some(token.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_protocols(value: &'static str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(value));
+        h
+    }
+
+    #[test]
+    fn picks_the_first_known_subprotocol() {
+        assert_eq!(choose_encoding(&HeaderMap::new()), Ok(Encoding::Json));
+        assert_eq!(choose_encoding(&with_protocols("x, pushwire.v1.msgpack")), Ok(Encoding::Msgpack));
+        assert_eq!(choose_encoding(&with_protocols("pushwire.v1.json,pushwire.v1.msgpack")), Ok(Encoding::Json));
+        assert!(choose_encoding(&with_protocols("mqtt")).is_err());
+    }
+
+    #[test]
+    fn origin_allowlist() {
+        let mut h = HeaderMap::new();
+        assert!(origin_allowed(&h, &["https://a.example".into()]));
+        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        assert!(origin_allowed(&h, &[]));
+        assert!(!origin_allowed(&h, &["https://a.example".into()]));
+        assert!(origin_allowed(&h, &["https://evil.example".into()]));
+    }
+
+    #[test]
+    fn handshake_requires_the_rfc_headers() {
+        let mut h = HeaderMap::new();
+        assert!(handshake_key(&h).is_err());
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        assert!(handshake_key(&h).is_err());
+        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert_eq!(handshake_key(&h).as_deref(), Ok("dGhlIHNhbXBsZSBub25jZQ=="));
+    }
+}

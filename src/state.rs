@@ -1,0 +1,90 @@
+//! What every part of one node shares: configuration, hub, broker, metrics, auth, and the
+//! shutdown signal with the tracker of session tasks.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{ApiKeys, TokenVerifier};
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::hub::{Hub, HubSettings, QueueLimits};
+use crate::metrics::Metrics;
+
+/// Identity of this node in the cluster.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    /// Unique per process start.
+    pub id: String,
+    pub name: String,
+    pub version: &'static str,
+    pub started: Instant,
+}
+
+/// Shared state of one node; handlers get it as `Arc<AppState>`.
+pub struct AppState {
+    config: RwLock<Arc<Config>>,
+    pub hub: Hub,
+    pub broker: Broker,
+    pub metrics: Arc<Metrics>,
+    pub tokens: TokenVerifier,
+    pub api_keys: ApiKeys,
+    pub node: NodeIdentity,
+    /// Cancelled when the node starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Tracks every session task, so shutdown can wait for them.
+    pub sessions: TaskTracker,
+}
+
+impl AppState {
+    pub fn new(
+        config: Arc<Config>,
+        hub: Hub,
+        broker: Broker,
+        metrics: Arc<Metrics>,
+        tokens: TokenVerifier,
+        api_keys: ApiKeys,
+        node: NodeIdentity,
+        shutdown: CancellationToken,
+    ) -> Self {
+        AppState {
+            config: RwLock::new(config),
+            hub,
+            broker,
+            metrics,
+            tokens,
+            api_keys,
+            node,
+            shutdown,
+            sessions: TaskTracker::new(),
+        }
+    }
+
+    /// The configuration in force (replaced as a whole on reload).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().clone()
+    }
+
+    /// Applies the reloadable subset of `next` (limits and namespaces).
+    pub fn reload(&self, next: Config) {
+        self.hub.update_settings(hub_settings(&next));
+        *self.config.write() = Arc::new(next);
+    }
+}
+
+/// The hub's view of the configuration.
+pub fn hub_settings(config: &Config) -> HubSettings {
+    HubSettings {
+        queue: QueueLimits {
+            max_messages: config.client.queue_max_messages,
+            max_bytes: config.client.queue_max_bytes,
+        },
+        ping_interval_ms: config.client.ping_interval_secs * 1000,
+        pong_timeout_ms: config.client.pong_timeout_secs * 1000,
+        write_timeout_ms: config.client.write_timeout_secs * 1000,
+        expiry_grace_secs: config.auth.expiry_grace_secs,
+    }
+}
