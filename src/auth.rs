@@ -92,7 +92,8 @@ impl TokenVerifier {
         if self.keys.is_empty() {
             return Err(TokenError::NotConfigured);
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
         let mut last = TokenError::Invalid("no key matches the token's algorithm".into());
         for (key, alg) in self.keys.iter().filter(|(_, alg)| *alg == header.alg) {
             let mut validation = Validation::new(*alg);
@@ -100,7 +101,9 @@ impl TokenVerifier {
             validation.set_required_spec_claims(&["exp", "sub"]);
             match jsonwebtoken::decode::<T>(token, key, &validation) {
                 Ok(data) => return Ok(data.claims),
-                Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => return Err(TokenError::Expired),
+                Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => {
+                    return Err(TokenError::Expired);
+                }
                 Err(e) => last = TokenError::Invalid(e.to_string()),
             }
         }
@@ -125,7 +128,10 @@ fn load_public_key(path: &Path) -> Result<(DecodingKey, Algorithm), KeyError> {
 }
 
 /// Mints an HS256 token (`pushwire token`, tests).
-pub fn mint_hs256<T: Serialize>(secret: &str, claims: &T) -> Result<String, jsonwebtoken::errors::Error> {
+pub fn mint_hs256<T: Serialize>(
+    secret: &str,
+    claims: &T,
+) -> Result<String, jsonwebtoken::errors::Error> {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(Algorithm::HS256),
         claims,
@@ -199,14 +205,34 @@ mod tests {
     #[test]
     fn hs256_round_trip_and_expiry() -> Result<(), jsonwebtoken::errors::Error> {
         let v = verifier("s3cret-s3cret");
-        let claims = ConnectClaims { sub: "alice".into(), exp: unix_now() + 60, info: None, channels: None };
+        let claims = ConnectClaims {
+            sub: "alice".into(),
+            exp: unix_now() + 60,
+            info: None,
+            channels: None,
+        };
         let token = mint_hs256("s3cret-s3cret", &claims)?;
         assert_eq!(v.verify_connect(&token).map(|c| c.sub), Ok("alice".into()));
-        let expired = mint_hs256("s3cret-s3cret", &ConnectClaims { exp: unix_now() - 5, ..claims.clone() })?;
-        assert_eq!(v.verify_connect(&expired).map(|c| c.sub), Err(TokenError::Expired));
+        let expired = mint_hs256(
+            "s3cret-s3cret",
+            &ConnectClaims {
+                exp: unix_now() - 5,
+                ..claims.clone()
+            },
+        )?;
+        assert_eq!(
+            v.verify_connect(&expired).map(|c| c.sub),
+            Err(TokenError::Expired)
+        );
         let forged = mint_hs256("other-secret", &claims)?;
-        assert!(matches!(v.verify_connect(&forged), Err(TokenError::Invalid(_))));
-        assert!(matches!(v.verify_connect("garbage"), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            v.verify_connect(&forged),
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(matches!(
+            v.verify_connect("garbage"),
+            Err(TokenError::Invalid(_))
+        ));
         Ok(())
     }
 

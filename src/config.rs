@@ -182,7 +182,10 @@ impl Default for Config {
             log: LogConfig::default(),
             broker: BrokerConfig::default(),
             redis: RedisConfig::default(),
-            namespaces: BTreeMap::from([(DEFAULT_NAMESPACE.to_owned(), NamespaceConfig::default())]),
+            namespaces: BTreeMap::from([(
+                DEFAULT_NAMESPACE.to_owned(),
+                NamespaceConfig::default(),
+            )]),
         }
     }
 }
@@ -318,7 +321,9 @@ impl Config {
         if let Some(listen) = &overrides.listen {
             figment = figment.merge(Serialized::default("server.listen", listen));
         }
-        let config: Config = figment.extract().map_err(|e| ConfigError::Load(Box::new(e)))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -347,22 +352,37 @@ impl Config {
         if !self.server.metrics_listen.is_empty()
             && self.server.metrics_listen.parse::<SocketAddr>().is_err()
         {
-            return invalid("server.metrics_listen", "expected an address like 0.0.0.0:9090");
+            return invalid(
+                "server.metrics_listen",
+                "expected an address like 0.0.0.0:9090",
+            );
         }
         let positive = [
             ("server.max_connections", self.server.max_connections as u64),
-            ("client.connect_timeout_secs", self.client.connect_timeout_secs),
+            (
+                "client.connect_timeout_secs",
+                self.client.connect_timeout_secs,
+            ),
             ("client.ping_interval_secs", self.client.ping_interval_secs),
             ("client.pong_timeout_secs", self.client.pong_timeout_secs),
-            ("client.queue_max_messages", self.client.queue_max_messages as u64),
+            (
+                "client.queue_max_messages",
+                self.client.queue_max_messages as u64,
+            ),
             ("client.queue_max_bytes", self.client.queue_max_bytes as u64),
             ("client.max_frame_bytes", self.client.max_frame_bytes as u64),
             ("client.max_channels", self.client.max_channels as u64),
             ("client.max_batch_bytes", self.client.max_batch_bytes as u64),
-            ("client.read_buffer_bytes", self.client.read_buffer_bytes as u64),
+            (
+                "client.read_buffer_bytes",
+                self.client.read_buffer_bytes as u64,
+            ),
             ("client.write_timeout_secs", self.client.write_timeout_secs),
             ("api.max_publish_bytes", self.api.max_publish_bytes as u64),
-            ("redis.pubsub_connections", self.redis.pubsub_connections as u64),
+            (
+                "redis.pubsub_connections",
+                self.redis.pubsub_connections as u64,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -373,25 +393,38 @@ impl Config {
             return invalid("api.keys", "every key must be at least 8 characters");
         }
         for (name, ns) in &self.namespaces {
-            if name.is_empty() || name.contains(':') || crate::protocol::ChannelName::parse(name).is_err() {
+            if name.is_empty()
+                || name.contains(':')
+                || crate::protocol::ChannelName::parse(name).is_err()
+            {
                 return invalid(&format!("namespaces.{name}"), "not a valid namespace name");
             }
             if ns.history_size > 0 && ns.history_ttl_secs == 0 {
-                return invalid(&format!("namespaces.{name}.history_ttl_secs"), "must be greater than 0 when history_size > 0");
+                return invalid(
+                    &format!("namespaces.{name}.history_ttl_secs"),
+                    "must be greater than 0 when history_size > 0",
+                );
             }
             if ns.join_leave && !ns.presence {
-                return invalid(&format!("namespaces.{name}.join_leave"), "needs presence = true");
+                return invalid(
+                    &format!("namespaces.{name}.join_leave"),
+                    "needs presence = true",
+                );
             }
         }
         if self.redis.cluster && self.redis.cluster_nodes.is_empty() {
-            return invalid("redis.cluster_nodes", "must list at least one seed node when redis.cluster = true");
+            return invalid(
+                "redis.cluster_nodes",
+                "must list at least one seed node when redis.cluster = true",
+            );
         }
         Ok(())
     }
 
     /// The namespace options for a channel, or `None` when its namespace is undeclared.
     pub fn namespace_of(&self, channel: &crate::protocol::ChannelName) -> Option<&NamespaceConfig> {
-        self.namespaces.get(channel.namespace().unwrap_or(DEFAULT_NAMESPACE))
+        self.namespaces
+            .get(channel.namespace().unwrap_or(DEFAULT_NAMESPACE))
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -432,7 +465,8 @@ mod tests {
 
     #[test]
     fn file_namespaces_add_to_the_default_one() -> Result<(), ConfigError> {
-        let config = Config::from_toml("[namespaces.chat]\nhistory_size = 10\nallow_publish = \"all\"\n")?;
+        let config =
+            Config::from_toml("[namespaces.chat]\nhistory_size = 10\nallow_publish = \"all\"\n")?;
         assert!(config.namespaces.contains_key(DEFAULT_NAMESPACE));
         assert_eq!(config.namespaces["chat"].history_size, 10);
         assert_eq!(config.namespaces["chat"].allow_publish, PublishPolicy::All);
@@ -442,13 +476,21 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let err = Config::from_toml("[client]\nping_interval_secs = 0\n").err().map(|e| e.to_string());
+        let err = Config::from_toml("[client]\nping_interval_secs = 0\n")
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("client.ping_interval_secs")));
-        let err = Config::from_toml("[client]\nping_intervall = 3\n").err().map(|e| e.to_string());
+        let err = Config::from_toml("[client]\nping_intervall = 3\n")
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("ping_intervall")));
-        let err = Config::from_toml("[server]\nlisten = \"nope\"\n").err().map(|e| e.to_string());
+        let err = Config::from_toml("[server]\nlisten = \"nope\"\n")
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("server.listen")));
-        let err = Config::from_toml("[namespaces.chat]\nallow_publish = \"maybe\"\n").err().map(|e| e.to_string());
+        let err = Config::from_toml("[namespaces.chat]\nallow_publish = \"maybe\"\n")
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("allow_publish")));
     }
 }

@@ -12,7 +12,11 @@ use pushwire::config::{Config, Overrides};
 use pushwire::server::Server;
 
 #[derive(Parser)]
-#[command(name = "pushwire", version, about = "A real-time WebSocket push server")]
+#[command(
+    name = "pushwire",
+    version,
+    about = "A real-time WebSocket push server"
+)]
 struct Cli {
     #[command(flatten)]
     common: Common,
@@ -61,12 +65,18 @@ struct TokenArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let overrides = Overrides { listen: cli.common.listen.clone() };
-    let config = Config::load(cli.common.config.as_deref(), &overrides).context("loading configuration")?;
+    let overrides = Overrides {
+        listen: cli.common.listen.clone(),
+    };
+    let config =
+        Config::load(cli.common.config.as_deref(), &overrides).context("loading configuration")?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, cli.common, overrides),
         Command::CheckConfig => {
-            println!("{}", toml::to_string_pretty(&config).context("printing configuration")?);
+            println!(
+                "{}",
+                toml::to_string_pretty(&config).context("printing configuration")?
+            );
             Ok(())
         }
         Command::Token(args) => {
@@ -121,18 +131,26 @@ async fn shutdown_signal() {
 }
 
 /// Reloads limits and namespaces from the same sources on SIGHUP.
-fn reload_on_sighup(state: std::sync::Arc<pushwire::state::AppState>, path: Option<PathBuf>, overrides: Overrides) {
+fn reload_on_sighup(
+    state: std::sync::Arc<pushwire::state::AppState>,
+    path: Option<PathBuf>,
+    overrides: Overrides,
+) {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
         while hup.recv().await.is_some() {
             match Config::load(path.as_deref(), &overrides) {
                 Ok(next) => {
                     state.reload(next);
                     tracing::info!("configuration reloaded (limits and namespaces)");
                 }
-                Err(err) => tracing::error!(error = %err, "configuration reload failed; keeping the old one"),
+                Err(err) => {
+                    tracing::error!(error = %err, "configuration reload failed; keeping the old one")
+                }
             }
         }
     });
@@ -140,17 +158,35 @@ fn reload_on_sighup(state: std::sync::Arc<pushwire::state::AppState>, path: Opti
 
 fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {
     let secret = &config.auth.token_hmac_secret;
-    anyhow::ensure!(!secret.is_empty(), "auth.token_hmac_secret is not set; tokens cannot be minted");
+    anyhow::ensure!(
+        !secret.is_empty(),
+        "auth.token_hmac_secret is not set; tokens cannot be minted"
+    );
     let exp = unix_now() + args.ttl.as_secs();
     let token = match &args.subscribe_channel {
-        Some(channel) => mint_hs256(secret, &SubscribeClaims { sub: args.user.clone(), channel: channel.clone(), exp })?,
+        Some(channel) => mint_hs256(
+            secret,
+            &SubscribeClaims {
+                sub: args.user.clone(),
+                channel: channel.clone(),
+                exp,
+            },
+        )?,
         None => {
             let info = match &args.info {
                 Some(text) => Some(serde_json::from_str(text).context("--info is not valid JSON")?),
                 None => None,
             };
             let channels = (!args.channels.is_empty()).then(|| args.channels.clone());
-            mint_hs256(secret, &ConnectClaims { sub: args.user.clone(), exp, info, channels })?
+            mint_hs256(
+                secret,
+                &ConnectClaims {
+                    sub: args.user.clone(),
+                    exp,
+                    info,
+                    channels,
+                },
+            )?
         }
     };
     Ok(token)

@@ -160,7 +160,9 @@ impl Metrics {
         ];
         for collector in collectors {
             // Names are unique by construction; a failure here is a programming error.
-            self.registry.register(collector).expect("metric registered once");
+            self.registry
+                .register(collector)
+                .expect("metric registered once");
         }
         #[cfg(target_os = "linux")]
         {
@@ -221,7 +223,10 @@ mod tests {
         assert!(text.contains("pushwire_disconnects_total{code=\"4008\"} 0"));
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let name = line.split_whitespace().nth(2).unwrap_or_default();
-            assert!(name.starts_with("pushwire_") || name.starts_with("process_"), "{name}");
+            assert!(
+                name.starts_with("pushwire_") || name.starts_with("process_"),
+                "{name}"
+            );
         }
     }
 }

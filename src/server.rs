@@ -60,7 +60,12 @@ impl Server {
         let metrics = Arc::new(Metrics::new());
         let background = TaskTracker::new();
         let background_stop = CancellationToken::new();
-        let hub = Hub::start(hub_settings(&config), metrics.clone(), &background, background_stop.clone());
+        let hub = Hub::start(
+            hub_settings(&config),
+            metrics.clone(),
+            &background,
+            background_stop.clone(),
+        );
         let broker = Broker::memory(hub.clone());
         let tokens = TokenVerifier::from_config(&config.auth)?;
         let mut keys = config.api.keys.clone();
@@ -82,7 +87,14 @@ impl Server {
             node,
             CancellationToken::new(),
         ));
-        Ok(Server { state, listener, metrics_listener, background, background_stop, generated_api_key })
+        Ok(Server {
+            state,
+            listener,
+            metrics_listener,
+            background,
+            background_stop,
+            generated_api_key,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -92,7 +104,9 @@ impl Server {
     }
 
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
-        self.metrics_listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> Arc<AppState> {
@@ -100,18 +114,33 @@ impl Server {
     }
 
     /// Serves until `signal` resolves, then shuts down gracefully.
-    pub async fn run(self, signal: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-        let Server { state, listener, metrics_listener, background, background_stop, .. } = self;
+    pub async fn run(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        let Server {
+            state,
+            listener,
+            metrics_listener,
+            background,
+            background_stop,
+            ..
+        } = self;
         let router = router(state.clone(), metrics_listener.is_none());
         let stop_accepting = state.shutdown.clone();
-        let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stop_accepting.cancelled_owned());
+        let serve = axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop_accepting.cancelled_owned());
         let serve = tokio::spawn(async move { serve.await });
         if let Some(listener) = metrics_listener {
             let metrics = api::metrics_router().with_state(state.clone());
             let stop = background_stop.clone();
             background.spawn(async move {
-                let _ = axum::serve(listener, metrics).with_graceful_shutdown(stop.cancelled_owned()).await;
+                let _ = axum::serve(listener, metrics)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await;
             });
         }
         background.spawn(expire_streams(state.clone(), background_stop.clone()));
@@ -134,18 +163,31 @@ pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
         .merge(api::api_router(state.clone()))
         .merge(api::probe_router(with_metrics))
         .fallback(|| async { api::ApiError::not_available("no such route") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), api::record_metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::record_metrics,
+        ))
         .with_state(state)
 }
 
 async fn shutdown(state: &Arc<AppState>) {
     let grace = Duration::from_secs(state.config().server.shutdown_grace_secs);
-    tracing::info!(connections = state.hub.connection_count(), grace_secs = grace.as_secs(), "shutting down");
+    tracing::info!(
+        connections = state.hub.connection_count(),
+        grace_secs = grace.as_secs(),
+        "shutting down"
+    );
     state.shutdown.cancel();
     state.hub.close_all(CloseCode::GoingAway);
     state.sessions.close();
-    if tokio::time::timeout(grace, state.sessions.wait()).await.is_err() {
-        tracing::warn!(left = state.sessions.len(), "grace period over; dropping remaining connections");
+    if tokio::time::timeout(grace, state.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = state.sessions.len(),
+            "grace period over; dropping remaining connections"
+        );
     }
 }
 
@@ -160,14 +202,21 @@ async fn expire_streams(state: Arc<AppState>, stop: CancellationToken) {
         let Broker::Memory(broker) = &state.broker;
         let config = state.config();
         broker.expire_streams(|channel| {
-            let ns = config.namespaces.get(channel.namespace().unwrap_or(DEFAULT_NAMESPACE))?;
+            let ns = config
+                .namespaces
+                .get(channel.namespace().unwrap_or(DEFAULT_NAMESPACE))?;
             Some(Duration::from_secs(ns.history_ttl_secs))
         });
     }
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr: addr.to_owned(), source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })
 }
 
 fn random_key() -> String {

@@ -9,7 +9,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_replies_connected_in_both_encodings() -> TestResult {
-    let server = TestServer::start("[client]\nping_interval_secs = 7\npong_timeout_secs = 3\n").await?;
+    let server =
+        TestServer::start("[client]\nping_interval_secs = 7\npong_timeout_secs = 3\n").await?;
     for encoding in [Encoding::Json, Encoding::Msgpack] {
         let (_client, reply) = WsClient::connect(&server.ws_url(), encoding).await?;
         assert_eq!(reply["op"], "connected");
@@ -18,7 +19,10 @@ async fn connect_replies_connected_in_both_encodings() -> TestResult {
         assert_eq!(reply["node"], json!(server.state.node.name));
         assert_eq!(reply["ping_interval"], 7);
         assert_eq!(reply["pong_timeout"], 3);
-        assert!(reply.get("user").is_none(), "anonymous has no user: {reply}");
+        assert!(
+            reply.get("user").is_none(),
+            "anonymous has no user: {reply}"
+        );
     }
     server.stop().await
 }
@@ -29,7 +33,9 @@ async fn no_subprotocol_means_json_and_unknown_ones_get_400() -> TestResult {
     let (mut socket, response) = tokio_tungstenite::connect_async(server.ws_url()).await?;
     assert!(response.headers().get("sec-websocket-protocol").is_none());
     use futures_util::SinkExt;
-    socket.send(Message::text(r#"{"op":"connect","id":1}"#)).await?;
+    socket
+        .send(Message::text(r#"{"op":"connect","id":1}"#))
+        .await?;
     use futures_util::StreamExt;
     let reply = socket.next().await.ok_or("no reply")??;
     assert!(reply.to_text()?.contains("\"connected\""));
@@ -47,7 +53,12 @@ async fn no_subprotocol_means_json_and_unknown_ones_get_400() -> TestResult {
     assert_eq!(response.status().as_u16(), 400);
     let body: serde_json::Value = response.json().await?;
     assert_eq!(body["error"]["code"], 107);
-    assert!(body["error"]["message"].as_str().unwrap_or_default().contains("pushwire.v1.json"));
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pushwire.v1.json")
+    );
     server.stop().await
 }
 
@@ -57,9 +68,15 @@ async fn no_connect_within_timeout_closes_4004() -> TestResult {
     let mut client = WsClient::open(&server.ws_url(), Encoding::Json).await?;
     let (code, seen) = client.expect_close().await?;
     assert_eq!(code, 4004);
-    assert_eq!(seen.last().map(|m| m["op"].clone()), Some(json!("disconnect")));
+    assert_eq!(
+        seen.last().map(|m| m["op"].clone()),
+        Some(json!("disconnect"))
+    );
     assert_eq!(seen.last().map(|m| m["code"].clone()), Some(json!(4004)));
-    assert_eq!(seen.last().map(|m| m["reconnect"].clone()), Some(json!(true)));
+    assert_eq!(
+        seen.last().map(|m| m["reconnect"].clone()),
+        Some(json!(true))
+    );
     server.stop().await
 }
 
@@ -67,10 +84,15 @@ async fn no_connect_within_timeout_closes_4004() -> TestResult {
 async fn a_first_message_other_than_connect_closes_4000() -> TestResult {
     let server = TestServer::start("").await?;
     let mut client = WsClient::open(&server.ws_url(), Encoding::Json).await?;
-    client.send(json!({"op": "subscribe", "id": 1, "channel": "news"})).await?;
+    client
+        .send(json!({"op": "subscribe", "id": 1, "channel": "news"}))
+        .await?;
     let (code, seen) = client.expect_close().await?;
     assert_eq!(code, 4000);
-    assert_eq!(seen.last().map(|m| m["reconnect"].clone()), Some(json!(false)));
+    assert_eq!(
+        seen.last().map(|m| m["reconnect"].clone()),
+        Some(json!(false))
+    );
     server.stop().await
 }
 
@@ -98,11 +120,19 @@ async fn second_connect_is_107_and_unknown_op_is_104() -> TestResult {
     let server = TestServer::start("").await?;
     let (mut client, _) = WsClient::connect(&server.ws_url(), Encoding::Json).await?;
     let reply = client.request("connect", json!({})).await?;
-    assert_eq!((reply["op"].clone(), reply["code"].clone()), (json!("error"), json!(107)));
+    assert_eq!(
+        (reply["op"].clone(), reply["code"].clone()),
+        (json!("error"), json!(107))
+    );
     let reply = client.request("teleport", json!({})).await?;
-    assert_eq!((reply["op"].clone(), reply["code"].clone()), (json!("error"), json!(104)));
+    assert_eq!(
+        (reply["op"].clone(), reply["code"].clone()),
+        (json!("error"), json!(104))
+    );
     // The connection stays open after request errors.
-    let reply = client.request("subscribe", json!({"channel": "news"})).await?;
+    let reply = client
+        .request("subscribe", json!({"channel": "news"}))
+        .await?;
     assert_eq!(reply["op"], "subscribed");
     server.stop().await
 }
@@ -123,7 +153,9 @@ async fn frames_over_max_frame_bytes_close_1009() -> TestResult {
 async fn client_close_is_answered_and_unregisters() -> TestResult {
     let server = TestServer::start("").await?;
     let (mut client, _) = WsClient::connect(&server.ws_url(), Encoding::Json).await?;
-    client.request("subscribe", json!({"channel": "news"})).await?;
+    client
+        .request("subscribe", json!({"channel": "news"}))
+        .await?;
     assert_eq!(server.state.hub.connection_count(), 1);
     client.socket.close(None).await?;
     use futures_util::StreamExt;
@@ -147,7 +179,8 @@ async fn client_close_is_answered_and_unregisters() -> TestResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_are_sent_and_a_missing_pong_closes_4005() -> TestResult {
-    let server = TestServer::start("[client]\nping_interval_secs = 1\npong_timeout_secs = 1\n").await?;
+    let server =
+        TestServer::start("[client]\nping_interval_secs = 1\npong_timeout_secs = 1\n").await?;
     let (mut polite, _) = WsClient::connect(&server.ws_url(), Encoding::Json).await?;
     let (mut silent, _) = WsClient::connect(&server.ws_url(), Encoding::Msgpack).await?;
     let silent_side = async {
@@ -161,7 +194,9 @@ async fn pings_are_sent_and_a_missing_pong_closes_4005() -> TestResult {
         read = polite.recv() => return fail(format!("polite client got {read:?}")),
     };
     assert_eq!(code, 4005);
-    let reply = polite.request("subscribe", json!({"channel": "still-here"})).await?;
+    let reply = polite
+        .request("subscribe", json!({"channel": "still-here"}))
+        .await?;
     assert_eq!(reply["op"], "subscribed");
     server.stop().await
 }

@@ -19,7 +19,11 @@ pub enum BodyKind {
 }
 
 /// Reads the body, enforcing type and size.
-pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<(BodyKind, bytes::Bytes), ApiError> {
+pub async fn read(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<(BodyKind, bytes::Bytes), ApiError> {
     let kind = body_kind(headers)?;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
@@ -36,10 +40,17 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     match essence.as_str() {
         "application/json" => Ok(BodyKind::Json),
-        "application/msgpack" | "application/vnd.msgpack" | "application/x-msgpack" => Ok(BodyKind::Msgpack),
+        "application/msgpack" | "application/vnd.msgpack" | "application/x-msgpack" => {
+            Ok(BodyKind::Msgpack)
+        }
         _ => Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::BadRequest,
@@ -100,7 +111,9 @@ fn read_msgpack(bytes: &[u8]) -> Result<rmpv::Value, ApiError> {
     let value = rmpv::decode::read_value_with_max_depth(&mut rest, MAX_MSGPACK_DEPTH)
         .map_err(|e| ApiError::bad_request(format!("invalid MessagePack body: {e}")))?;
     if !rest.is_empty() {
-        return Err(ApiError::bad_request("trailing bytes after the MessagePack body"));
+        return Err(ApiError::bad_request(
+            "trailing bytes after the MessagePack body",
+        ));
     }
     Ok(value)
 }
@@ -149,7 +162,9 @@ impl<D: DataField> From<PublishBody<D>> for Publish {
     fn from(body: PublishBody<D>) -> Self {
         Publish {
             channel: body.channel,
-            payload: body.data.map_or_else(Payload::null, DataField::into_payload),
+            payload: body
+                .data
+                .map_or_else(Payload::null, DataField::into_payload),
             idempotency_key: body.idempotency_key,
         }
     }
@@ -165,7 +180,9 @@ impl<D: DataField> From<BroadcastBody<D>> for Broadcast {
     fn from(body: BroadcastBody<D>) -> Self {
         Broadcast {
             channels: body.channels,
-            payload: body.data.map_or_else(Payload::null, DataField::into_payload),
+            payload: body
+                .data
+                .map_or_else(Payload::null, DataField::into_payload),
         }
     }
 }

@@ -21,7 +21,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -35,7 +39,11 @@ impl ApiError {
 
 impl From<BrokerError> for ApiError {
     fn from(err: BrokerError) -> Self {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Internal, err.to_string())
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            err.to_string(),
+        )
     }
 }
 
@@ -44,9 +52,10 @@ impl IntoResponse for ApiError {
         let body = json!({ "error": { "code": self.code.as_u16(), "message": self.message } });
         let mut response = (self.status, Json(body)).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
         }
         response
     }

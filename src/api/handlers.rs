@@ -12,10 +12,15 @@ use serde_json::json;
 use serde_json::value::RawValue;
 
 use super::ApiError;
-use super::body::{self, Broadcast, BroadcastBody, DisconnectBody, Publish, PublishBody, UnsubscribeBody};
+use super::body::{
+    self, Broadcast, BroadcastBody, DisconnectBody, Publish, PublishBody, UnsubscribeBody,
+};
 use crate::config::NamespaceConfig;
 use crate::hub::{ClientHandle, ClientId};
-use crate::protocol::{ChannelName, CloseCode, Encoding, ErrorCode, HistoryItem, Payload, ServerMessage, StreamPosition, data_fields};
+use crate::protocol::{
+    ChannelName, CloseCode, Encoding, ErrorCode, HistoryItem, Payload, ServerMessage,
+    StreamPosition, data_fields,
+};
 use crate::state::AppState;
 
 type ApiResult = Result<Response, ApiError>;
@@ -27,21 +32,43 @@ fn respond<T: Serialize>(headers: &HeaderMap, value: &T) -> ApiResult {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("msgpack"));
     if wants_msgpack {
-        let bytes = rmp_serde::to_vec_named(value)
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, e.to_string()))?;
+        let bytes = rmp_serde::to_vec_named(value).map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                e.to_string(),
+            )
+        })?;
         return Ok(([(header::CONTENT_TYPE, "application/msgpack")], bytes).into_response());
     }
-    let bytes = serde_json::to_vec(value)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, e.to_string()))?;
+    let bytes = serde_json::to_vec(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            e.to_string(),
+        )
+    })?;
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
 /// Parses a channel and finds its namespace: 400 with code 107 or 102.
-fn channel_and_namespace(state: &AppState, name: &str) -> Result<(ChannelName, NamespaceConfig), ApiError> {
-    let channel = ChannelName::parse(name).map_err(|e| ApiError::bad_request(format!("channel {name:?}: {e}")))?;
-    let ns = state.config().namespace_of(&channel).cloned().ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::UnknownChannel, format!("unknown namespace for channel {channel}"))
-    })?;
+fn channel_and_namespace(
+    state: &AppState,
+    name: &str,
+) -> Result<(ChannelName, NamespaceConfig), ApiError> {
+    let channel = ChannelName::parse(name)
+        .map_err(|e| ApiError::bad_request(format!("channel {name:?}: {e}")))?;
+    let ns = state
+        .config()
+        .namespace_of(&channel)
+        .cloned()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::UnknownChannel,
+                format!("unknown namespace for channel {channel}"),
+            )
+        })?;
     Ok((channel, ns))
 }
 
@@ -49,41 +76,58 @@ fn check_size(state: &AppState, payload: &Payload) -> Result<(), ApiError> {
     let limit = state.config().api.max_publish_bytes;
     if payload.len() > limit {
         state.metrics.limit_tripped("publish_body_size");
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::LimitExceeded, "data larger than max_publish_bytes"));
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::LimitExceeded,
+            "data larger than max_publish_bytes",
+        ));
     }
     Ok(())
 }
 
-pub async fn publish(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> ApiResult {
+pub async fn publish(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let limit = state.config().api.max_publish_bytes;
     let (kind, bytes) = body::read(&headers, body, limit).await?;
-    let request: Publish = body::decode_with_data::<PublishBody<Box<RawValue>>, PublishBody<rmpv::Value>, _>(
-        kind,
-        &bytes,
-        Publish::from,
-        Publish::from,
-    )?;
+    let request: Publish = body::decode_with_data::<
+        PublishBody<Box<RawValue>>,
+        PublishBody<rmpv::Value>,
+        _,
+    >(kind, &bytes, Publish::from, Publish::from)?;
     let (channel, ns) = channel_and_namespace(&state, &request.channel)?;
     check_size(&state, &request.payload)?;
     let result = state
         .broker
-        .publish(&channel, request.payload, &ns, request.idempotency_key.as_deref())
+        .publish(
+            &channel,
+            request.payload,
+            &ns,
+            request.idempotency_key.as_deref(),
+        )
         .await?;
     state.metrics.publications.with_label_values(&["api"]).inc();
     respond(&headers, &result)
 }
 
-pub async fn broadcast(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> ApiResult {
+pub async fn broadcast(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let limit = state.config().api.max_publish_bytes;
     let (kind, bytes) = body::read(&headers, body, limit).await?;
-    let request: Broadcast = body::decode_with_data::<BroadcastBody<Box<RawValue>>, BroadcastBody<rmpv::Value>, _>(
-        kind,
-        &bytes,
-        Broadcast::from,
-        Broadcast::from,
-    )?;
+    let request: Broadcast = body::decode_with_data::<
+        BroadcastBody<Box<RawValue>>,
+        BroadcastBody<rmpv::Value>,
+        _,
+    >(kind, &bytes, Broadcast::from, Broadcast::from)?;
     if request.channels.is_empty() {
-        return Err(ApiError::bad_request("channels must list at least one channel"));
+        return Err(ApiError::bad_request(
+            "channels must list at least one channel",
+        ));
     }
     check_size(&state, &request.payload)?;
     let mut results = Vec::with_capacity(request.channels.len());
@@ -113,15 +157,28 @@ pub async fn broadcast(State(state): State<Arc<AppState>>, headers: HeaderMap, b
 }
 
 /// The local clients a `user` or `client_id` selector names.
-fn select_clients(state: &AppState, user: Option<&str>, client_id: Option<&str>) -> Result<Vec<Arc<ClientHandle>>, ApiError> {
+fn select_clients(
+    state: &AppState,
+    user: Option<&str>,
+    client_id: Option<&str>,
+) -> Result<Vec<Arc<ClientHandle>>, ApiError> {
     match (user, client_id) {
         (Some(user), None) => Ok(state.hub.clients_of_user(user)),
-        (None, Some(id)) => Ok(ClientId::parse(id).and_then(|id| state.hub.client(id)).into_iter().collect()),
-        _ => Err(ApiError::bad_request("give exactly one of user or client_id")),
+        (None, Some(id)) => Ok(ClientId::parse(id)
+            .and_then(|id| state.hub.client(id))
+            .into_iter()
+            .collect()),
+        _ => Err(ApiError::bad_request(
+            "give exactly one of user or client_id",
+        )),
     }
 }
 
-pub async fn disconnect(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> ApiResult {
+pub async fn disconnect(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let limit = state.config().api.max_publish_bytes;
     let (kind, bytes) = body::read(&headers, body, limit).await?;
     let request: DisconnectBody = body::decode(kind, &bytes)?;
@@ -131,9 +188,15 @@ pub async fn disconnect(State(state): State<Arc<AppState>>, headers: HeaderMap, 
             .filter(|c| (4000..=4999).contains(&c.as_u16()))
             .ok_or_else(|| ApiError::bad_request("code must be in 4000..=4999"))?,
     };
-    let reason = request.reason.unwrap_or_else(|| code.default_reason().to_owned());
+    let reason = request
+        .reason
+        .unwrap_or_else(|| code.default_reason().to_owned());
     let reconnect = request.reconnect.unwrap_or(true);
-    let clients = select_clients(&state, request.user.as_deref(), request.client_id.as_deref())?;
+    let clients = select_clients(
+        &state,
+        request.user.as_deref(),
+        request.client_id.as_deref(),
+    )?;
     let disconnected = clients
         .iter()
         .filter(|c| c.close_with(code, &reason, reconnect, true))
@@ -141,19 +204,30 @@ pub async fn disconnect(State(state): State<Arc<AppState>>, headers: HeaderMap, 
     respond(&headers, &json!({ "disconnected": disconnected }))
 }
 
-pub async fn unsubscribe(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> ApiResult {
+pub async fn unsubscribe(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let limit = state.config().api.max_publish_bytes;
     let (kind, bytes) = body::read(&headers, body, limit).await?;
     let request: UnsubscribeBody = body::decode(kind, &bytes)?;
     let channel = ChannelName::parse(&request.channel)
         .map_err(|e| ApiError::bad_request(format!("channel {:?}: {e}", request.channel)))?;
-    let clients = select_clients(&state, request.user.as_deref(), request.client_id.as_deref())?;
+    let clients = select_clients(
+        &state,
+        request.user.as_deref(),
+        request.client_id.as_deref(),
+    )?;
     let limits = state.hub.queue_limits();
     let mut unsubscribed = 0;
     for client in clients {
         if state.hub.unsubscribe(&client, &channel) {
             unsubscribed += 1;
-            let notice = ServerMessage::Unsubscribed { id: 0, channel: channel.as_str() };
+            let notice = ServerMessage::Unsubscribed {
+                id: 0,
+                channel: channel.as_str(),
+            };
             if let Ok(bytes) = crate::protocol::encode(client.encoding, &notice) {
                 let _ = client.push(bytes, limits);
             }
@@ -168,7 +242,11 @@ pub struct ChannelsQuery {
     prefix: String,
 }
 
-pub async fn channels(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(query): Query<ChannelsQuery>) -> ApiResult {
+pub async fn channels(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<ChannelsQuery>,
+) -> ApiResult {
     let mut channels = state.hub.channel_counts(&query.prefix);
     channels.sort();
     let list: Vec<_> = channels
@@ -186,37 +264,69 @@ pub struct ChannelQuery {
     since_epoch: Option<String>,
 }
 
-fn required_channel(state: &AppState, query: &ChannelQuery) -> Result<(ChannelName, NamespaceConfig), ApiError> {
-    let name = query.channel.as_deref().ok_or_else(|| ApiError::bad_request("query parameter channel is required"))?;
+fn required_channel(
+    state: &AppState,
+    query: &ChannelQuery,
+) -> Result<(ChannelName, NamespaceConfig), ApiError> {
+    let name = query
+        .channel
+        .as_deref()
+        .ok_or_else(|| ApiError::bad_request("query parameter channel is required"))?;
     channel_and_namespace(state, name)
 }
 
-pub async fn presence(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(query): Query<ChannelQuery>) -> ApiResult {
+pub async fn presence(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<ChannelQuery>,
+) -> ApiResult {
     let (channel, ns) = required_channel(&state, &query)?;
     if !ns.presence {
-        return Err(ApiError::not_available(format!("presence is off for the namespace of {channel}")));
+        return Err(ApiError::not_available(format!(
+            "presence is off for the namespace of {channel}"
+        )));
     }
     let clients = state.broker.presence(&channel).await?;
     respond(&headers, &json!({ "clients": clients }))
 }
 
-pub async fn history(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(query): Query<ChannelQuery>) -> ApiResult {
+pub async fn history(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<ChannelQuery>,
+) -> ApiResult {
     let (channel, ns) = required_channel(&state, &query)?;
     if ns.history_size == 0 {
-        return Err(ApiError::not_available(format!("history is off for the namespace of {channel}")));
+        return Err(ApiError::not_available(format!(
+            "history is off for the namespace of {channel}"
+        )));
     }
     let since = match (query.since_offset, &query.since_epoch) {
-        (Some(offset), Some(epoch)) => Some(StreamPosition { offset, epoch: epoch.clone() }),
+        (Some(offset), Some(epoch)) => Some(StreamPosition {
+            offset,
+            epoch: epoch.clone(),
+        }),
         (None, None) => None,
-        _ => return Err(ApiError::bad_request("since_offset and since_epoch go together")),
+        _ => {
+            return Err(ApiError::bad_request(
+                "since_offset and since_epoch go together",
+            ));
+        }
     };
-    let page = state.broker.history(&channel, &ns, since.as_ref(), query.limit).await?;
+    let page = state
+        .broker
+        .history(&channel, &ns, since.as_ref(), query.limit)
+        .await?;
     let messages: Vec<HistoryItem<'_>> = page
         .messages
         .iter()
         .map(|(offset, payload)| {
             let (data, data_b64) = data_fields(Encoding::Json, payload);
-            HistoryItem { offset: *offset, data, data_b64 }
+            HistoryItem {
+                offset: *offset,
+                data,
+                data_b64,
+            }
         })
         .collect();
     #[derive(Serialize)]
@@ -228,7 +338,12 @@ pub async fn history(State(state): State<Arc<AppState>>, headers: HeaderMap, Que
     }
     respond(
         &headers,
-        &HistoryReply { channel: channel.as_str(), epoch: &page.epoch, offset: page.offset, messages },
+        &HistoryReply {
+            channel: channel.as_str(),
+            epoch: &page.epoch,
+            offset: page.offset,
+            messages,
+        },
     )
 }
 
@@ -252,26 +367,39 @@ pub async fn health() -> Response {
 
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     if state.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable", "reason": "shutting down" })))
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "unavailable", "reason": "shutting down" })),
+        )
             .into_response();
     }
     match state.broker.readiness() {
-        Ok(()) => axum::Json(json!({ "status": "ready", "broker": state.broker.kind() })).into_response(),
-        Err(reason) => {
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable", "reason": reason })))
-                .into_response()
+        Ok(()) => {
+            axum::Json(json!({ "status": "ready", "broker": state.broker.kind() })).into_response()
         }
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({ "status": "unavailable", "reason": reason })),
+        )
+            .into_response(),
     }
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, ErrorCode::NotAvailable, "no such route")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotAvailable,
+        "no such route",
+    )
 }

@@ -40,31 +40,60 @@ pub fn probe_router(with_metrics: bool) -> Router<Arc<AppState>> {
     let router = Router::new()
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready));
-    if with_metrics { router.merge(metrics_router()) } else { router }
+    if with_metrics {
+        router.merge(metrics_router())
+    } else {
+        router
+    }
 }
 
 pub fn metrics_router() -> Router<Arc<AppState>> {
     Router::new().route("/metrics", get(handlers::metrics))
 }
 
-async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim);
     match presented {
         Some(key) if state.api_keys.check(key.as_bytes()) => next.run(request).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "invalid API key").into_response(),
-        None => ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, "missing Authorization: Bearer <api key>")
-            .into_response(),
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "invalid API key",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::Unauthorized,
+            "missing Authorization: Bearer <api key>",
+        )
+        .into_response(),
     }
 }
 
 /// Counts every HTTP request by route and status, with its latency.
-pub async fn record_metrics(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let route = route_label(request.extensions().get::<MatchedPath>().map(MatchedPath::as_str));
+pub async fn record_metrics(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = route_label(
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
     if route == "ws" {
         return next.run(request).await;
     }

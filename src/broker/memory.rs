@@ -46,7 +46,11 @@ impl Stream {
         while self.items.len() > ns.history_size {
             self.items.pop_front();
         }
-        while self.items.front().is_some_and(|(_, _, at)| now.duration_since(*at) > ttl) {
+        while self
+            .items
+            .front()
+            .is_some_and(|(_, _, at)| now.duration_since(*at) > ttl)
+        {
             self.items.pop_front();
         }
     }
@@ -122,9 +126,16 @@ impl MemoryBroker {
             if let Some(result) = self.remembered(idempotency_key) {
                 return result;
             }
-            let publication = Publication { channel: channel.clone(), payload, position: None };
+            let publication = Publication {
+                channel: channel.clone(),
+                payload,
+                position: None,
+            };
             self.hub.dispatch(publication).await;
-            let result = PublishResult { offset: None, epoch: None };
+            let result = PublishResult {
+                offset: None,
+                epoch: None,
+            };
             self.remember(idempotency_key, &result);
             return result;
         }
@@ -136,11 +147,23 @@ impl MemoryBroker {
         let now = Instant::now();
         stream.offset += 1;
         stream.touched = now;
-        let position = StreamPosition { offset: stream.offset, epoch: stream.epoch.clone() };
-        stream.items.push_back((position.offset, payload.clone(), now));
+        let position = StreamPosition {
+            offset: stream.offset,
+            epoch: stream.epoch.clone(),
+        };
+        stream
+            .items
+            .push_back((position.offset, payload.clone(), now));
         stream.prune(ns, now);
-        let result = PublishResult { offset: Some(position.offset), epoch: Some(position.epoch.clone()) };
-        let publication = Publication { channel: channel.clone(), payload, position: Some(position) };
+        let result = PublishResult {
+            offset: Some(position.offset),
+            epoch: Some(position.epoch.clone()),
+        };
+        let publication = Publication {
+            channel: channel.clone(),
+            payload,
+            position: Some(position),
+        };
         self.hub.dispatch(publication).await;
         drop(stream);
         self.remember(idempotency_key, &result);
@@ -149,7 +172,8 @@ impl MemoryBroker {
 
     fn remember(&self, key: Option<&str>, result: &PublishResult) {
         if let Some(key) = key {
-            self.idempotency.insert(key.to_owned(), (Instant::now(), result.clone()));
+            self.idempotency
+                .insert(key.to_owned(), (Instant::now(), result.clone()));
         }
     }
 
@@ -157,7 +181,8 @@ impl MemoryBroker {
     /// every few thousand publications would be better; the map is small in practice).
     fn expire_idle(&self) {
         if self.idempotency.len() > 10_000 {
-            self.idempotency.retain(|_, (at, _)| at.elapsed() < IDEMPOTENCY_WINDOW);
+            self.idempotency
+                .retain(|_, (at, _)| at.elapsed() < IDEMPOTENCY_WINDOW);
         }
     }
 
@@ -170,27 +195,50 @@ impl MemoryBroker {
         reply: ReplyBuilder<'_>,
     ) -> Option<SubscribeResult> {
         if ns.history_size == 0 {
-            let result = SubscribeResult { position: None, recovered: None };
+            let result = SubscribeResult {
+                position: None,
+                recovered: None,
+            };
             let _order = self.stripe(channel).lock().await;
-            return self.hub.subscribe(client, channel, reply(&result).into_iter().collect()).then_some(result);
+            return self
+                .hub
+                .subscribe(client, channel, reply(&result).into_iter().collect())
+                .then_some(result);
         }
         let stream = self.stream(channel);
         let mut stream = stream.lock().await;
         let now = Instant::now();
         stream.prune(ns, now);
-        let position = StreamPosition { offset: stream.offset, epoch: stream.epoch.clone() };
+        let position = StreamPosition {
+            offset: stream.offset,
+            epoch: stream.epoch.clone(),
+        };
         let (recovered, missed) = match recover {
             Some(from) if from.epoch == stream.epoch => {
                 let (messages, complete) = stream.since(from.offset);
-                if complete { (Some(true), messages) } else { (Some(false), Vec::new()) }
+                if complete {
+                    (Some(true), messages)
+                } else {
+                    (Some(false), Vec::new())
+                }
             }
             Some(_) => (Some(false), Vec::new()),
             None => (None, Vec::new()),
         };
-        let result = SubscribeResult { position: Some(position), recovered };
+        let result = SubscribeResult {
+            position: Some(position),
+            recovered,
+        };
         let mut frames: Vec<_> = reply(&result).into_iter().collect();
-        frames.extend(encode_recovered(client.encoding, channel, &stream.epoch, &missed));
-        self.hub.subscribe(client, channel, frames).then_some(result)
+        frames.extend(encode_recovered(
+            client.encoding,
+            channel,
+            &stream.epoch,
+            &missed,
+        ));
+        self.hub
+            .subscribe(client, channel, frames)
+            .then_some(result)
     }
 
     pub async fn history(
@@ -203,12 +251,18 @@ impl MemoryBroker {
         let stream = self.stream(channel);
         let mut stream = stream.lock().await;
         stream.prune(ns, Instant::now());
-        let from = since.filter(|s| s.epoch == stream.epoch).map_or(0, |s| s.offset);
+        let from = since
+            .filter(|s| s.epoch == stream.epoch)
+            .map_or(0, |s| s.offset);
         let (mut messages, _) = stream.since(from);
         if let Some(limit) = limit {
             messages.truncate(limit);
         }
-        HistoryPage { epoch: stream.epoch.clone(), offset: stream.offset, messages }
+        HistoryPage {
+            epoch: stream.epoch.clone(),
+            offset: stream.offset,
+            messages,
+        }
     }
 
     pub fn presence(&self, channel: &ChannelName) -> Vec<ClientInfo> {
@@ -226,7 +280,9 @@ impl MemoryBroker {
     /// Drops streams untouched for longer than their namespace's history TTL.
     pub fn expire_streams(&self, ttl_of: impl Fn(&ChannelName) -> Option<Duration>) {
         self.streams.retain(|name, stream| {
-            let Ok(stream) = stream.try_lock() else { return true };
+            let Ok(stream) = stream.try_lock() else {
+                return true;
+            };
             ttl_of(name).is_some_and(|ttl| stream.touched.elapsed() <= ttl)
         });
     }

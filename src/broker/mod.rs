@@ -142,7 +142,13 @@ pub(crate) fn encode_recovered(
                 offset: *offset,
                 epoch: epoch.to_owned(),
             };
-            crate::protocol::encode_publication(encoding, channel.as_str(), payload, Some(&position)).ok()
+            crate::protocol::encode_publication(
+                encoding,
+                channel.as_str(),
+                payload,
+                Some(&position),
+            )
+            .ok()
         })
         .collect()
 }

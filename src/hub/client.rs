@@ -137,7 +137,9 @@ impl ClientHandle {
         if state.closing.is_some() {
             return Err(PushError::Closed);
         }
-        if state.items.len() >= limits.max_messages || state.bytes + message.len() > limits.max_bytes {
+        if state.items.len() >= limits.max_messages
+            || state.bytes + message.len() > limits.max_bytes
+        {
             state.items = VecDeque::new();
             state.bytes = 0;
             state.closing = Some(Closing {
@@ -167,7 +169,13 @@ impl ClientHandle {
     }
 
     /// `close` with an explicit `disconnect.reconnect` (server API disconnects).
-    pub fn close_with(&self, code: CloseCode, reason: &str, reconnect: bool, discard: bool) -> bool {
+    pub fn close_with(
+        &self,
+        code: CloseCode,
+        reason: &str,
+        reconnect: bool,
+        discard: bool,
+    ) -> bool {
         let mut state = self.queue.lock();
         if state.closing.is_some() {
             return false;
@@ -274,7 +282,8 @@ impl ClientHandle {
     }
 
     pub(crate) fn write_started(&self, now_ms: u64) {
-        self.write_started_ms.store(now_ms.max(1), Ordering::Relaxed);
+        self.write_started_ms
+            .store(now_ms.max(1), Ordering::Relaxed);
     }
 
     pub(crate) fn write_finished(&self) {
@@ -290,7 +299,10 @@ mod tests {
         ClientHandle::new(ClientId(1), Arc::from(""), Encoding::Json, None, 0, 0)
     }
 
-    const LIMITS: QueueLimits = QueueLimits { max_messages: 3, max_bytes: 10 };
+    const LIMITS: QueueLimits = QueueLimits {
+        max_messages: 3,
+        max_bytes: 10,
+    };
 
     #[test]
     fn overflow_by_count_discards_and_closes_4008() {
@@ -298,8 +310,14 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(c.push(Bytes::from_static(b"a"), LIMITS), Ok(()));
         }
-        assert_eq!(c.push(Bytes::from_static(b"a"), LIMITS), Err(PushError::Overflow));
-        assert_eq!(c.push(Bytes::from_static(b"a"), LIMITS), Err(PushError::Closed));
+        assert_eq!(
+            c.push(Bytes::from_static(b"a"), LIMITS),
+            Err(PushError::Overflow)
+        );
+        assert_eq!(
+            c.push(Bytes::from_static(b"a"), LIMITS),
+            Err(PushError::Closed)
+        );
         let batch = c.take_batch(1000);
         assert!(batch.items.is_empty());
         assert_eq!(batch.closing.map(|c| c.code), Some(CloseCode::SlowConsumer));
@@ -309,13 +327,19 @@ mod tests {
     fn overflow_by_bytes() {
         let c = client();
         assert_eq!(c.push(Bytes::from_static(b"123456"), LIMITS), Ok(()));
-        assert_eq!(c.push(Bytes::from_static(b"12345"), LIMITS), Err(PushError::Overflow));
+        assert_eq!(
+            c.push(Bytes::from_static(b"12345"), LIMITS),
+            Err(PushError::Overflow)
+        );
     }
 
     #[test]
     fn batches_respect_max_bytes_but_take_at_least_one() {
         let c = client();
-        let limits = QueueLimits { max_messages: 10, max_bytes: 100 };
+        let limits = QueueLimits {
+            max_messages: 10,
+            max_bytes: 100,
+        };
         for item in [&b"aaaa"[..], b"bbbb", b"cccccccccc"] {
             assert_eq!(c.push(Bytes::copy_from_slice(item), limits), Ok(()));
         }
@@ -327,7 +351,10 @@ mod tests {
     #[test]
     fn graceful_close_flushes_first() {
         let c = client();
-        let limits = QueueLimits { max_messages: 10, max_bytes: 100 };
+        let limits = QueueLimits {
+            max_messages: 10,
+            max_bytes: 100,
+        };
         assert_eq!(c.push(Bytes::from_static(b"x"), limits), Ok(()));
         assert!(c.close(CloseCode::GoingAway, "bye", false));
         assert!(!c.close(CloseCode::SlowConsumer, "late", true));

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::channel::Snapshot;
 use super::client::{PushError, QueueLimits};
@@ -95,8 +96,14 @@ pub(crate) async fn run_worker(
     mut jobs: mpsc::Receiver<FanoutJob>,
     limits: Arc<parking_lot::RwLock<QueueLimits>>,
     metrics: Arc<Metrics>,
+    stop: CancellationToken,
 ) {
-    while let Some(job) = jobs.recv().await {
+    loop {
+        let job = tokio::select! {
+            job = jobs.recv() => job,
+            _ = stop.cancelled() => None,
+        };
+        let Some(job) = job else { return };
         let limits = *limits.read();
         deliver(&job, limits, &metrics);
     }
@@ -121,7 +128,10 @@ fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) {
     metrics.deliveries.inc_by(delivered);
     if evicted > 0 {
         metrics.slow_consumer_evictions.inc_by(evicted);
-        metrics.limit_trips.with_label_values(&["queue_overflow"]).inc_by(evicted);
+        metrics
+            .limit_trips
+            .with_label_values(&["queue_overflow"])
+            .inc_by(evicted);
     }
     if job.publication.shards_left.fetch_sub(1, Ordering::AcqRel) == 1 {
         metrics

@@ -74,13 +74,20 @@ impl Hub {
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Hub {
-        let shards = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 64);
+        let shards = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(1, 64);
         let queue_limits = Arc::new(RwLock::new(settings.queue));
         let mut workers = Vec::with_capacity(shards);
         for _ in 0..shards {
             let (tx, rx) = mpsc::channel(1024);
             workers.push(tx);
-            tracker.spawn(fanout::run_worker(rx, queue_limits.clone(), metrics.clone()));
+            tracker.spawn(fanout::run_worker(
+                rx,
+                queue_limits.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
         }
         let hub = Hub {
             shared: Arc::new(Shared {
@@ -140,7 +147,9 @@ impl Hub {
         let id = ClientId(self.shared.id_prefix | u64::from(counter));
         let shard = (counter as usize) % self.shared.workers.len();
         let next_ping = self.now_ms() + self.shared.settings.read().ping_interval_ms;
-        let client = Arc::new(ClientHandle::new(id, user, encoding, info, shard, next_ping));
+        let client = Arc::new(ClientHandle::new(
+            id, user, encoding, info, shard, next_ping,
+        ));
         self.shared.clients.insert(id, client.clone());
         let m = &self.shared.metrics;
         m.connections.with_label_values(&[encoding.label()]).inc();
@@ -157,19 +166,30 @@ impl Hub {
             self.unsubscribe(client, &channel);
         }
         let m = &self.shared.metrics;
-        m.connections.with_label_values(&[client.encoding.label()]).dec();
+        m.connections
+            .with_label_values(&[client.encoding.label()])
+            .dec();
     }
 
     /// Subscribes `client` to `channel` and enqueues `frames` (the `subscribed` reply and
     /// any recovered messages) atomically with it: every publication dispatched after this
     /// call reaches the client after them. Returns false if it was already subscribed.
-    pub fn subscribe(&self, client: &Arc<ClientHandle>, channel: &ChannelName, frames: Vec<Bytes>) -> bool {
+    pub fn subscribe(
+        &self,
+        client: &Arc<ClientHandle>,
+        channel: &ChannelName,
+        frames: Vec<Bytes>,
+    ) -> bool {
         let limits = self.queue_limits();
         let mut first_local = false;
-        let entry = self.shared.channels.entry(channel.clone()).or_insert_with(|| {
-            first_local = true;
-            Arc::new(ChannelEntry::new(self.shared.workers.len()))
-        });
+        let entry = self
+            .shared
+            .channels
+            .entry(channel.clone())
+            .or_insert_with(|| {
+                first_local = true;
+                Arc::new(ChannelEntry::new(self.shared.workers.len()))
+            });
         let added = entry.insert_then(client, || {
             client.channels.lock().push(channel.clone());
             for frame in frames {
@@ -200,7 +220,13 @@ impl Hub {
         if removed {
             self.shared.metrics.subscriptions.dec();
         }
-        if now_empty && self.shared.channels.remove_if(channel, |_, e| e.is_empty()).is_some() {
+        if now_empty
+            && self
+                .shared
+                .channels
+                .remove_if(channel, |_, e| e.is_empty())
+                .is_some()
+        {
             self.shared.metrics.channels.dec();
             if let Some(tx) = self.shared.released.read().as_ref() {
                 let _ = tx.send(channel.clone());
@@ -212,7 +238,12 @@ impl Hub {
     /// Delivers a publication to every local subscriber of its channel; returns how many
     /// recipients it was handed to. Callers dispatch one channel's publications in order.
     pub async fn dispatch(&self, publication: Publication) -> usize {
-        let Some(entry) = self.shared.channels.get(&publication.channel).map(|e| e.value().clone()) else {
+        let Some(entry) = self
+            .shared
+            .channels
+            .get(&publication.channel)
+            .map(|e| e.value().clone())
+        else {
             return 0;
         };
         let snapshot = entry.snapshot();
@@ -245,7 +276,11 @@ impl Hub {
     }
 
     pub fn all_clients(&self) -> Vec<Arc<ClientHandle>> {
-        self.shared.clients.iter().map(|c| c.value().clone()).collect()
+        self.shared
+            .clients
+            .iter()
+            .map(|c| c.value().clone())
+            .collect()
     }
 
     /// Local subscribers of `channel`.
@@ -267,7 +302,11 @@ impl Hub {
             .filter(|e| e.key().as_str().starts_with(prefix))
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
-        entries.into_iter().map(|(name, e)| (name, e.len())).filter(|(_, n)| *n > 0).collect()
+        entries
+            .into_iter()
+            .map(|(name, e)| (name, e.len()))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     pub fn connection_count(&self) -> usize {
@@ -289,7 +328,10 @@ impl Hub {
         }
     }
 
-    fn clients_snapshot_where(&self, keep: impl Fn(&ClientHandle) -> bool) -> Vec<Arc<ClientHandle>> {
+    fn clients_snapshot_where(
+        &self,
+        keep: impl Fn(&ClientHandle) -> bool,
+    ) -> Vec<Arc<ClientHandle>> {
         self.shared
             .clients
             .iter()

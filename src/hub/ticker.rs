@@ -60,7 +60,11 @@ fn tick(hub: &Hub) {
     for client in due_clients {
         match due(&client, now, &settings, unix_now) {
             Some(Due::TokenExpired) => {
-                client.close(CloseCode::TokenExpired, CloseCode::TokenExpired.default_reason(), true);
+                client.close(
+                    CloseCode::TokenExpired,
+                    CloseCode::TokenExpired.default_reason(),
+                    true,
+                );
             }
             Some(Due::Ping) => {
                 metrics.queue_depth.observe(client.queue_len() as f64);
@@ -68,12 +72,18 @@ fn tick(hub: &Hub) {
                 client
                     .next_ping_ms
                     .store(now + settings.ping_interval_ms, Ordering::Relaxed);
-                if client.push(ping_frame(client.encoding), limits) == Err(super::PushError::Overflow) {
+                if client.push(ping_frame(client.encoding), limits)
+                    == Err(super::PushError::Overflow)
+                {
                     metrics.slow_consumer_evictions.inc();
                 }
             }
             Some(Due::PongTimeout) => {
-                if client.close(CloseCode::PongTimeout, CloseCode::PongTimeout.default_reason(), true) {
+                if client.close(
+                    CloseCode::PongTimeout,
+                    CloseCode::PongTimeout.default_reason(),
+                    true,
+                ) {
                     metrics.limit_tripped("pong_timeout");
                 }
             }

@@ -93,16 +93,26 @@ mod tests {
     #[test]
     fn accepts_the_documented_alphabet() {
         let name = "Az09_-=@.:#,/";
-        assert_eq!(ChannelName::parse(name).map(|c| c.to_string()), Ok(name.into()));
+        assert_eq!(
+            ChannelName::parse(name).map(|c| c.to_string()),
+            Ok(name.into())
+        );
     }
 
     #[test]
     fn rejects_bad_names() {
         assert_eq!(ChannelName::parse(""), Err(InvalidChannel::Empty));
-        assert_eq!(ChannelName::parse(&"a".repeat(256)), Err(InvalidChannel::TooLong));
+        assert_eq!(
+            ChannelName::parse(&"a".repeat(256)),
+            Err(InvalidChannel::TooLong)
+        );
         assert!(ChannelName::parse(&"a".repeat(255)).is_ok());
         for bad in ["a b", "é", "a\nb", "a*", "news?"] {
-            assert_eq!(ChannelName::parse(bad), Err(InvalidChannel::BadCharacter), "{bad}");
+            assert_eq!(
+                ChannelName::parse(bad),
+                Err(InvalidChannel::BadCharacter),
+                "{bad}"
+            );
         }
     }
 

@@ -132,7 +132,11 @@ impl CloseCode {
         CloseCode::ALL
             .into_iter()
             .find(|c| c.as_u16() == code)
-            .or_else(|| (4000..=4999).contains(&code).then_some(CloseCode::Custom(code)))
+            .or_else(|| {
+                (4000..=4999)
+                    .contains(&code)
+                    .then_some(CloseCode::Custom(code))
+            })
     }
 
     /// Whether PROTOCOL.md section 7 tells the client to reconnect after this code.

@@ -62,7 +62,10 @@ impl Encoding {
     }
 
     /// Joins several encoded messages into one batch frame (PROTOCOL.md section 1).
-    pub fn join_batch<'a>(self, messages: impl IntoIterator<Item = &'a bytes::Bytes>) -> bytes::Bytes {
+    pub fn join_batch<'a>(
+        self,
+        messages: impl IntoIterator<Item = &'a bytes::Bytes>,
+    ) -> bytes::Bytes {
         let mut out = bytes::BytesMut::new();
         for (i, message) in messages.into_iter().enumerate() {
             if i > 0 && self == Encoding::Json {

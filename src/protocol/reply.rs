@@ -168,7 +168,12 @@ pub fn encode_error(encoding: Encoding, id: u64, code: ErrorCode, message: &str)
 }
 
 /// Encodes the `disconnect` message sent before a close frame.
-pub fn encode_disconnect(encoding: Encoding, code: CloseCode, reason: &str, reconnect: bool) -> Bytes {
+pub fn encode_disconnect(
+    encoding: Encoding,
+    code: CloseCode,
+    reason: &str,
+    reconnect: bool,
+) -> Bytes {
     let message = ServerMessage::Disconnect {
         code: code.as_u16(),
         reason,
@@ -182,7 +187,9 @@ pub fn ping_frame(encoding: Encoding) -> Bytes {
     match encoding {
         Encoding::Json => Bytes::from_static(br#"{"op":"ping"}"#),
         // fixmap(1) "op" "ping"
-        Encoding::Msgpack => Bytes::from_static(&[0x81, 0xa2, b'o', b'p', 0xa4, b'p', b'i', b'n', b'g']),
+        Encoding::Msgpack => {
+            Bytes::from_static(&[0x81, 0xa2, b'o', b'p', 0xa4, b'p', b'i', b'n', b'g'])
+        }
     }
 }
 
@@ -201,7 +208,10 @@ mod tests {
     #[test]
     fn message_json_shape() -> Result<(), EncodeError> {
         let payload = Payload::Json(Bytes::from_static(br#"{"hello":"world"}"#));
-        let pos = StreamPosition { offset: 3, epoch: "e1".into() };
+        let pos = StreamPosition {
+            offset: 3,
+            epoch: "e1".into(),
+        };
         let bytes = encode_publication(Encoding::Json, "news", &payload, Some(&pos))?;
         assert_eq!(
             &bytes[..],
@@ -225,15 +235,26 @@ mod tests {
     fn binary_reaches_json_clients_as_base64() -> Result<(), EncodeError> {
         let payload = Payload::from_msgpack_value(&rmpv::Value::Binary(b"hi".to_vec()));
         let bytes = encode_publication(Encoding::Json, "c", &payload, None)?;
-        assert_eq!(&bytes[..], br#"{"op":"message","channel":"c","data_b64":"aGk="}"#);
+        assert_eq!(
+            &bytes[..],
+            br#"{"op":"message","channel":"c","data_b64":"aGk="}"#
+        );
         Ok(())
     }
 
     #[test]
     fn error_and_disconnect_shapes() {
         let err = encode_error(Encoding::Json, 5, ErrorCode::UnknownOp, "unknown op");
-        assert_eq!(&err[..], br#"{"op":"error","id":5,"code":104,"message":"unknown op"}"#);
-        let disc = encode_disconnect(Encoding::Json, CloseCode::SlowConsumer, "slow consumer", true);
+        assert_eq!(
+            &err[..],
+            br#"{"op":"error","id":5,"code":104,"message":"unknown op"}"#
+        );
+        let disc = encode_disconnect(
+            Encoding::Json,
+            CloseCode::SlowConsumer,
+            "slow consumer",
+            true,
+        );
         assert_eq!(
             &disc[..],
             br#"{"op":"disconnect","code":4008,"reason":"slow consumer","reconnect":true}"#

@@ -205,7 +205,10 @@ fn bad_request(id: u64, op: &str, detail: &str) -> RequestError {
     }
 }
 
-fn into_request<D>(env: Envelope<D>, payload: impl FnOnce(D) -> Payload) -> Result<Request, RequestError> {
+fn into_request<D>(
+    env: Envelope<D>,
+    payload: impl FnOnce(D) -> Payload,
+) -> Result<Request, RequestError> {
     let op = env.op.as_str();
     if op == "pong" {
         return Ok(Request::Pong);
@@ -279,7 +282,9 @@ mod tests {
         decode_frame(Encoding::Json, frame.as_bytes())
     }
 
-    fn msgpack(values: &[rmpv::Value]) -> Result<Vec<Result<Request, RequestError>>, MalformedFrame> {
+    fn msgpack(
+        values: &[rmpv::Value],
+    ) -> Result<Vec<Result<Request, RequestError>>, MalformedFrame> {
         let mut buf = Vec::new();
         for v in values {
             let _ = rmpv::encode::write_value(&mut buf, v);
@@ -288,25 +293,38 @@ mod tests {
     }
 
     fn map(fields: &[(&str, rmpv::Value)]) -> rmpv::Value {
-        rmpv::Value::Map(fields.iter().map(|(k, v)| ((*k).into(), v.clone())).collect())
+        rmpv::Value::Map(
+            fields
+                .iter()
+                .map(|(k, v)| ((*k).into(), v.clone()))
+                .collect(),
+        )
     }
 
     #[test]
     fn decodes_a_json_batch() -> Result<(), MalformedFrame> {
-        let msgs = json("{\"op\":\"connect\",\"id\":1}\n{\"op\":\"subscribe\",\"id\":2,\"channel\":\"news\"}\n")?;
+        let msgs = json(
+            "{\"op\":\"connect\",\"id\":1}\n{\"op\":\"subscribe\",\"id\":2,\"channel\":\"news\"}\n",
+        )?;
         assert_eq!(msgs.len(), 2);
         assert!(matches!(msgs[0], Ok(Request::Connect { id: 1, .. })));
-        assert!(matches!(&msgs[1], Ok(Request::Subscribe { id: 2, channel, .. }) if channel == "news"));
+        assert!(
+            matches!(&msgs[1], Ok(Request::Subscribe { id: 2, channel, .. }) if channel == "news")
+        );
         Ok(())
     }
 
     #[test]
     fn keeps_json_data_raw() -> Result<(), MalformedFrame> {
-        let msgs = json(r#"{"op":"publish","id":3,"channel":"c","data":{"x":[1,2]},"extra":true}"#)?;
+        let msgs =
+            json(r#"{"op":"publish","id":3,"channel":"c","data":{"x":[1,2]},"extra":true}"#)?;
         let Some(Ok(Request::Publish { data, .. })) = msgs.into_iter().next() else {
             panic!("expected a publish");
         };
-        assert_eq!(data, Payload::Json(bytes::Bytes::from_static(br#"{"x":[1,2]}"#)));
+        assert_eq!(
+            data,
+            Payload::Json(bytes::Bytes::from_static(br#"{"x":[1,2]}"#))
+        );
         Ok(())
     }
 
@@ -330,7 +348,15 @@ mod tests {
 
     #[test]
     fn malformed_json_is_a_frame_error() {
-        for frame in ["{", "[1,2]", "\"op\"", r#"{"id":1}"#, r#"{"op":7}"#, "", "\n\n"] {
+        for frame in [
+            "{",
+            "[1,2]",
+            "\"op\"",
+            r#"{"id":1}"#,
+            r#"{"op":7}"#,
+            "",
+            "\n\n",
+        ] {
             assert!(json(frame).is_err(), "{frame:?}");
         }
     }
@@ -348,14 +374,20 @@ mod tests {
             map(&[("op", "pong".into())]),
         ])?;
         assert_eq!(msgs.len(), 3);
-        assert!(matches!(&msgs[1], Ok(Request::Publish { data, .. }) if data.top_level_binary() == Some(&[1u8, 2][..])));
+        assert!(
+            matches!(&msgs[1], Ok(Request::Publish { data, .. }) if data.top_level_binary() == Some(&[1u8, 2][..]))
+        );
         assert!(matches!(msgs[2], Ok(Request::Pong)));
         Ok(())
     }
 
     #[test]
     fn msgpack_field_errors_are_107() -> Result<(), MalformedFrame> {
-        let msgs = msgpack(&[map(&[("op", "subscribe".into()), ("id", 7.into()), ("channel", 1.into())])])?;
+        let msgs = msgpack(&[map(&[
+            ("op", "subscribe".into()),
+            ("id", 7.into()),
+            ("channel", 1.into()),
+        ])])?;
         assert!(matches!(&msgs[0], Err(e) if e.code == ErrorCode::BadRequest && e.id == 7));
         Ok(())
     }

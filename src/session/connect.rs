@@ -10,7 +10,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::transport::{Inbound, Transport};
 use crate::auth::TokenError;
 use crate::hub::ClientHandle;
-use crate::protocol::{ChannelName, CloseCode, Request, RequestError, ServerMessage, decode_frame, encode};
+use crate::protocol::{
+    ChannelName, CloseCode, Request, RequestError, ServerMessage, decode_frame, encode,
+};
 use crate::state::AppState;
 
 /// Who the client turned out to be.
@@ -32,7 +34,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let config = state.config();
-    let frame = match tokio::time::timeout(config.client.connect_timeout(), transport.next()).await {
+    let frame = match tokio::time::timeout(config.client.connect_timeout(), transport.next()).await
+    {
         Err(_) => {
             state.metrics.limit_tripped("connect_timeout");
             return Err(CloseCode::ConnectTimeout);
@@ -47,7 +50,12 @@ where
     let mut requests = decode_frame(transport.encoding(), &frame)
         .map_err(|_| CloseCode::Malformed)?
         .into_iter();
-    let Some(Ok(Request::Connect { id, token, client: _ })) = requests.next() else {
+    let Some(Ok(Request::Connect {
+        id,
+        token,
+        client: _,
+    })) = requests.next()
+    else {
         return Err(CloseCode::Malformed);
     };
     let identity = authenticate(state, token.or(header_token))?;
@@ -87,8 +95,14 @@ where
         let _ = client.push(bytes, limits);
     }
     for channel in &channels {
-        let Some(ns) = config.namespace_of(channel) else { continue };
-        if let Err(err) = state.broker.subscribe(&client, channel, ns, None, &|_| None).await {
+        let Some(ns) = config.namespace_of(channel) else {
+            continue;
+        };
+        if let Err(err) = state
+            .broker
+            .subscribe(&client, channel, ns, None, &|_| None)
+            .await
+        {
             tracing::warn!(channel = %channel, error = %err, "server-side subscription failed");
         }
     }
@@ -98,7 +112,12 @@ where
 fn authenticate(state: &AppState, token: Option<String>) -> Result<Identity, CloseCode> {
     let Some(token) = token.filter(|t| !t.is_empty()) else {
         if state.config().allow_anonymous {
-            return Ok(Identity { user: String::new(), expires_at: None, info: None, channels: Vec::new() });
+            return Ok(Identity {
+                user: String::new(),
+                expires_at: None,
+                info: None,
+                channels: Vec::new(),
+            });
         }
         return Err(CloseCode::InvalidToken);
     };

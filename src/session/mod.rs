@@ -43,8 +43,12 @@ struct Session<S> {
 }
 
 /// Serves one upgraded connection to its end.
-pub async fn run<S>(socket: tokio_tungstenite::WebSocketStream<S>, state: Arc<AppState>, encoding: Encoding, header_token: Option<String>)
-where
+pub async fn run<S>(
+    socket: tokio_tungstenite::WebSocketStream<S>,
+    state: Arc<AppState>,
+    encoding: Encoding,
+    header_token: Option<String>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let config = state.config();
@@ -53,9 +57,15 @@ where
         Ok(connected) => connected,
         Err(code) => {
             if code != CloseCode::Normal {
-                transport.close(code, code.default_reason(), code.reconnect()).await;
+                transport
+                    .close(code, code.default_reason(), code.reconnect())
+                    .await;
             }
-            state.metrics.disconnects.with_label_values(&[code.label()]).inc();
+            state
+                .metrics
+                .disconnects
+                .with_label_values(&[code.label()])
+                .inc();
             return;
         }
     };
@@ -108,11 +118,16 @@ where
             }
             Inbound::TooLarge => {
                 self.state.metrics.limit_tripped("frame_size");
-                self.client.close(CloseCode::FrameTooLarge, CloseCode::FrameTooLarge.default_reason(), true);
+                self.client.close(
+                    CloseCode::FrameTooLarge,
+                    CloseCode::FrameTooLarge.default_reason(),
+                    true,
+                );
                 self.flush().await
             }
             Inbound::Broken => {
-                self.client.close(CloseCode::GoingAway, "connection lost", true);
+                self.client
+                    .close(CloseCode::GoingAway, "connection lost", true);
                 Flow::Stop
             }
         }
@@ -123,7 +138,8 @@ where
             Ok(requests) => requests,
             Err(err) => {
                 tracing::debug!(error = %err, "malformed frame");
-                self.client.close(CloseCode::Malformed, &err.to_string(), true);
+                self.client
+                    .close(CloseCode::Malformed, &err.to_string(), true);
                 return self.flush().await;
             }
         };
@@ -149,13 +165,16 @@ where
                 };
                 self.client.write_finished();
                 if !written {
-                    self.client.close(CloseCode::GoingAway, "write failed", true);
+                    self.client
+                        .close(CloseCode::GoingAway, "write failed", true);
                     return Flow::Stop;
                 }
             }
             if let Some(closing) = batch.closing {
                 if closing.code != CloseCode::Normal {
-                    self.transport.close(closing.code, &closing.reason, closing.reconnect).await;
+                    self.transport
+                        .close(closing.code, &closing.reason, closing.reconnect)
+                        .await;
                 }
                 return Flow::Stop;
             }
@@ -175,7 +194,9 @@ where
     }
 
     fn enqueue(&self, bytes: bytes::Bytes) {
-        if self.client.push(bytes, self.state.hub.queue_limits()) == Err(crate::hub::PushError::Overflow) {
+        if self.client.push(bytes, self.state.hub.queue_limits())
+            == Err(crate::hub::PushError::Overflow)
+        {
             self.state.metrics.slow_consumer_evictions.inc();
         }
     }
@@ -184,7 +205,11 @@ where
     async fn finish(&mut self) {
         self.state.hub.unregister(&self.client);
         let label = self.client.closing().map_or("1006", |c| c.code.label());
-        self.state.metrics.disconnects.with_label_values(&[label]).inc();
+        self.state
+            .metrics
+            .disconnects
+            .with_label_values(&[label])
+            .inc();
         tracing::debug!(code = label, "disconnected");
         self.transport.shutdown().await;
     }

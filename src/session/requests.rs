@@ -10,8 +10,8 @@ use super::{Flow, Session};
 use crate::auth::{TokenError, may_publish, may_subscribe};
 use crate::config::{NamespaceConfig, SubscribePolicy};
 use crate::protocol::{
-    ChannelName, CloseCode, ErrorCode, HistoryItem, Payload, Request, RequestError, ServerMessage, StreamPosition,
-    data_fields, encode,
+    ChannelName, CloseCode, ErrorCode, HistoryItem, Payload, Request, RequestError, ServerMessage,
+    StreamPosition, data_fields, encode,
 };
 
 /// A request that failed with a code and message for the `error` reply.
@@ -43,12 +43,20 @@ where
             Verdict::Allow => {}
             Verdict::Refuse => {
                 self.state.metrics.limit_tripped("rate_limit");
-                self.reply_error(request_id(&request), ErrorCode::TooManyRequests, "too many requests");
+                self.reply_error(
+                    request_id(&request),
+                    ErrorCode::TooManyRequests,
+                    "too many requests",
+                );
                 return Flow::Continue;
             }
             Verdict::Disconnect => {
                 self.state.metrics.limit_tripped("rate_limit");
-                self.client.close(CloseCode::RateLimited, CloseCode::RateLimited.default_reason(), true);
+                self.client.close(
+                    CloseCode::RateLimited,
+                    CloseCode::RateLimited.default_reason(),
+                    true,
+                );
                 return Flow::Stop;
             }
         }
@@ -56,13 +64,24 @@ where
         let id = request_id(&request);
         let outcome = match request {
             Request::Connect { .. } => Err(refuse(ErrorCode::BadRequest, "already connected")),
-            Request::Subscribe { channel, recover, token, .. } => {
-                self.subscribe(id, &channel, recover.as_ref(), token.as_deref()).await
+            Request::Subscribe {
+                channel,
+                recover,
+                token,
+                ..
+            } => {
+                self.subscribe(id, &channel, recover.as_ref(), token.as_deref())
+                    .await
             }
             Request::Unsubscribe { channel, .. } => self.unsubscribe(id, &channel),
             Request::Publish { channel, data, .. } => self.publish(id, &channel, data).await,
             Request::Presence { channel, .. } => self.presence(id, &channel).await,
-            Request::History { channel, since, limit, .. } => self.history(id, &channel, since.as_ref(), limit).await,
+            Request::History {
+                channel,
+                since,
+                limit,
+                ..
+            } => self.history(id, &channel, since.as_ref(), limit).await,
             Request::Refresh { token, .. } => self.refresh(id, &token),
             Request::Pong => Ok(()),
         };
@@ -77,7 +96,11 @@ where
     }
 
     fn count(&self, op: &str, result: &str) {
-        self.state.metrics.client_requests.with_label_values(&[op, result]).inc();
+        self.state
+            .metrics
+            .client_requests
+            .with_label_values(&[op, result])
+            .inc();
     }
 
     fn send(&self, message: &ServerMessage<'_>) -> Result<(), Refusal> {
@@ -89,12 +112,15 @@ where
 
     /// Parses a channel name and finds its namespace (errors 107 and 102).
     fn channel(&self, name: &str) -> Result<(ChannelName, NamespaceConfig), Refusal> {
-        let channel = ChannelName::parse(name).map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
+        let channel =
+            ChannelName::parse(name).map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
         let config = self.state.config();
-        let ns = config
-            .namespace_of(&channel)
-            .cloned()
-            .ok_or_else(|| refuse(ErrorCode::UnknownChannel, format!("unknown namespace for channel {channel}")))?;
+        let ns = config.namespace_of(&channel).cloned().ok_or_else(|| {
+            refuse(
+                ErrorCode::UnknownChannel,
+                format!("unknown namespace for channel {channel}"),
+            )
+        })?;
         Ok((channel, ns))
     }
 
@@ -114,11 +140,17 @@ where
         let (channel, ns) = self.channel(name)?;
         self.check_subscribe_permission(&channel, &ns, token)?;
         if self.client.is_subscribed(&channel) {
-            return Err(refuse(ErrorCode::AlreadySubscribed, format!("already subscribed to {channel}")));
+            return Err(refuse(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {channel}"),
+            ));
         }
         if self.client.channel_count() >= self.state.config().client.max_channels {
             self.state.metrics.limit_tripped("channels_per_connection");
-            return Err(refuse(ErrorCode::LimitExceeded, "too many channels on this connection"));
+            return Err(refuse(
+                ErrorCode::LimitExceeded,
+                "too many channels on this connection",
+            ));
         }
         let encoding = self.transport.encoding();
         let reply = |result: &crate::broker::SubscribeResult| {
@@ -132,9 +164,17 @@ where
             encode(encoding, &message).ok()
         };
         let recover = recover.filter(|_| ns.history_size > 0);
-        match self.state.broker.subscribe(&self.client, &channel, &ns, recover, &reply).await {
+        match self
+            .state
+            .broker
+            .subscribe(&self.client, &channel, &ns, recover, &reply)
+            .await
+        {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(refuse(ErrorCode::AlreadySubscribed, format!("already subscribed to {channel}"))),
+            Ok(None) => Err(refuse(
+                ErrorCode::AlreadySubscribed,
+                format!("already subscribed to {channel}"),
+            )),
             Err(err) => Err(refuse(ErrorCode::Internal, err.to_string())),
         }
     }
@@ -147,38 +187,60 @@ where
     ) -> Result<(), Refusal> {
         let user = &*self.client.user;
         if !channel.admits_user(user) {
-            return Err(refuse(ErrorCode::PermissionDenied, format!("{channel} is a user channel of other users")));
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                format!("{channel} is a user channel of other users"),
+            ));
         }
         if ns.allow_subscribe != SubscribePolicy::Token || token.is_none() {
             return if may_subscribe(ns, channel, user) {
                 Ok(())
             } else {
-                Err(refuse(ErrorCode::PermissionDenied, format!("not allowed to subscribe to {channel}")))
+                Err(refuse(
+                    ErrorCode::PermissionDenied,
+                    format!("not allowed to subscribe to {channel}"),
+                ))
             };
         }
         let token = token.unwrap_or_default();
         match self.state.tokens.verify_subscribe(token) {
             Ok(claims) if claims.sub == user && claims.channel == channel.as_str() => Ok(()),
-            Ok(_) => Err(refuse(ErrorCode::PermissionDenied, "subscription token is for another user or channel")),
-            Err(TokenError::Expired) => Err(refuse(ErrorCode::TokenExpired, "subscription token expired")),
+            Ok(_) => Err(refuse(
+                ErrorCode::PermissionDenied,
+                "subscription token is for another user or channel",
+            )),
+            Err(TokenError::Expired) => Err(refuse(
+                ErrorCode::TokenExpired,
+                "subscription token expired",
+            )),
             Err(err) => Err(refuse(ErrorCode::Unauthorized, err.to_string())),
         }
     }
 
     fn unsubscribe(&mut self, id: u64, name: &str) -> Result<(), Refusal> {
-        let channel = ChannelName::parse(name).map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
+        let channel =
+            ChannelName::parse(name).map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
         self.state.hub.unsubscribe(&self.client, &channel);
-        self.send(&ServerMessage::Unsubscribed { id, channel: channel.as_str() })
+        self.send(&ServerMessage::Unsubscribed {
+            id,
+            channel: channel.as_str(),
+        })
     }
 
     async fn publish(&mut self, id: u64, name: &str, data: Payload) -> Result<(), Refusal> {
         let (channel, ns) = self.channel(name)?;
         if !may_publish(&ns, &self.client.user) {
-            return Err(refuse(ErrorCode::PermissionDenied, format!("publishing to {channel} is not allowed")));
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                format!("publishing to {channel} is not allowed"),
+            ));
         }
         if data.len() > self.state.config().api.max_publish_bytes {
             self.state.metrics.limit_tripped("message_size");
-            return Err(refuse(ErrorCode::LimitExceeded, "data larger than max_publish_bytes"));
+            return Err(refuse(
+                ErrorCode::LimitExceeded,
+                "data larger than max_publish_bytes",
+            ));
         }
         let result = self
             .state
@@ -186,17 +248,31 @@ where
             .publish(&channel, data, &ns, None)
             .await
             .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
-        self.state.metrics.publications.with_label_values(&["client"]).inc();
-        self.send(&ServerMessage::Published { id, offset: result.offset, epoch: result.epoch.as_deref() })
+        self.state
+            .metrics
+            .publications
+            .with_label_values(&["client"])
+            .inc();
+        self.send(&ServerMessage::Published {
+            id,
+            offset: result.offset,
+            epoch: result.epoch.as_deref(),
+        })
     }
 
     async fn presence(&mut self, id: u64, name: &str) -> Result<(), Refusal> {
         let (channel, ns) = self.channel(name)?;
         if !ns.presence {
-            return Err(refuse(ErrorCode::NotAvailable, format!("presence is off for {channel}")));
+            return Err(refuse(
+                ErrorCode::NotAvailable,
+                format!("presence is off for {channel}"),
+            ));
         }
         if !self.may_read(&channel, &ns) {
-            return Err(refuse(ErrorCode::PermissionDenied, format!("not allowed to see presence of {channel}")));
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                format!("not allowed to see presence of {channel}"),
+            ));
         }
         let clients = self
             .state
@@ -204,7 +280,11 @@ where
             .presence(&channel)
             .await
             .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
-        self.send(&ServerMessage::Presence { id, channel: channel.as_str(), clients: &clients })
+        self.send(&ServerMessage::Presence {
+            id,
+            channel: channel.as_str(),
+            clients: &clients,
+        })
     }
 
     async fn history(
@@ -216,10 +296,16 @@ where
     ) -> Result<(), Refusal> {
         let (channel, ns) = self.channel(name)?;
         if ns.history_size == 0 {
-            return Err(refuse(ErrorCode::NotAvailable, format!("history is off for {channel}")));
+            return Err(refuse(
+                ErrorCode::NotAvailable,
+                format!("history is off for {channel}"),
+            ));
         }
         if !self.may_read(&channel, &ns) {
-            return Err(refuse(ErrorCode::PermissionDenied, format!("not allowed to read history of {channel}")));
+            return Err(refuse(
+                ErrorCode::PermissionDenied,
+                format!("not allowed to read history of {channel}"),
+            ));
         }
         let limit = limit.map(|l| usize::try_from(l).unwrap_or(usize::MAX));
         let page = self
@@ -234,7 +320,11 @@ where
             .iter()
             .map(|(offset, payload)| {
                 let (data, data_b64) = data_fields(encoding, payload);
-                HistoryItem { offset: *offset, data, data_b64 }
+                HistoryItem {
+                    offset: *offset,
+                    data,
+                    data_b64,
+                }
             })
             .collect();
         self.send(&ServerMessage::History {
@@ -250,7 +340,10 @@ where
         match self.state.tokens.verify_connect(token) {
             Ok(claims) if claims.sub == *self.client.user => {
                 self.client.set_expires_at(claims.exp);
-                self.send(&ServerMessage::Refreshed { id, expires_at: claims.exp })
+                self.send(&ServerMessage::Refreshed {
+                    id,
+                    expires_at: claims.exp,
+                })
             }
             Ok(_) => Err(refuse(ErrorCode::Unauthorized, "token is for another user")),
             Err(TokenError::Expired) => Err(refuse(ErrorCode::TokenExpired, "token expired")),

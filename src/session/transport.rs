@@ -45,8 +45,16 @@ impl<S> Transport<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    pub(super) fn new(socket: WebSocketStream<S>, encoding: Encoding, write_timeout: Duration) -> Self {
-        Transport { socket, encoding, write_timeout }
+    pub(super) fn new(
+        socket: WebSocketStream<S>,
+        encoding: Encoding,
+        write_timeout: Duration,
+    ) -> Self {
+        Transport {
+            socket,
+            encoding,
+            write_timeout,
+        }
     }
 
     pub(super) fn encoding(&self) -> Encoding {
@@ -105,7 +113,10 @@ where
             }
             self.socket.send(Message::Close(Some(frame))).await
         };
-        if !matches!(tokio::time::timeout(self.write_timeout, write).await, Ok(Ok(()))) {
+        if !matches!(
+            tokio::time::timeout(self.write_timeout, write).await,
+            Ok(Ok(()))
+        ) {
             return;
         }
         self.linger().await;

@@ -21,8 +21,12 @@ use crate::state::AppState;
 /// Accepts a WebSocket connection.
 pub async fn ws_handler(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
     if state.shutdown.is_cancelled() {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotAvailable, "server is shutting down")
-            .into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NotAvailable,
+            "server is shutting down",
+        )
+        .into_response();
     }
     let headers = request.headers();
     let key = match handshake_key(headers) {
@@ -42,18 +46,30 @@ pub async fn ws_handler(State(state): State<Arc<AppState>>, mut request: Request
     };
     let config = state.config();
     if !origin_allowed(headers, &config.client.allowed_origins) {
-        return ApiError::new(StatusCode::FORBIDDEN, ErrorCode::PermissionDenied, "origin not allowed").into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::PermissionDenied,
+            "origin not allowed",
+        )
+        .into_response();
     }
     let header_token = bearer_token(headers);
     let offered_protocol = headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL);
-    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+    let Some(on_upgrade) = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
         return ApiError::bad_request("connection cannot be upgraded").into_response();
     };
     let ws_config = websocket_config(&config.client);
     let task_state = state.clone();
     state.sessions.spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else { return };
-        let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
         super::run(socket, task_state, encoding, header_token).await;
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
@@ -64,7 +80,10 @@ pub async fn ws_handler(State(state): State<Arc<AppState>>, mut request: Request
         out.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     if offered_protocol {
-        out.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(encoding.subprotocol()));
+        out.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(encoding.subprotocol()),
+        );
     }
     response
 }
@@ -93,7 +112,11 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, &'static str> {
     if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
         return Err("expected a WebSocket upgrade (Connection: upgrade, Upgrade: websocket)");
     }
-    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
         return Err("Sec-WebSocket-Version must be 13");
     }
     headers
@@ -136,7 +159,9 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer "))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))?;
     Some(token.trim().to_owned())
 }
 
@@ -146,15 +171,24 @@ mod tests {
 
     fn with_protocols(value: &'static str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(value));
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(value),
+        );
         h
     }
 
     #[test]
     fn picks_the_first_known_subprotocol() {
         assert_eq!(choose_encoding(&HeaderMap::new()), Ok(Encoding::Json));
-        assert_eq!(choose_encoding(&with_protocols("x, pushwire.v1.msgpack")), Ok(Encoding::Msgpack));
-        assert_eq!(choose_encoding(&with_protocols("pushwire.v1.json,pushwire.v1.msgpack")), Ok(Encoding::Json));
+        assert_eq!(
+            choose_encoding(&with_protocols("x, pushwire.v1.msgpack")),
+            Ok(Encoding::Msgpack)
+        );
+        assert_eq!(
+            choose_encoding(&with_protocols("pushwire.v1.json,pushwire.v1.msgpack")),
+            Ok(Encoding::Json)
+        );
         assert!(choose_encoding(&with_protocols("mqtt")).is_err());
     }
 
@@ -162,7 +196,10 @@ mod tests {
     fn origin_allowlist() {
         let mut h = HeaderMap::new();
         assert!(origin_allowed(&h, &["https://a.example".into()]));
-        h.insert(header::ORIGIN, HeaderValue::from_static("https://evil.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
         assert!(origin_allowed(&h, &[]));
         assert!(!origin_allowed(&h, &["https://a.example".into()]));
         assert!(origin_allowed(&h, &["https://evil.example".into()]));
@@ -173,10 +210,19 @@ mod tests {
         let mut h = HeaderMap::new();
         assert!(handshake_key(&h).is_err());
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
-        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade"),
+        );
+        h.insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         assert!(handshake_key(&h).is_err());
-        h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        h.insert(
+            header::SEC_WEBSOCKET_KEY,
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
         assert_eq!(handshake_key(&h).as_deref(), Ok("dGhlIHNhbXBsZSBub25jZQ=="));
     }
 }

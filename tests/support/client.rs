@@ -44,16 +44,26 @@ impl WsClient {
     /// Opens a WebSocket offering `encoding`'s subprotocol.
     pub async fn open(url: &str, encoding: Encoding) -> TestResult<WsClient> {
         let mut request = url.into_client_request()?;
-        request
-            .headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(encoding.subprotocol()));
-        let config = WebSocketConfig::default().read_buffer_size(16 * 1024).max_message_size(Some(64 << 20));
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            HeaderValue::from_static(encoding.subprotocol()),
+        );
+        let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .max_message_size(Some(64 << 20));
         let (socket, _) = tokio::time::timeout(
             WAIT,
             tokio_tungstenite::connect_async_with_config(request, Some(config), true),
         )
         .await??;
-        Ok(WsClient { socket, encoding, pending: VecDeque::new(), frames: 0, batched_frames: 0, next_id: 1 })
+        Ok(WsClient {
+            socket,
+            encoding,
+            pending: VecDeque::new(),
+            frames: 0,
+            batched_frames: 0,
+            next_id: 1,
+        })
     }
 
     /// Opens and completes `connect`; returns the `connected` reply.
@@ -62,7 +72,11 @@ impl WsClient {
     }
 
     /// Opens and connects with extra `connect` fields (e.g. a token).
-    pub async fn connect_with(url: &str, encoding: Encoding, fields: Value) -> TestResult<(WsClient, Value)> {
+    pub async fn connect_with(
+        url: &str,
+        encoding: Encoding,
+        fields: Value,
+    ) -> TestResult<(WsClient, Value)> {
         let mut client = Self::open(url, encoding).await?;
         let reply = client.request("connect", fields).await?;
         if reply["op"] != "connected" {
@@ -119,7 +133,8 @@ impl WsClient {
             into.extend(from.clone());
         }
         self.send(message).await?;
-        self.recv_where(|m| m["id"] == id && m["op"] != "message").await
+        self.recv_where(|m| m["id"] == id && m["op"] != "message")
+            .await
     }
 
     /// The next message, whatever it is (pings are answered and skipped).
@@ -156,7 +171,9 @@ impl WsClient {
     }
 
     async fn read_frame(&mut self) -> TestResult {
-        let frame = tokio::time::timeout(WAIT, self.socket.next()).await.map_err(|_| "timed out waiting for a frame")?;
+        let frame = tokio::time::timeout(WAIT, self.socket.next())
+            .await
+            .map_err(|_| "timed out waiting for a frame")?;
         let messages = match frame {
             Some(Ok(Message::Text(text))) => text
                 .as_str()
@@ -184,7 +201,9 @@ impl WsClient {
     pub async fn expect_close(&mut self) -> TestResult<(u16, Vec<Value>)> {
         let mut seen: Vec<Value> = self.pending.drain(..).collect();
         loop {
-            let frame = tokio::time::timeout(WAIT, self.socket.next()).await.map_err(|_| "timed out waiting for close")?;
+            let frame = tokio::time::timeout(WAIT, self.socket.next())
+                .await
+                .map_err(|_| "timed out waiting for close")?;
             match frame {
                 Some(Ok(Message::Close(frame))) => {
                     let code = frame.map_or(1005, |f| u16::from(f.code));
@@ -228,7 +247,14 @@ fn msgpack_to_json(value: rmpv::Value) -> Value {
         rmpv::Value::Map(entries) => Value::Object(
             entries
                 .into_iter()
-                .map(|(k, v)| (k.as_str().map(str::to_owned).unwrap_or_else(|| k.to_string()), msgpack_to_json(v)))
+                .map(|(k, v)| {
+                    (
+                        k.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| k.to_string()),
+                        msgpack_to_json(v),
+                    )
+                })
                 .collect(),
         ),
         rmpv::Value::Ext(_, b) => json!({ "$ext": b }),

@@ -7,6 +7,7 @@ pub mod client;
 pub mod server;
 
 pub use client::{Encoding, WsClient};
+#[allow(unused_imports)]
 pub use server::{BinaryServer, TestServer, api_key};
 
 use std::time::Duration;

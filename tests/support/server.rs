@@ -31,18 +31,29 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with the embedded defaults plus `toml`.
     pub async fn start(toml: &str) -> TestResult<TestServer> {
-        let base = format!("[server]\nlisten = \"127.0.0.1:0\"\n[api]\nkeys = [\"{}\"]\n", api_key());
+        let base = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[api]\nkeys = [\"{}\"]\n",
+            api_key()
+        );
         let config = Config::from_toml(&merge_toml(&base, toml)?)?;
         let server = Server::bind(config).await?;
         let addr = server.local_addr();
         let state = server.state();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = server.run(async move {
-                let _ = stopped.await;
-            }).await;
+            let _ = server
+                .run(async move {
+                    let _ = stopped.await;
+                })
+                .await;
         });
-        Ok(TestServer { addr, state, stop: Some(stop), task: Some(task), http: reqwest::Client::new() })
+        Ok(TestServer {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+            http: reqwest::Client::new(),
+        })
     }
 
     pub fn ws_url(&self) -> String {
@@ -69,7 +80,12 @@ impl TestServer {
 
     /// GETs an API route with the test key.
     pub async fn get(&self, path: &str) -> TestResult<(u16, Value)> {
-        let response = self.http.get(self.http_url(path)).bearer_auth(api_key()).send().await?;
+        let response = self
+            .http
+            .get(self.http_url(path))
+            .bearer_auth(api_key())
+            .send()
+            .await?;
         let status = response.status().as_u16();
         let body = response.json::<Value>().await.unwrap_or(Value::Null);
         Ok((status, body))
@@ -77,7 +93,12 @@ impl TestServer {
 
     /// Publishes through the API and checks for 200.
     pub async fn publish(&self, channel: &str, data: Value) -> TestResult<Value> {
-        let (status, body) = self.post("/api/publish", &serde_json::json!({ "channel": channel, "data": data })).await?;
+        let (status, body) = self
+            .post(
+                "/api/publish",
+                &serde_json::json!({ "channel": channel, "data": data }),
+            )
+            .await?;
         if status != 200 {
             return fail(format!("publish answered {status}: {body}"));
         }
@@ -147,12 +168,18 @@ impl BinaryServer {
             .spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(WAIT, lines.next_line()).await??.ok_or("server exited before listening")?;
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await??
+            .ok_or("server exited before listening")?;
         let addr = line
             .strip_prefix("pushwire listening on ")
             .ok_or_else(|| format!("unexpected first line {line:?}"))?
             .parse()?;
-        Ok(BinaryServer { addr, child, _config: config })
+        Ok(BinaryServer {
+            addr,
+            child,
+            _config: config,
+        })
     }
 
     pub fn ws_url(&self) -> String {
@@ -162,7 +189,10 @@ impl BinaryServer {
     /// Sends SIGTERM.
     pub fn terminate(&self) -> TestResult {
         let pid = self.child.id().ok_or("already exited")?;
-        let status = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status()?;
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()?;
         if !status.success() {
             return fail("kill -TERM failed");
         }
