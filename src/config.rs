@@ -44,6 +44,12 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Open connections per node (4010 beyond it).
     pub max_connections: usize,
+    /// WebSockets that upgraded but have not sent `connect` yet; beyond it an upgrade is
+    /// refused with HTTP 503. 0: unlimited.
+    pub max_pending_connections: usize,
+    /// Time a client has to send its HTTP request headers (slowloris), and the longest an
+    /// idle keep-alive HTTP connection stays open.
+    pub handshake_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +80,11 @@ pub struct ClientConfig {
     pub rate_limit_burst: u32,
     /// Requests refused with error 110 in a row before the connection is closed with 4009.
     pub rate_limit_strikes: u32,
+    /// Open WebSockets per client IP address (4010 beyond it); 0: unlimited. Behind a
+    /// proxy every client shares the proxy's address, so set it only on direct listeners.
+    pub max_connections_per_ip: usize,
+    /// Open connections per authenticated user (4010 beyond it); 0: unlimited.
+    pub max_connections_per_user: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,6 +94,8 @@ pub struct ApiConfig {
     pub keys: Vec<String>,
     /// Largest request body and largest publication data, in bytes.
     pub max_publish_bytes: usize,
+    /// Publish and broadcast requests per second per API key (429 beyond it); 0: unlimited.
+    pub publish_rate_per_sec: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -140,6 +153,24 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// Seed nodes of the cluster, when `cluster = true`.
     pub cluster_nodes: Vec<String>,
+    /// Relayed messages buffered between a pub/sub connection and the hub; beyond it
+    /// messages are dropped and counted (`pushwire_relay_dropped_total`).
+    pub handoff_buffer: usize,
+    /// How long a channel stays subscribed on Redis after its last local subscriber left
+    /// (unsubscribes are delayed and batched to avoid churn).
+    pub unsubscribe_delay_ms: u64,
+    /// How often each pub/sub connection is probed with a message to itself; a probe not
+    /// back within this interval reconnects the connection.
+    pub probe_interval_ms: u64,
+    /// How often this node publishes its heartbeat on the control topic.
+    pub heartbeat_interval_ms: u64,
+    /// A node whose heartbeat was not seen for this long is dropped from the cluster view.
+    pub node_timeout_ms: u64,
+    /// Presence entries of a node expire this long after its last refresh (bounds how
+    /// long the clients of a crashed node stay present).
+    pub presence_ttl_secs: u64,
+    /// How long offsets and epochs outlive the last publication of a channel.
+    pub stream_meta_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -152,6 +183,9 @@ pub struct NamespaceConfig {
     pub join_leave: bool,
     pub allow_subscribe: SubscribePolicy,
     pub allow_publish: PublishPolicy,
+    /// The most messages a recovering subscribe replays; a longer gap answers
+    /// `recovered: false`.
+    pub max_recover_messages: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +234,8 @@ impl Default for ServerConfig {
             metrics_listen: String::new(),
             shutdown_grace_secs: 10,
             max_connections: 100_000,
+            max_pending_connections: 10_000,
+            handshake_timeout_secs: 10,
         }
     }
 }
@@ -221,6 +257,8 @@ impl Default for ClientConfig {
             rate_limit_per_sec: 100,
             rate_limit_burst: 200,
             rate_limit_strikes: 50,
+            max_connections_per_ip: 0,
+            max_connections_per_user: 0,
         }
     }
 }
@@ -230,6 +268,7 @@ impl Default for ApiConfig {
         ApiConfig {
             keys: Vec::new(),
             max_publish_bytes: 64 * 1024,
+            publish_rate_per_sec: 0,
         }
     }
 }
@@ -271,6 +310,13 @@ impl Default for RedisConfig {
             command_timeout_ms: 2000,
             cluster: false,
             cluster_nodes: Vec::new(),
+            handoff_buffer: 65_536,
+            unsubscribe_delay_ms: 2_000,
+            probe_interval_ms: 5_000,
+            heartbeat_interval_ms: 2_000,
+            node_timeout_ms: 7_000,
+            presence_ttl_secs: 30,
+            stream_meta_ttl_secs: 86_400,
         }
     }
 }
@@ -284,6 +330,7 @@ impl Default for NamespaceConfig {
             join_leave: false,
             allow_subscribe: SubscribePolicy::All,
             allow_publish: PublishPolicy::None,
+            max_recover_messages: 10_000,
         }
     }
 }
@@ -359,6 +406,10 @@ impl Config {
         }
         let positive = [
             ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.handshake_timeout_secs",
+                self.server.handshake_timeout_secs,
+            ),
             (
                 "client.connect_timeout_secs",
                 self.client.connect_timeout_secs,

@@ -31,7 +31,21 @@ pub struct Metrics {
     pub api_request_seconds: HistogramVec,
     pub limit_trips: IntCounterVec,
     pub client_requests: IntCounterVec,
+    /// Tasks alive on the runtime, sampled when the metrics are rendered (a leak shows as
+    /// a count that does not come back down).
+    pub runtime_tasks: IntGauge,
+    pub relay_messages: IntCounterVec,
+    pub relay_latency_seconds: Histogram,
+    pub relay_dropped: IntCounter,
+    pub redis_errors: IntCounterVec,
+    pub redis_reconnects: IntCounter,
+    pub redis_resubscribe_seconds: Histogram,
+    pub redis_up: IntGauge,
+    pub cluster_nodes: IntGauge,
 }
+
+/// Redis operations as labelled in `pushwire_redis_errors_total`.
+pub const REDIS_OPS: [&str; 6] = ["publish", "subscribe", "pubsub", "history", "presence", "control"];
 
 /// Routes as labelled in `pushwire_api_requests_total`.
 pub const API_ROUTES: [&str; 12] = [
@@ -50,7 +64,7 @@ pub const API_ROUTES: [&str; 12] = [
 ];
 
 /// Kinds of limit as labelled in `pushwire_limit_trips_total`.
-pub const LIMIT_KINDS: [&str; 10] = [
+pub const LIMIT_KINDS: [&str; 15] = [
     "queue_overflow",
     "frame_size",
     "channels_per_connection",
@@ -61,6 +75,11 @@ pub const LIMIT_KINDS: [&str; 10] = [
     "pong_timeout",
     "write_timeout",
     "rate_limit",
+    "connections_per_ip",
+    "connections_per_user",
+    "pending_connections",
+    "handshake_timeout",
+    "api_publish_rate",
 ];
 
 impl Metrics {
@@ -133,6 +152,39 @@ impl Metrics {
                 &["op", "result"],
             )
             .expect("valid metric"),
+            relay_messages: IntCounterVec::new(
+                Opts::new("pushwire_relay_messages_total", "Messages relayed through Redis, by direction (out: published by this node, in: received)."),
+                &["direction"],
+            )
+            .expect("valid metric"),
+            relay_latency_seconds: Histogram::with_opts(
+                HistogramOpts::new("pushwire_relay_latency_seconds", "From publish on the origin node to receipt from Redis on this node.")
+                    .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            )
+            .expect("valid metric"),
+            relay_dropped: IntCounter::new(
+                "pushwire_relay_dropped_total",
+                "Relayed messages dropped because the hand-off buffer between the Redis reader and the hub was full (should stay 0).",
+            )
+            .expect("valid metric"),
+            redis_errors: IntCounterVec::new(
+                Opts::new("pushwire_redis_errors_total", "Failed Redis operations, by operation."),
+                &["op"],
+            )
+            .expect("valid metric"),
+            redis_reconnects: IntCounter::new("pushwire_redis_reconnects_total", "Redis pub/sub connections re-established after a loss.")
+                .expect("valid metric"),
+            redis_resubscribe_seconds: Histogram::with_opts(
+                HistogramOpts::new("pushwire_redis_resubscribe_seconds", "Time to resubscribe every channel of a pub/sub connection after it reconnected.")
+                    .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
+            )
+            .expect("valid metric"),
+            redis_up: IntGauge::new("pushwire_redis_up", "1 while every Redis connection of this node works, else 0 (always 1 on the memory broker).")
+                .expect("valid metric"),
+            cluster_nodes: IntGauge::new("pushwire_cluster_nodes", "Nodes this node sees, itself included (heartbeats on the control topic).")
+                .expect("valid metric"),
+            runtime_tasks: IntGauge::new("pushwire_runtime_tasks", "Tokio tasks alive in this process, sampled at each scrape.")
+                .expect("valid metric"),
             registry,
         };
         m.register_all();
@@ -157,6 +209,15 @@ impl Metrics {
             Box::new(self.api_request_seconds.clone()),
             Box::new(self.limit_trips.clone()),
             Box::new(self.client_requests.clone()),
+            Box::new(self.runtime_tasks.clone()),
+            Box::new(self.relay_messages.clone()),
+            Box::new(self.relay_latency_seconds.clone()),
+            Box::new(self.relay_dropped.clone()),
+            Box::new(self.redis_errors.clone()),
+            Box::new(self.redis_reconnects.clone()),
+            Box::new(self.redis_resubscribe_seconds.clone()),
+            Box::new(self.redis_up.clone()),
+            Box::new(self.cluster_nodes.clone()),
         ];
         for collector in collectors {
             // Names are unique by construction; a failure here is a programming error.
@@ -182,6 +243,14 @@ impl Metrics {
         for source in ["api", "client", "relay"] {
             self.publications.with_label_values(&[source]);
         }
+        for direction in ["in", "out"] {
+            self.relay_messages.with_label_values(&[direction]);
+        }
+        for op in REDIS_OPS {
+            self.redis_errors.with_label_values(&[op]);
+        }
+        self.redis_up.set(1);
+        self.cluster_nodes.set(1);
         for kind in LIMIT_KINDS {
             self.limit_trips.with_label_values(&[kind]);
         }
@@ -198,6 +267,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks = runtime.metrics().num_alive_tasks();
+            self.runtime_tasks
+                .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+        }
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()

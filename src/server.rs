@@ -8,15 +8,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::routing::get;
-use tokio::net::TcpListener;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::{Service as _, service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api;
 use crate::auth::{ApiKeys, KeyError, TokenVerifier};
-use crate::broker::Broker;
-use crate::config::{Config, DEFAULT_NAMESPACE};
+use crate::broker::{Broker, BrokerError, NodeStats, RedisBroker};
+use crate::config::{BrokerKind, Config, DEFAULT_NAMESPACE};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
@@ -34,6 +40,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
     #[error("server failed: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -66,17 +74,32 @@ impl Server {
             &background,
             background_stop.clone(),
         );
-        let broker = Broker::memory(hub.clone());
-        let tokens = TokenVerifier::from_config(&config.auth)?;
-        let mut keys = config.api.keys.clone();
-        let generated_api_key = keys.is_empty().then(random_key);
-        keys.extend(generated_api_key.clone());
         let node = NodeIdentity {
             id: format!("{:016x}", rand::random::<u64>()),
             name: node_name(&config),
             version: env!("CARGO_PKG_VERSION"),
             started: Instant::now(),
         };
+        let broker = match config.broker.kind {
+            BrokerKind::Memory => Broker::memory(hub.clone()),
+            BrokerKind::Redis => {
+                let stats = NodeStats {
+                    id: node.id.clone(),
+                    name: node.name.clone(),
+                    version: node.version.to_owned(),
+                    uptime_s: 0,
+                    connections: 0,
+                    subscriptions: 0,
+                    channels: 0,
+                };
+                let broker = RedisBroker::start(hub.clone(), &config.redis, stats, &background, background_stop.clone())?;
+                Broker::Redis(broker)
+            }
+        };
+        let tokens = TokenVerifier::from_config(&config.auth)?;
+        let mut keys = config.api.keys.clone();
+        let generated_api_key = keys.is_empty().then(random_key);
+        keys.extend(generated_api_key.clone());
         let state = Arc::new(AppState::new(
             Arc::new(config),
             hub,
@@ -127,21 +150,20 @@ impl Server {
             ..
         } = self;
         let router = router(state.clone(), metrics_listener.is_none());
-        let stop_accepting = state.shutdown.clone();
-        let serve = axum::serve(
+        let serve = tokio::spawn(serve_http(
             listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop_accepting.cancelled_owned());
-        let serve = tokio::spawn(async move { serve.await });
+            router,
+            state.clone(),
+            state.shutdown.clone(),
+        ));
         if let Some(listener) = metrics_listener {
             let metrics = api::metrics_router().with_state(state.clone());
-            let stop = background_stop.clone();
-            background.spawn(async move {
-                let _ = axum::serve(listener, metrics)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await;
-            });
+            background.spawn(serve_http(
+                listener,
+                metrics,
+                state.clone(),
+                background_stop.clone(),
+            ));
         }
         background.spawn(expire_streams(state.clone(), background_stop.clone()));
         signal.await;
@@ -149,10 +171,85 @@ impl Server {
         background_stop.cancel();
         background.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), background.wait()).await;
-        match tokio::time::timeout(Duration::from_secs(5), serve).await {
-            Ok(Ok(Err(err))) => Err(ServerError::Serve(err)),
-            _ => Ok(()),
+        let _ = tokio::time::timeout(Duration::from_secs(5), serve).await;
+        Ok(())
+    }
+}
+
+/// How long to wait after a failed `accept` (out of file descriptors, say) before the next.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Accepts connections until `stop`, each served on its own task; returns once every
+/// connection task has finished. Used instead of `axum::serve` because that cannot bound
+/// the time a client takes to send its request headers.
+async fn serve_http(
+    listener: TcpListener,
+    router: Router,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+) {
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let task =
+                    serve_connection(stream, peer, router.clone(), state.clone(), stop.clone());
+                connections.spawn(task);
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
+    }
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// Serves one HTTP/1.1 connection, WebSocket upgrades included. The request headers must
+/// arrive within `server.handshake_timeout_secs` (slowloris; it also ends idle keep-alive
+/// connections). Each request carries the peer address as `ConnectInfo`, as axum's
+/// `into_make_service_with_connect_info` would add it.
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+) {
+    // Push frames are small and latency-sensitive.
+    let _ = stream.set_nodelay(true);
+    let timeout = Duration::from_secs(state.config().server.handshake_timeout_secs);
+    let service = TowerToHyperService::new(router);
+    let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        service.call(request)
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout);
+    let connection = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        if err.is_timeout() {
+            state.metrics.limit_tripped("handshake_timeout");
+        }
+        tracing::debug!(peer = %peer, error = %err, "HTTP connection failed");
     }
 }
 
@@ -199,7 +296,7 @@ async fn expire_streams(state: Arc<AppState>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let Broker::Memory(broker) = &state.broker;
+        let Broker::Memory(broker) = &state.broker else { return };
         let config = state.config();
         broker.expire_streams(|channel| {
             let ns = config

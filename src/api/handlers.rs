@@ -15,6 +15,7 @@ use super::ApiError;
 use super::body::{
     self, Broadcast, BroadcastBody, DisconnectBody, Publish, PublishBody, UnsubscribeBody,
 };
+use crate::broker::NodeStats;
 use crate::config::NamespaceConfig;
 use crate::hub::{ClientHandle, ClientId};
 use crate::protocol::{
@@ -349,16 +350,16 @@ pub async fn history(
 
 pub async fn info(State(state): State<Arc<AppState>>, headers: HeaderMap) -> ApiResult {
     let node = &state.node;
-    let this = json!({
-        "id": node.id,
-        "name": node.name,
-        "version": node.version,
-        "uptime_s": node.started.elapsed().as_secs(),
-        "connections": state.hub.connection_count(),
-        "subscriptions": state.hub.subscription_count(),
-        "channels": state.hub.channel_count(),
-    });
-    respond(&headers, &json!({ "nodes": [this] }))
+    let me = NodeStats {
+        id: node.id.clone(),
+        name: node.name.clone(),
+        version: node.version.to_owned(),
+        uptime_s: node.started.elapsed().as_secs(),
+        connections: state.hub.connection_count(),
+        subscriptions: state.hub.subscription_count(),
+        channels: state.hub.channel_count(),
+    };
+    respond(&headers, &json!({ "nodes": state.broker.nodes(me) }))
 }
 
 pub async fn health() -> Response {

@@ -214,7 +214,7 @@ impl MemoryBroker {
             epoch: stream.epoch.clone(),
         };
         let (recovered, missed) = match recover {
-            Some(from) if from.epoch == stream.epoch => {
+            Some(from) if from.epoch == stream.epoch && stream.offset.saturating_sub(from.offset) <= ns.max_recover_messages as u64 => {
                 let (messages, complete) = stream.since(from.offset);
                 if complete {
                     (Some(true), messages)

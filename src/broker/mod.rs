@@ -9,12 +9,14 @@
 //! in offset order; that is what makes per-channel order the same for every client.
 
 mod memory;
+mod redis;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 pub use memory::MemoryBroker;
+pub use redis::{NodeStats, RedisBroker};
 
 use crate::config::NamespaceConfig;
 use crate::hub::{ClientHandle, Hub};
@@ -59,6 +61,7 @@ pub type ReplyBuilder<'a> = &'a (dyn Fn(&SubscribeResult) -> Option<Bytes> + Syn
 #[derive(Clone)]
 pub enum Broker {
     Memory(Arc<MemoryBroker>),
+    Redis(Arc<RedisBroker>),
 }
 
 impl Broker {
@@ -76,6 +79,7 @@ impl Broker {
     ) -> Result<PublishResult, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.publish(channel, payload, ns, idempotency_key).await),
+            Broker::Redis(b) => b.publish(channel, payload, ns, idempotency_key).await,
         }
     }
 
@@ -91,6 +95,7 @@ impl Broker {
     ) -> Result<Option<SubscribeResult>, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.subscribe(client, channel, ns, recover, reply).await),
+            Broker::Redis(b) => b.subscribe(client, channel, ns, recover, reply).await,
         }
     }
 
@@ -104,6 +109,7 @@ impl Broker {
     ) -> Result<HistoryPage, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.history(channel, ns, since, limit).await),
+            Broker::Redis(b) => b.history(channel, ns, since, limit).await,
         }
     }
 
@@ -111,6 +117,7 @@ impl Broker {
     pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, BrokerError> {
         match self {
             Broker::Memory(b) => Ok(b.presence(channel)),
+            Broker::Redis(b) => b.presence(channel).await,
         }
     }
 
@@ -118,12 +125,22 @@ impl Broker {
     pub fn readiness(&self) -> Result<(), String> {
         match self {
             Broker::Memory(_) => Ok(()),
+            Broker::Redis(b) => b.readiness(),
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             Broker::Memory(_) => "memory",
+            Broker::Redis(_) => "redis",
+        }
+    }
+
+    /// The nodes of the cluster (just this one on the memory broker), `me` first.
+    pub fn nodes(&self, me: NodeStats) -> Vec<NodeStats> {
+        match self {
+            Broker::Memory(_) => vec![me],
+            Broker::Redis(b) => b.nodes(),
         }
     }
 }

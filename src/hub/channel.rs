@@ -11,10 +11,22 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::client::{ClientHandle, ClientId};
+use super::fanout::EncodedPublication;
+
+/// Live publications held back for a subscriber whose `subscribed` reply (and recovered
+/// history) is not queued yet; `None` once they were flushed.
+pub(crate) type PendingBuffer = Mutex<Option<Vec<Arc<EncodedPublication>>>>;
+
+/// One subscriber of a channel.
+#[derive(Clone)]
+pub(crate) struct Member {
+    pub(crate) client: Arc<ClientHandle>,
+    pub(crate) pending: Option<Arc<PendingBuffer>>,
+}
 
 /// The subscribers of one channel at one moment, split by fan-out shard.
 pub(crate) struct Snapshot {
-    pub(crate) by_shard: Vec<Vec<Arc<ClientHandle>>>,
+    pub(crate) by_shard: Vec<Vec<Member>>,
 }
 
 impl Snapshot {
@@ -24,7 +36,7 @@ impl Snapshot {
 }
 
 struct State {
-    members: HashMap<ClientId, Arc<ClientHandle>>,
+    members: HashMap<ClientId, Member>,
     snapshot: Option<Arc<Snapshot>>,
 }
 
@@ -48,12 +60,17 @@ impl ChannelEntry {
     /// Adds a subscriber and runs `then` under the channel lock, so nothing published
     /// after the subscription can reach the client before what `then` enqueues.
     /// Returns false when the client was already a member.
-    pub(crate) fn insert_then(&self, client: &Arc<ClientHandle>, then: impl FnOnce()) -> bool {
+    pub(crate) fn insert_then(
+        &self,
+        client: &Arc<ClientHandle>,
+        pending: Option<Arc<PendingBuffer>>,
+        then: impl FnOnce(),
+    ) -> bool {
         let mut state = self.state.lock();
         if state.members.contains_key(&client.id) {
             return false;
         }
-        state.members.insert(client.id, client.clone());
+        state.members.insert(client.id, Member { client: client.clone(), pending });
         state.snapshot = None;
         then();
         true
@@ -86,9 +103,9 @@ impl ChannelEntry {
         if let Some(snapshot) = &state.snapshot {
             return snapshot.clone();
         }
-        let mut by_shard: Vec<Vec<Arc<ClientHandle>>> = vec![Vec::new(); self.shards];
-        for client in state.members.values() {
-            by_shard[client.shard % self.shards].push(client.clone());
+        let mut by_shard: Vec<Vec<Member>> = vec![Vec::new(); self.shards];
+        for member in state.members.values() {
+            by_shard[member.client.shard % self.shards].push(member.clone());
         }
         let snapshot = Arc::new(Snapshot { by_shard });
         state.snapshot = Some(snapshot.clone());
@@ -96,6 +113,15 @@ impl ChannelEntry {
     }
 
     pub(crate) fn members(&self) -> Vec<Arc<ClientHandle>> {
-        self.state.lock().members.values().cloned().collect()
+        self.state.lock().members.values().map(|m| m.client.clone()).collect()
+    }
+
+    /// Marks a member's pending buffer as done, so the next snapshot skips the check.
+    pub(crate) fn settle(&self, id: ClientId) {
+        let mut state = self.state.lock();
+        if let Some(member) = state.members.get_mut(&id) {
+            member.pending = None;
+            state.snapshot = None;
+        }
     }
 }

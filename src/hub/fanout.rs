@@ -112,11 +112,20 @@ pub(crate) async fn run_worker(
 fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) {
     let mut delivered = 0u64;
     let mut evicted = 0u64;
-    for client in &job.snapshot.by_shard[job.shard] {
+    for member in &job.snapshot.by_shard[job.shard] {
+        let client = &member.client;
+        // A subscriber still receiving its reply and history gets live messages after them.
+        let mut held = member.pending.as_ref().map(|p| p.lock());
+        if let Some(Some(buffer)) = held.as_deref_mut() {
+            buffer.push(job.publication.clone());
+            continue;
+        }
         let Some(frame) = job.publication.frame(client.encoding) else {
             continue;
         };
-        match client.push(frame.clone(), limits) {
+        let pushed = client.push(frame.clone(), limits);
+        drop(held);
+        match pushed {
             Ok(()) => delivered += 1,
             Err(PushError::Overflow) => {
                 evicted += 1;

@@ -66,6 +66,14 @@ struct Shared {
 
 type FanoutSender = fanout::FanoutJob;
 
+/// A subscription registered with live publications held back; see `subscribe_pending`.
+pub struct PendingSubscription {
+    client: Arc<ClientHandle>,
+    channel: ChannelName,
+    entry: Arc<ChannelEntry>,
+    buffer: Arc<channel::PendingBuffer>,
+}
+
 impl Hub {
     /// Starts the hub's fan-out workers and ticker on `tracker`, stopping on `shutdown`.
     pub fn start(
@@ -190,7 +198,7 @@ impl Hub {
                 first_local = true;
                 Arc::new(ChannelEntry::new(self.shared.workers.len()))
             });
-        let added = entry.insert_then(client, || {
+        let added = entry.insert_then(client, None, || {
             client.channels.lock().push(channel.clone());
             for frame in frames {
                 // An overflow here marks the client for 4008; its session sees it.
@@ -208,6 +216,65 @@ impl Hub {
             m.subscriptions.inc();
         }
         added
+    }
+
+    /// Subscribes `client` to `channel` with live publications held back until
+    /// `finish_pending`: used when the `subscribed` reply depends on a broker round trip
+    /// (stream position, recovered history). `None` if it was already subscribed.
+    pub fn subscribe_pending(&self, client: &Arc<ClientHandle>, channel: &ChannelName) -> Option<PendingSubscription> {
+        let buffer = Arc::new(parking_lot::Mutex::new(Some(Vec::new())));
+        let mut first_local = false;
+        let entry = self.shared.channels.entry(channel.clone()).or_insert_with(|| {
+            first_local = true;
+            Arc::new(ChannelEntry::new(self.shared.workers.len()))
+        });
+        let added = entry.insert_then(client, Some(buffer.clone()), || {
+            client.channels.lock().push(channel.clone());
+        });
+        let entry = entry.value().clone();
+        let m = &self.shared.metrics;
+        if first_local {
+            m.channels.inc();
+        }
+        if !added {
+            return None;
+        }
+        m.subscriptions.inc();
+        Some(PendingSubscription { client: client.clone(), channel: channel.clone(), entry, buffer })
+    }
+
+    /// Queues `frames` (the reply, then recovered messages), then the live publications
+    /// held back meanwhile, skipping those at or below `delivered_through` (already among
+    /// the recovered ones), and switches the subscriber to live delivery.
+    pub fn finish_pending(&self, pending: PendingSubscription, frames: Vec<Bytes>, delivered_through: Option<u64>) {
+        let limits = self.queue_limits();
+        let client = &pending.client;
+        let mut held = pending.buffer.lock();
+        let buffered = held.take().unwrap_or_default();
+        let mut push = |frame: Bytes| {
+            if client.push(frame, limits) == Err(PushError::Overflow) {
+                self.shared.metrics.slow_consumer_evictions.inc();
+            }
+        };
+        frames.into_iter().for_each(&mut push);
+        for publication in buffered {
+            let offset = publication.publication().position.as_ref().map(|p| p.offset);
+            if let (Some(through), Some(offset)) = (delivered_through, offset)
+                && offset <= through
+            {
+                continue;
+            }
+            if let Some(frame) = publication.frame(client.encoding) {
+                push(frame.clone());
+            }
+        }
+        drop(held);
+        pending.entry.settle(client.id);
+    }
+
+    /// Undoes a pending subscription whose broker work failed.
+    pub fn abort_pending(&self, pending: PendingSubscription) {
+        self.unsubscribe(&pending.client, &pending.channel);
     }
 
     /// Unsubscribes `client` from `channel`; returns whether it was subscribed.

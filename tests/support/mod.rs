@@ -4,9 +4,13 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod observability;
+pub mod redis_server;
 pub mod server;
 
 pub use client::{Encoding, WsClient};
+#[allow(unused_imports)]
+pub use redis_server::RedisServer;
 #[allow(unused_imports)]
 pub use server::{BinaryServer, TestServer, api_key};
 

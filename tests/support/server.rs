@@ -105,6 +105,26 @@ impl TestServer {
         Ok(body)
     }
 
+    /// Waits until `/ready` answers 200 (Redis connected).
+    pub async fn wait_ready(&self) -> TestResult {
+        self.wait_ready_is(200).await
+    }
+
+    /// Waits until `/ready` answers `status`.
+    pub async fn wait_ready_is(&self, status: u16) -> TestResult {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let got = self.http.get(self.http_url("/ready")).send().await?.status().as_u16();
+            if got == status {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return fail(format!("/ready stayed {got}, wanted {status}"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }

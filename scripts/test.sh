@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test suite of pushwire: Rust unit and integration tests (real servers, real
+# redis-server, real Prometheus), the loadtest smoke run, and the client-js suites (Node
+# and headless Chromium). Installs what a fresh Debian machine lacks first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v redis-server >/dev/null || missing+=(redis-server)
+command -v redis-cli >/dev/null || missing+=(redis-tools)
+command -v prometheus >/dev/null || [ -x /usr/bin/prometheus ] || missing+=(prometheus)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null || missing+=(nodejs npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+echo "==> cargo test (release: the same binaries the client-js and loadtest suites use)"
+cargo test --release --workspace --all-targets
+
+if [ -x scripts/test-client-js.sh ]; then
+  echo "==> client-js"
+  PUSHWIRE_BIN="$PWD/target/release/pushwire" scripts/test-client-js.sh
+fi

@@ -1,0 +1,528 @@
+//! The Redis broker: nodes relay publications to each other through Redis pub/sub, and
+//! channel streams (offsets, epochs, history, idempotency) live in Redis.
+//!
+//! - Publishing runs one Lua script per publication (see `scripts`) on a multiplexed
+//!   command connection; every node, the publisher included, receives the publication
+//!   back through pub/sub and delivers it to its own subscribers exactly once.
+//! - A node subscribes a channel's topic only while it has local subscribers, on one of
+//!   `redis.pubsub_connections` connections chosen by channel hash (see `relay`), and
+//!   unsubscribes after `unsubscribe_delay_ms` once the last one left.
+//! - Subscribing registers the client first with live messages held back, then makes sure
+//!   the topic is subscribed and reads the stream position and missed history, then
+//!   queues reply, history and held-back messages de-duplicated by offset: no loss, no
+//!   duplicate, no reordering, whatever races with it.
+//! - Redis down: connections stay, publishes and subscribes fail fast, `/ready` is 503;
+//!   everything is resubscribed when Redis is back.
+
+mod conn;
+mod control;
+mod envelope;
+mod keys;
+mod presence;
+mod relay;
+mod scripts;
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::{Mutex, RwLock};
+use redis::RedisError;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use control::NodeStats;
+
+use super::{BrokerError, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered};
+use crate::config::{NamespaceConfig, RedisConfig};
+use crate::hub::{ClientHandle, Hub, Publication};
+use crate::protocol::{ChannelName, Payload, StreamPosition};
+use conn::{CommandConn, Connector};
+use envelope::Envelope;
+use keys::Keys;
+use relay::ShardCommand;
+
+/// How long an idempotency key is remembered (PROTOCOL.md section 8).
+const IDEMPOTENCY_TTL_SECS: u64 = 300;
+
+/// State shared by the broker and its pub/sub tasks.
+pub(crate) struct RelayContext {
+    pub(crate) hub: Hub,
+    pub(crate) keys: Keys,
+    pub(crate) node_id: String,
+    pub(crate) config: RedisConfig,
+    pub(crate) connector: Connector,
+    commands: RwLock<Option<CommandConn>>,
+    /// The last stream position delivered per channel, for gap and duplicate detection.
+    pub(crate) positions: DashMap<ChannelName, StreamPosition>,
+    pub(crate) shard_up: Vec<AtomicBool>,
+    commands_up: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    pub(crate) cluster: control::ClusterView,
+}
+
+impl RelayContext {
+    fn commands(&self) -> Result<CommandConn, BrokerError> {
+        if !self.commands_up.load(Ordering::Acquire) {
+            return Err(self.unavailable());
+        }
+        self.commands.read().clone().ok_or_else(|| self.unavailable())
+    }
+
+    fn unavailable(&self) -> BrokerError {
+        let reason = self.last_error.lock().clone().unwrap_or_else(|| "not connected yet".into());
+        BrokerError::Unavailable(format!("redis unavailable: {reason}"))
+    }
+
+    /// Records a failed Redis operation and turns it into a broker error.
+    fn failed(&self, op: &'static str, err: &RedisError) -> BrokerError {
+        self.hub.metrics().redis_errors.with_label_values(&[op]).inc();
+        if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() {
+            self.commands_up.store(false, Ordering::Release);
+            self.hub.metrics().redis_up.set(0);
+        }
+        *self.last_error.lock() = Some(err.to_string());
+        BrokerError::Unavailable(format!("redis {op} failed: {err}"))
+    }
+
+    pub(crate) fn pubsub_failed(&self, shard: usize, err: &str) {
+        self.hub.metrics().redis_errors.with_label_values(&["pubsub"]).inc();
+        self.hub.metrics().redis_up.set(0);
+        *self.last_error.lock() = Some(err.to_owned());
+        tracing::warn!(shard, error = %err, "redis pub/sub connection failed");
+    }
+
+    /// Publishes a probe to a pub/sub connection's own topic; true if Redis took it.
+    pub(crate) async fn send_probe(&self, topic: &str) -> bool {
+        let Ok(mut conn) = self.commands() else { return false };
+        let mut cmd = redis::cmd(self.connector.publish_command());
+        cmd.arg(topic).arg("probe");
+        let publish = cmd.query_async::<i64>(&mut conn);
+        matches!(tokio::time::timeout(Duration::from_millis(self.config.command_timeout_ms), publish).await, Ok(Ok(_)))
+    }
+
+    /// Handles one message pushed by Redis.
+    pub(crate) async fn on_message(&self, topic: &str, message: &[u8]) {
+        if topic == self.keys.control() {
+            control::on_message(self, message);
+            return;
+        }
+        let Some(channel) = self.keys.channel_of(topic).and_then(|c| ChannelName::parse(c).ok()) else {
+            return;
+        };
+        let relayed = match envelope::decode(message) {
+            Ok(relayed) => relayed,
+            Err(err) => {
+                tracing::warn!(channel = %channel, error = %err, "undecodable relay message");
+                return;
+            }
+        };
+        let metrics = self.hub.metrics();
+        metrics.relay_messages.with_label_values(&["in"]).inc();
+        let age_us = envelope::now_us().saturating_sub(relayed.envelope.ts_us);
+        metrics.relay_latency_seconds.observe(age_us as f64 / 1e6);
+        metrics.publications.with_label_values(&["relay"]).inc();
+        let Some(payload) = relayed.envelope.body.payload() else {
+            return;
+        };
+        if let Some(position) = &relayed.position {
+            if !self.fill_gap(&channel, position).await {
+                return;
+            }
+        }
+        let publication = Publication { channel, payload, position: relayed.position };
+        self.hub.dispatch(publication).await;
+    }
+
+    /// Checks `position` against the last one delivered on `channel`: false for a
+    /// duplicate; on a gap (a message lost between Redis and this node), delivers the
+    /// missing ones from history first.
+    async fn fill_gap(&self, channel: &ChannelName, position: &StreamPosition) -> bool {
+        let previous = self.positions.insert(channel.clone(), position.clone());
+        let Some(previous) = previous.filter(|p| p.epoch == position.epoch) else {
+            return true;
+        };
+        if position.offset <= previous.offset {
+            self.positions.insert(channel.clone(), previous);
+            return false;
+        }
+        if position.offset == previous.offset + 1 {
+            return true;
+        }
+        let missing = position.offset - previous.offset - 1;
+        tracing::warn!(channel = %channel, missing, "offset gap on the relay; filling from history");
+        match self.read_stream(channel, previous.offset, position.offset - 1, None).await {
+            Ok(entries) => {
+                for (offset, payload) in entries {
+                    let position = StreamPosition { offset, epoch: position.epoch.clone() };
+                    self.hub.dispatch(Publication { channel: channel.clone(), payload, position: Some(position) }).await;
+                }
+            }
+            Err(err) => tracing::warn!(channel = %channel, error = %err, "cannot fill the gap; clients will see it"),
+        }
+        true
+    }
+
+    /// Stream entries with `after < offset <= through`, oldest first, at most `limit`.
+    async fn read_stream(
+        &self,
+        channel: &ChannelName,
+        after: u64,
+        through: u64,
+        limit: Option<usize>,
+    ) -> Result<Vec<(u64, Payload)>, BrokerError> {
+        let mut conn = self.commands()?;
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(self.keys.stream(channel.as_str())).arg(format!("{}-1", after + 1)).arg(format!("{through}-1"));
+        if let Some(limit) = limit {
+            cmd.arg("COUNT").arg(limit);
+        }
+        let entries: Vec<(String, Vec<Vec<u8>>)> =
+            cmd.query_async(&mut conn).await.map_err(|e| self.failed("history", &e))?;
+        Ok(entries.into_iter().filter_map(|(id, fields)| stream_entry(&id, &fields)).collect())
+    }
+}
+
+/// Decodes one stream entry (`<offset>-1`, fields `d` envelope and `t` time).
+fn stream_entry(id: &str, fields: &[Vec<u8>]) -> Option<(u64, Payload)> {
+    let offset = id.split('-').next()?.parse().ok()?;
+    let data = fields.chunks(2).find(|kv| kv.first().map(Vec::as_slice) == Some(b"d"))?.get(1)?;
+    let envelope: Envelope = rmp_serde::from_slice(data).ok()?;
+    Some((offset, envelope.body.payload()?))
+}
+
+/// The Redis broker of one node.
+pub struct RedisBroker {
+    ctx: Arc<RelayContext>,
+    shards: Vec<mpsc::UnboundedSender<ShardCommand>>,
+}
+
+impl RedisBroker {
+    /// Starts the pub/sub tasks, the health check and the control loop. Never waits for
+    /// Redis: a node starts (and reports not ready) while Redis is down.
+    pub fn start(
+        hub: Hub,
+        config: &RedisConfig,
+        node: NodeStats,
+        tracker: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<Arc<RedisBroker>, BrokerError> {
+        let connector = Connector::new(config).map_err(|e| BrokerError::Unavailable(format!("bad redis configuration: {e}")))?;
+        let pools = if connector.is_cluster() { 1 } else { config.pubsub_connections };
+        let ctx = Arc::new(RelayContext {
+            keys: Keys::new(&config.key_prefix),
+            node_id: node.id.clone(),
+            config: config.clone(),
+            connector,
+            commands: RwLock::new(None),
+            positions: DashMap::new(),
+            shard_up: (0..pools).map(|_| AtomicBool::new(false)).collect(),
+            commands_up: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            cluster: control::ClusterView::new(node),
+            hub: hub.clone(),
+        });
+        hub.metrics().redis_up.set(0);
+        let mut shards = Vec::with_capacity(pools);
+        for index in 0..pools {
+            let (tx, rx) = mpsc::unbounded_channel();
+            shards.push(tx);
+            tracker.spawn(relay::run_shard(ctx.clone(), index, rx, stop.clone()));
+        }
+        let broker = Arc::new(RedisBroker { ctx: ctx.clone(), shards });
+        tracker.spawn(health_loop(ctx.clone(), stop.clone()));
+        tracker.spawn(control::heartbeat_loop(ctx.clone(), stop.clone()));
+        let (released_tx, released_rx) = mpsc::unbounded_channel();
+        hub.on_channel_released(released_tx);
+        tracker.spawn(unsubscribe_loop(broker.clone(), released_rx, stop));
+        Ok(broker)
+    }
+
+    /// The pub/sub connection of a channel (a fixed hash: always the same one).
+    fn shard_of(&self, channel: &ChannelName) -> usize {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        channel.hash(&mut hasher);
+        (hasher.finish() as usize) % self.shards.len()
+    }
+
+    pub async fn publish(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+        ns: &NamespaceConfig,
+        idempotency_key: Option<&str>,
+    ) -> Result<PublishResult, BrokerError> {
+        let ctx = &self.ctx;
+        let mut conn = ctx.commands()?;
+        let name = channel.as_str();
+        let topic = ctx.keys.topic(name);
+        let envelope = Envelope::publication(&ctx.node_id, &payload).encode();
+        let publish_command = ctx.connector.publish_command();
+        let result = if ns.history_size > 0 {
+            let idempotency = idempotency_key.map(|k| ctx.keys.idempotency(name, k)).unwrap_or_default();
+            let (offset, epoch): (u64, String) = scripts::PUBLISH_WITH_HISTORY
+                .key(ctx.keys.meta(name))
+                .key(ctx.keys.stream(name))
+                .key(idempotency)
+                .arg(&topic)
+                .arg(&envelope)
+                .arg(ns.history_size)
+                .arg(ns.history_ttl_secs)
+                .arg(ctx.config.stream_meta_ttl_secs.max(ns.history_ttl_secs))
+                .arg(new_epoch())
+                .arg(IDEMPOTENCY_TTL_SECS)
+                .arg(publish_command)
+                .arg(now_ms())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| ctx.failed("publish", &e))?;
+            PublishResult { offset: Some(offset), epoch: Some(epoch) }
+        } else {
+            let mut message = envelope::NO_POSITION.to_vec();
+            message.extend_from_slice(&envelope);
+            match idempotency_key {
+                Some(key) => {
+                    let _: i64 = scripts::PUBLISH_ONCE
+                        .key(ctx.keys.idempotency(name, key))
+                        .arg(&topic)
+                        .arg(message)
+                        .arg(IDEMPOTENCY_TTL_SECS)
+                        .arg(publish_command)
+                        .invoke_async(&mut conn)
+                        .await
+                        .map_err(|e| ctx.failed("publish", &e))?;
+                }
+                None => {
+                    let _: i64 = redis::cmd(publish_command)
+                        .arg(&topic)
+                        .arg(message)
+                        .query_async(&mut conn)
+                        .await
+                        .map_err(|e| ctx.failed("publish", &e))?;
+                }
+            }
+            PublishResult { offset: None, epoch: None }
+        };
+        ctx.hub.metrics().relay_messages.with_label_values(&["out"]).inc();
+        Ok(result)
+    }
+
+    /// Makes sure this node's pub/sub connection for `channel` is subscribed to it.
+    async fn ensure_subscribed(&self, channel: &ChannelName) -> Result<(), BrokerError> {
+        let (done, confirmed) = oneshot::channel();
+        let topics = vec![self.ctx.keys.topic(channel.as_str())];
+        let shard = &self.shards[self.shard_of(channel)];
+        shard
+            .send(ShardCommand::Subscribe { topics, done })
+            .map_err(|_| BrokerError::Unavailable("shutting down".into()))?;
+        let wait = Duration::from_millis(self.ctx.config.command_timeout_ms * 2);
+        match tokio::time::timeout(wait, confirmed).await {
+            Ok(Ok(result)) => result,
+            _ => Err(self.ctx.unavailable()),
+        }
+    }
+
+    pub async fn subscribe(
+        &self,
+        client: &Arc<ClientHandle>,
+        channel: &ChannelName,
+        ns: &NamespaceConfig,
+        recover: Option<&StreamPosition>,
+        reply: ReplyBuilder<'_>,
+    ) -> Result<Option<SubscribeResult>, BrokerError> {
+        let hub = &self.ctx.hub;
+        let Some(pending) = hub.subscribe_pending(client, channel) else {
+            return Ok(None);
+        };
+        let prepared = async {
+            self.ensure_subscribed(channel).await?;
+            if ns.history_size == 0 {
+                return Ok((SubscribeResult { position: None, recovered: None }, Vec::new()));
+            }
+            let position = self.stream_position(channel, ns).await?;
+            let (recovered, missed) = match recover {
+                Some(from) => self.recover(channel, ns, from, &position).await?,
+                None => (None, Vec::new()),
+            };
+            Ok((SubscribeResult { position: Some(position), recovered }, missed))
+        };
+        match prepared.await {
+            Ok((result, missed)) => {
+                let mut frames: Vec<Bytes> = reply(&result).into_iter().collect();
+                let through = result.position.as_ref().map(|p| p.offset);
+                if let Some(position) = &result.position {
+                    frames.extend(encode_recovered(client.encoding, channel, &position.epoch, &missed));
+                }
+                hub.finish_pending(pending, frames, through);
+                Ok(Some(result))
+            }
+            Err(err) => {
+                hub.abort_pending(pending);
+                Err(err)
+            }
+        }
+    }
+
+    async fn stream_position(&self, channel: &ChannelName, ns: &NamespaceConfig) -> Result<StreamPosition, BrokerError> {
+        let ctx = &self.ctx;
+        let mut conn = ctx.commands()?;
+        let (offset, epoch): (u64, String) = scripts::STREAM_POSITION
+            .key(ctx.keys.meta(channel.as_str()))
+            .arg(new_epoch())
+            .arg(ctx.config.stream_meta_ttl_secs.max(ns.history_ttl_secs))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| ctx.failed("history", &e))?;
+        Ok(StreamPosition { offset, epoch })
+    }
+
+    /// The messages after `from` up to `top`, if history still holds every one of them.
+    async fn recover(
+        &self,
+        channel: &ChannelName,
+        ns: &NamespaceConfig,
+        from: &StreamPosition,
+        top: &StreamPosition,
+    ) -> Result<(Option<bool>, Vec<(u64, Payload)>), BrokerError> {
+        if from.epoch != top.epoch || from.offset > top.offset {
+            return Ok((Some(false), Vec::new()));
+        }
+        let wanted = top.offset - from.offset;
+        if wanted == 0 {
+            return Ok((Some(true), Vec::new()));
+        }
+        if wanted > ns.max_recover_messages as u64 {
+            return Ok((Some(false), Vec::new()));
+        }
+        let entries = self.ctx.read_stream(channel, from.offset, top.offset, None).await?;
+        let complete = entries.len() as u64 == wanted
+            && entries.iter().zip(from.offset + 1..).all(|((offset, _), expected)| *offset == expected);
+        if complete { Ok((Some(true), entries)) } else { Ok((Some(false), Vec::new())) }
+    }
+
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        ns: &NamespaceConfig,
+        since: Option<&StreamPosition>,
+        limit: Option<usize>,
+    ) -> Result<HistoryPage, BrokerError> {
+        let top = self.stream_position(channel, ns).await?;
+        let after = since.filter(|s| s.epoch == top.epoch).map_or(0, |s| s.offset);
+        let messages = if after >= top.offset {
+            Vec::new()
+        } else {
+            self.ctx.read_stream(channel, after, top.offset, limit).await?
+        };
+        Ok(HistoryPage { epoch: top.epoch, offset: top.offset, messages })
+    }
+
+    /// Clients present in `channel`, across the cluster.
+    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<crate::protocol::ClientInfo>, BrokerError> {
+        presence::list(&self.ctx, channel).await
+    }
+
+    /// `Ok` while Redis serves this node; the reason otherwise.
+    pub fn readiness(&self) -> Result<(), String> {
+        let ctx = &self.ctx;
+        let shards_up = ctx.shard_up.iter().all(|s| s.load(Ordering::Acquire));
+        if ctx.commands_up.load(Ordering::Acquire) && shards_up {
+            return Ok(());
+        }
+        Err(ctx.unavailable().to_string())
+    }
+
+    /// Every node seen on the control topic, this one included.
+    pub fn nodes(&self) -> Vec<NodeStats> {
+        self.ctx.cluster.nodes(&self.ctx.hub)
+    }
+}
+
+/// Keeps the command connection alive and `redis_up` true to life.
+async fn health_loop(ctx: Arc<RelayContext>, stop: CancellationToken) {
+    let mut interval = tokio::time::interval(Duration::from_millis(500));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let existing = ctx.commands.read().clone();
+        let conn = match existing {
+            Some(conn) => Some(conn),
+            None => match ctx.connector.commands().await {
+                Ok(conn) => {
+                    *ctx.commands.write() = Some(conn.clone());
+                    Some(conn)
+                }
+                Err(err) => {
+                    ctx.hub.metrics().redis_errors.with_label_values(&["control"]).inc();
+                    *ctx.last_error.lock() = Some(err.to_string());
+                    None
+                }
+            },
+        };
+        let ok = match conn {
+            Some(mut conn) => {
+                let cmd = redis::cmd("PING");
+                let ping = cmd.query_async::<String>(&mut conn);
+                matches!(tokio::time::timeout(Duration::from_millis(ctx.config.command_timeout_ms), ping).await, Ok(Ok(_)))
+            }
+            None => false,
+        };
+        let was_up = ctx.commands_up.swap(ok, Ordering::AcqRel);
+        if was_up != ok {
+            if ok {
+                tracing::info!("redis reachable");
+            } else {
+                tracing::warn!(reason = ?ctx.last_error.lock().clone(), "redis unreachable");
+            }
+        }
+        let all_up = ok && ctx.shard_up.iter().all(|s| s.load(Ordering::Acquire));
+        ctx.hub.metrics().redis_up.set(i64::from(all_up));
+    }
+}
+
+/// Unsubscribes released channels after `unsubscribe_delay_ms`, in batches per
+/// connection, unless they got local subscribers again.
+async fn unsubscribe_loop(broker: Arc<RedisBroker>, mut released: mpsc::UnboundedReceiver<ChannelName>, stop: CancellationToken) {
+    let delay = Duration::from_millis(broker.ctx.config.unsubscribe_delay_ms);
+    let mut waiting: Vec<(tokio::time::Instant, ChannelName)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(100).min(delay.max(Duration::from_millis(10))));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            channel = released.recv() => match channel {
+                Some(channel) => waiting.push((tokio::time::Instant::now() + delay, channel)),
+                None => return,
+            },
+            _ = tick.tick() => {
+                let now = tokio::time::Instant::now();
+                let (due, later): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(at, _)| *at <= now);
+                waiting = later;
+                let mut by_shard: HashMap<usize, Vec<ChannelName>> = HashMap::new();
+                for (_, channel) in due {
+                    if !broker.ctx.hub.has_subscribers(&channel) {
+                        by_shard.entry(broker.shard_of(&channel)).or_default().push(channel);
+                    }
+                }
+                for (shard, channels) in by_shard {
+                    let _ = broker.shards[shard].send(ShardCommand::Unsubscribe { channels });
+                }
+            }
+        }
+    }
+}
+
+fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+fn now_ms() -> u64 {
+    envelope::now_us() / 1000
+}

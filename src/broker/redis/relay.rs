@@ -1,0 +1,253 @@
+//! The pub/sub side of the Redis broker: a small pool of connections (one on a Cluster),
+//! each owned by one task that subscribes the topics of the channels hashed to it, reads
+//! what Redis pushes, and hands publications to the hub in the order they arrive.
+//!
+//! A connection that drops, or that silently stops delivering (a probe sent to itself
+//! does not come back within `probe_interval_ms`), is replaced and every topic it owned
+//! is subscribed again in one batch; clients recover what they missed through offsets.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use redis::{PushInfo, PushKind, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::RelayContext;
+use super::conn::PubSubConn;
+use crate::broker::BrokerError;
+use crate::protocol::ChannelName;
+
+/// Work for one pub/sub connection's task.
+pub(crate) enum ShardCommand {
+    Subscribe {
+        topics: Vec<String>,
+        done: oneshot::Sender<Result<(), BrokerError>>,
+    },
+    /// Unsubscribe these channels unless they got local subscribers again meanwhile.
+    Unsubscribe { channels: Vec<ChannelName> },
+}
+
+/// How a connected period ended.
+enum Ended {
+    Stop,
+    Reconnect,
+}
+
+/// Runs one pub/sub connection until `stop`.
+pub(crate) async fn run_shard(
+    ctx: Arc<RelayContext>,
+    index: usize,
+    mut commands: mpsc::UnboundedReceiver<ShardCommand>,
+    stop: CancellationToken,
+) {
+    let mut wanted: HashSet<String> = HashSet::from([ctx.keys.probe(&ctx.node_id, index)]);
+    if index == 0 {
+        wanted.insert(ctx.keys.control());
+    }
+    let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
+    loop {
+        let (tx, rx) = mpsc::channel::<PushInfo>(ctx.config.handoff_buffer);
+        let dropped = ctx.hub.metrics().relay_dropped.clone();
+        let sender = move |info: PushInfo| {
+            if tx.try_send(info).is_err() {
+                dropped.inc();
+                tracing::warn!("relay hand-off buffer full; dropping a message from Redis");
+            }
+            Ok::<(), redis::aio::SendError>(())
+        };
+        let connected = tokio::select! {
+            _ = stop.cancelled() => return,
+            conn = ctx.connector.pubsub(sender) => conn,
+        };
+        let started = Instant::now();
+        let mut conn = match connected {
+            Ok(conn) => conn,
+            Err(err) => {
+                ctx.pubsub_failed(index, &err.to_string());
+                if wait_offline(&ctx, &mut commands, &mut wanted, backoff, &stop).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let topics: Vec<String> = wanted.iter().cloned().collect();
+        if let Err(err) = subscribe_batched(&mut conn, &topics).await {
+            ctx.pubsub_failed(index, &err.to_string());
+            if wait_offline(&ctx, &mut commands, &mut wanted, backoff, &stop).await {
+                return;
+            }
+            continue;
+        }
+        if connected_before {
+            let metrics = ctx.hub.metrics();
+            metrics.redis_reconnects.inc();
+            metrics.redis_resubscribe_seconds.observe(started.elapsed().as_secs_f64());
+            tracing::info!(shard = index, topics = topics.len(), "redis pub/sub reconnected and resubscribed");
+        }
+        connected_before = true;
+        backoff = Duration::from_millis(100);
+        ctx.shard_up[index].store(true, Ordering::Release);
+        let ended = serve(&ctx, index, &mut conn, rx, &mut commands, &mut wanted, &stop).await;
+        ctx.shard_up[index].store(false, Ordering::Release);
+        if matches!(ended, Ended::Stop) {
+            return;
+        }
+    }
+}
+
+async fn subscribe_batched(conn: &mut PubSubConn, topics: &[String]) -> redis::RedisResult<()> {
+    for chunk in topics.chunks(500) {
+        conn.subscribe(chunk).await?;
+    }
+    Ok(())
+}
+
+/// Waits out a backoff while Redis is unreachable, answering commands at once so no
+/// subscriber hangs. Returns true when the node is stopping.
+async fn wait_offline(
+    ctx: &RelayContext,
+    commands: &mut mpsc::UnboundedReceiver<ShardCommand>,
+    wanted: &mut HashSet<String>,
+    backoff: Duration,
+    stop: &CancellationToken,
+) -> bool {
+    let sleep = tokio::time::sleep(backoff);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return true,
+            _ = &mut sleep => return false,
+            command = commands.recv() => match command {
+                None => return true,
+                Some(ShardCommand::Subscribe { done, .. }) => {
+                    let _ = done.send(Err(BrokerError::Unavailable("redis is unreachable".into())));
+                }
+                Some(ShardCommand::Unsubscribe { channels }) => {
+                    for channel in channels.iter().filter(|c| !ctx.hub.has_subscribers(c)) {
+                        wanted.remove(&ctx.keys.topic(channel.as_str()));
+                        ctx.positions.remove(channel);
+                    }
+                }
+            },
+        }
+    }
+}
+
+async fn serve(
+    ctx: &RelayContext,
+    index: usize,
+    conn: &mut PubSubConn,
+    mut pushes: mpsc::Receiver<PushInfo>,
+    commands: &mut mpsc::UnboundedReceiver<ShardCommand>,
+    wanted: &mut HashSet<String>,
+    stop: &CancellationToken,
+) -> Ended {
+    let probe_every = Duration::from_millis(ctx.config.probe_interval_ms);
+    let mut probe = tokio::time::interval(probe_every);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    probe.tick().await;
+    let mut probe_sent: Option<Instant> = None;
+    let probe_topic = ctx.keys.probe(&ctx.node_id, index);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ended::Stop,
+            push = pushes.recv() => {
+                let Some(push) = push else { return Ended::Reconnect };
+                match push.kind {
+                    PushKind::Disconnection => {
+                        tracing::warn!(shard = index, "redis pub/sub connection lost");
+                        return Ended::Reconnect;
+                    }
+                    PushKind::Message | PushKind::SMessage => {
+                        let Some((topic, message)) = topic_and_message(&push.data) else { continue };
+                        if topic == probe_topic {
+                            probe_sent = None;
+                        } else {
+                            ctx.on_message(&topic, &message).await;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            command = commands.recv() => match command {
+                None => return Ended::Stop,
+                Some(command) => {
+                    if let Err(err) = execute(ctx, conn, command, wanted).await {
+                        ctx.pubsub_failed(index, &err.to_string());
+                        return Ended::Reconnect;
+                    }
+                }
+            },
+            _ = probe.tick() => {
+                if probe_sent.is_some_and(|sent| sent.elapsed() >= probe_every) {
+                    ctx.hub.metrics().redis_errors.with_label_values(&["pubsub"]).inc();
+                    tracing::warn!(shard = index, "redis pub/sub connection stopped delivering; reconnecting");
+                    return Ended::Reconnect;
+                }
+                if probe_sent.is_none() && ctx.send_probe(&probe_topic).await {
+                    probe_sent = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+async fn execute(
+    ctx: &RelayContext,
+    conn: &mut PubSubConn,
+    command: ShardCommand,
+    wanted: &mut HashSet<String>,
+) -> redis::RedisResult<()> {
+    match command {
+        ShardCommand::Subscribe { topics, done } => {
+            let new: Vec<String> = topics.into_iter().filter(|t| !wanted.contains(t)).collect();
+            match conn.subscribe(&new).await {
+                Ok(()) => {
+                    wanted.extend(new);
+                    let _ = done.send(Ok(()));
+                    Ok(())
+                }
+                Err(err) => {
+                    let _ = done.send(Err(BrokerError::Unavailable(format!("redis subscribe failed: {err}"))));
+                    Err(err)
+                }
+            }
+        }
+        ShardCommand::Unsubscribe { channels } => {
+            let idle: Vec<&ChannelName> = channels.iter().filter(|c| !ctx.hub.has_subscribers(c)).collect();
+            let topics: Vec<String> = idle
+                .iter()
+                .map(|c| ctx.keys.topic(c.as_str()))
+                .filter(|t| wanted.contains(t))
+                .collect();
+            for channel in idle {
+                ctx.positions.remove(channel);
+            }
+            conn.unsubscribe(&topics).await?;
+            for topic in &topics {
+                wanted.remove(topic);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The topic and payload of a pushed `message`/`smessage`.
+fn topic_and_message(data: &[Value]) -> Option<(String, Vec<u8>)> {
+    let topic = match data.first()? {
+        Value::BulkString(bytes) => String::from_utf8(bytes.clone()).ok()?,
+        Value::SimpleString(s) => s.clone(),
+        _ => return None,
+    };
+    let message = match data.get(1)? {
+        Value::BulkString(bytes) => bytes.clone(),
+        Value::SimpleString(s) => s.clone().into_bytes(),
+        _ => return None,
+    };
+    Some((topic, message))
+}

@@ -1,0 +1,71 @@
+//! The Lua scripts that make a publication atomic in Redis: idempotency check, epoch
+//! creation, offset increment, history append with MAXLEN, expiries and PUBLISH happen
+//! in one step, so offsets, history and live delivery can never disagree.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// KEYS: meta, stream, idempotency key (or "").
+/// ARGV: topic, envelope, history_size, history_ttl_secs, meta_ttl_secs, new_epoch,
+///       idempotency_ttl_secs, publish command (PUBLISH or SPUBLISH), now_ms.
+/// Returns {offset, epoch}.
+pub(crate) static PUBLISH_WITH_HISTORY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
+if idem ~= '' then
+  local prev = redis.call('GET', idem)
+  if prev then
+    local sep = string.find(prev, ':', 1, true)
+    return {tonumber(string.sub(prev, 1, sep - 1)), string.sub(prev, sep + 1)}
+  end
+end
+local epoch = redis.call('HGET', meta, 'e')
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('HSET', meta, 'e', epoch)
+end
+local offset = redis.call('HINCRBY', meta, 'o', 1)
+redis.call('XADD', stream, 'MAXLEN', ARGV[3], offset .. '-1', 'd', ARGV[2], 't', ARGV[9])
+redis.call('EXPIRE', stream, ARGV[4])
+redis.call('EXPIRE', meta, ARGV[5])
+redis.call(ARGV[8], ARGV[1], offset .. ':' .. epoch .. ':' .. ARGV[2])
+if idem ~= '' then
+  redis.call('SET', idem, offset .. ':' .. epoch, 'EX', ARGV[7])
+end
+return {offset, epoch}
+"#,
+    )
+});
+
+/// KEYS: idempotency key. ARGV: topic, message, idempotency_ttl_secs, publish command.
+/// Returns 1 when published, 0 when the key was seen before.
+pub(crate) static PUBLISH_ONCE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
+  redis.call(ARGV[4], ARGV[1], ARGV[2])
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// KEYS: meta. ARGV: new_epoch, meta_ttl_secs. Returns {offset, epoch}, creating the
+/// epoch if the stream has none (a new or lost history).
+pub(crate) static STREAM_POSITION: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', epoch)
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+return {offset, epoch}
+"#,
+    )
+});

@@ -1,0 +1,194 @@
+//! Several nodes relayed through a real Redis behave like one server: every client on
+//! every node gets every publication exactly once, in one order; Redis can die and come
+//! back without a restart of anything else.
+
+mod support;
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use support::{Encoding, RedisServer, TestResult, TestServer, WsClient, fail};
+
+fn node_config(redis: &RedisServer, prefix: &str) -> String {
+    format!(
+        r#"
+[broker]
+kind = "redis"
+[redis]
+url = "{}"
+key_prefix = "{prefix}"
+unsubscribe_delay_ms = 100
+heartbeat_interval_ms = 200
+node_timeout_ms = 1000
+probe_interval_ms = 500
+[namespaces.feed]
+history_size = 1000
+"#,
+        redis.url()
+    )
+}
+
+async fn start_nodes(redis: &RedisServer, prefix: &str, count: usize) -> TestResult<Vec<TestServer>> {
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        let node = TestServer::start(&node_config(redis, prefix)).await?;
+        node.wait_ready().await?;
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_on_every_node_gets_every_publication_once_in_order() -> TestResult {
+    let redis = RedisServer::start().await?;
+    let nodes = start_nodes(&redis, "relay", 3).await?;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        for encoding in [Encoding::Json, Encoding::Msgpack] {
+            let (mut client, _) = WsClient::connect(&node.ws_url(), encoding).await?;
+            client.request("subscribe", json!({"channel": "news"})).await?;
+            clients.push(client);
+        }
+    }
+    const PER_NODE: u64 = 40;
+    let publishers = nodes.iter().enumerate().map(|(n, node)| async move {
+        for seq in 0..PER_NODE {
+            node.publish("news", json!({"node": n, "seq": seq})).await?;
+        }
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    });
+    for result in futures_util::future::join_all(publishers).await {
+        result?;
+    }
+    let mut orders = Vec::new();
+    for client in &mut clients {
+        let mut seen = Vec::new();
+        for _ in 0..3 * PER_NODE {
+            let data = client.recv_message().await?["data"].clone();
+            seen.push((data["node"].as_u64().ok_or("node")?, data["seq"].as_u64().ok_or("seq")?));
+        }
+        let mut per_publisher: HashMap<u64, Vec<u64>> = HashMap::new();
+        for (node, seq) in &seen {
+            per_publisher.entry(*node).or_default().push(*seq);
+        }
+        for n in 0..3 {
+            assert_eq!(per_publisher.get(&n), Some(&(0..PER_NODE).collect::<Vec<_>>()), "publisher {n}");
+        }
+        orders.push(seen);
+    }
+    assert!(orders.windows(2).all(|w| w[0] == w[1]), "every client sees one channel order");
+    // Nothing more arrives: exactly once.
+    server_publish_marker(&nodes[0]).await?;
+    for client in &mut clients {
+        assert_eq!(client.recv_message().await?["data"], json!("marker"));
+    }
+    Ok(())
+}
+
+async fn server_publish_marker(node: &TestServer) -> TestResult {
+    node.publish("news", json!("marker")).await.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_churn_leaves_no_stale_redis_subscriptions() -> TestResult {
+    let redis = RedisServer::start().await?;
+    let nodes = start_nodes(&redis, "churn", 2).await?;
+    let (mut keeper, _) = WsClient::connect(&nodes[0].ws_url(), Encoding::Json).await?;
+    keeper.request("subscribe", json!({"channel": "churn-kept"})).await?;
+    for round in 0..5 {
+        for node in &nodes {
+            let (mut client, _) = WsClient::connect(&node.ws_url(), Encoding::Json).await?;
+            for i in 0..10 {
+                client.request("subscribe", json!({"channel": format!("churn-{i}")})).await?;
+                node.publish(&format!("churn-{i}"), json!(round)).await?;
+            }
+            for i in 0..10 {
+                if i % 2 == 0 {
+                    client.request("unsubscribe", json!({"channel": format!("churn-{i}")})).await?;
+                }
+            }
+            drop(client);
+        }
+    }
+    // After the unsubscribe delay only the kept channel stays subscribed, on one node.
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    loop {
+        let channels = redis.cli(&["PUBSUB", "CHANNELS", "churn:t:*"]).await?;
+        let channels: Vec<&str> = channels.lines().filter(|l| !l.is_empty()).collect();
+        if channels == ["churn:t:{churn-kept}"] {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return fail(format!("stale subscriptions: {channels:?}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let numsub = redis.cli(&["PUBSUB", "NUMSUB", "churn:t:{churn-kept}"]).await?;
+    assert_eq!(numsub.lines().nth(1), Some("1"), "{numsub}");
+    nodes[1].publish("churn-kept", json!("still")).await?;
+    assert_eq!(keeper.recv_message().await?["data"], "still");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dying_and_returning_keeps_connections_and_resumes_delivery() -> TestResult {
+    let mut redis = RedisServer::start().await?;
+    let nodes = start_nodes(&redis, "failover", 2).await?;
+    let (mut a, _) = WsClient::connect(&nodes[0].ws_url(), Encoding::Json).await?;
+    let (mut b, _) = WsClient::connect(&nodes[1].ws_url(), Encoding::Msgpack).await?;
+    for client in [&mut a, &mut b] {
+        client.request("subscribe", json!({"channel": "live"})).await?;
+    }
+    nodes[0].publish("live", json!("before")).await?;
+    assert_eq!(a.recv_message().await?["data"], "before");
+    assert_eq!(b.recv_message().await?["data"], "before");
+
+    redis.kill();
+    let killed = std::time::Instant::now();
+    for node in &nodes {
+        node.wait_ready_is(503).await?;
+    }
+    assert!(killed.elapsed() < std::time::Duration::from_secs(5), "/ready took {:?}", killed.elapsed());
+    let (status, body) = nodes[0].post("/api/publish", &json!({"channel": "live", "data": "lost"})).await?;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], 100);
+    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("redis")), "{body}");
+    // The client connections stay open; a client publish gets error 100.
+    let reply = a.request("subscribe", json!({"channel": "other"})).await?;
+    assert_eq!(reply["code"], 100, "{reply}");
+
+    redis.restart().await?;
+    let restarted = std::time::Instant::now();
+    for node in &nodes {
+        node.wait_ready().await?;
+    }
+    nodes[1].publish("live", json!("after")).await?;
+    assert_eq!(a.recv_message().await?["data"], "after");
+    assert_eq!(b.recv_message().await?["data"], "after");
+    assert!(restarted.elapsed() < std::time::Duration::from_secs(5), "resumed after {:?}", restarted.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_is_cluster_wide() -> TestResult {
+    let redis = RedisServer::start().await?;
+    let nodes = start_nodes(&redis, "info", 3).await?;
+    let (mut client, _) = WsClient::connect(&nodes[2].ws_url(), Encoding::Json).await?;
+    client.request("subscribe", json!({"channel": "x"})).await?;
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    loop {
+        let (_, body) = nodes[0].get("/api/info").await?;
+        let list = body["nodes"].as_array().cloned().unwrap_or_default();
+        let connections: u64 = list.iter().filter_map(|n| n["connections"].as_u64()).sum();
+        if list.len() == 3 && connections == 1 {
+            let names: Vec<&Value> = list.iter().map(|n| &n["name"]).collect();
+            assert!(names.iter().all(|n| n.as_str().is_some_and(|s| !s.is_empty())));
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return fail(format!("cluster view incomplete: {body}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
