@@ -81,7 +81,7 @@ impl Server {
             started: Instant::now(),
         };
         let broker = match config.broker.kind {
-            BrokerKind::Memory => Broker::memory(hub.clone()),
+            BrokerKind::Memory => Broker::memory(hub.clone(), &background, background_stop.clone()),
             BrokerKind::Redis => {
                 let stats = NodeStats {
                     id: node.id.clone(),

@@ -28,7 +28,11 @@ history_size = 1000
     )
 }
 
-async fn start_nodes(redis: &RedisServer, prefix: &str, count: usize) -> TestResult<Vec<TestServer>> {
+async fn start_nodes(
+    redis: &RedisServer,
+    prefix: &str,
+    count: usize,
+) -> TestResult<Vec<TestServer>> {
     let mut nodes = Vec::new();
     for _ in 0..count {
         let node = TestServer::start(&node_config(redis, prefix)).await?;
@@ -46,7 +50,9 @@ async fn every_client_on_every_node_gets_every_publication_once_in_order() -> Te
     for node in &nodes {
         for encoding in [Encoding::Json, Encoding::Msgpack] {
             let (mut client, _) = WsClient::connect(&node.ws_url(), encoding).await?;
-            client.request("subscribe", json!({"channel": "news"})).await?;
+            client
+                .request("subscribe", json!({"channel": "news"}))
+                .await?;
             clients.push(client);
         }
     }
@@ -65,18 +71,28 @@ async fn every_client_on_every_node_gets_every_publication_once_in_order() -> Te
         let mut seen = Vec::new();
         for _ in 0..3 * PER_NODE {
             let data = client.recv_message().await?["data"].clone();
-            seen.push((data["node"].as_u64().ok_or("node")?, data["seq"].as_u64().ok_or("seq")?));
+            seen.push((
+                data["node"].as_u64().ok_or("node")?,
+                data["seq"].as_u64().ok_or("seq")?,
+            ));
         }
         let mut per_publisher: HashMap<u64, Vec<u64>> = HashMap::new();
         for (node, seq) in &seen {
             per_publisher.entry(*node).or_default().push(*seq);
         }
         for n in 0..3 {
-            assert_eq!(per_publisher.get(&n), Some(&(0..PER_NODE).collect::<Vec<_>>()), "publisher {n}");
+            assert_eq!(
+                per_publisher.get(&n),
+                Some(&(0..PER_NODE).collect::<Vec<_>>()),
+                "publisher {n}"
+            );
         }
         orders.push(seen);
     }
-    assert!(orders.windows(2).all(|w| w[0] == w[1]), "every client sees one channel order");
+    assert!(
+        orders.windows(2).all(|w| w[0] == w[1]),
+        "every client sees one channel order"
+    );
     // Nothing more arrives: exactly once.
     server_publish_marker(&nodes[0]).await?;
     for client in &mut clients {
@@ -94,17 +110,23 @@ async fn subscription_churn_leaves_no_stale_redis_subscriptions() -> TestResult 
     let redis = RedisServer::start().await?;
     let nodes = start_nodes(&redis, "churn", 2).await?;
     let (mut keeper, _) = WsClient::connect(&nodes[0].ws_url(), Encoding::Json).await?;
-    keeper.request("subscribe", json!({"channel": "churn-kept"})).await?;
+    keeper
+        .request("subscribe", json!({"channel": "churn-kept"}))
+        .await?;
     for round in 0..5 {
         for node in &nodes {
             let (mut client, _) = WsClient::connect(&node.ws_url(), Encoding::Json).await?;
             for i in 0..10 {
-                client.request("subscribe", json!({"channel": format!("churn-{i}")})).await?;
+                client
+                    .request("subscribe", json!({"channel": format!("churn-{i}")}))
+                    .await?;
                 node.publish(&format!("churn-{i}"), json!(round)).await?;
             }
             for i in 0..10 {
                 if i % 2 == 0 {
-                    client.request("unsubscribe", json!({"channel": format!("churn-{i}")})).await?;
+                    client
+                        .request("unsubscribe", json!({"channel": format!("churn-{i}")}))
+                        .await?;
                 }
             }
             drop(client);
@@ -123,7 +145,9 @@ async fn subscription_churn_leaves_no_stale_redis_subscriptions() -> TestResult 
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let numsub = redis.cli(&["PUBSUB", "NUMSUB", "churn:t:{churn-kept}"]).await?;
+    let numsub = redis
+        .cli(&["PUBSUB", "NUMSUB", "churn:t:{churn-kept}"])
+        .await?;
     assert_eq!(numsub.lines().nth(1), Some("1"), "{numsub}");
     nodes[1].publish("churn-kept", json!("still")).await?;
     assert_eq!(keeper.recv_message().await?["data"], "still");
@@ -137,7 +161,9 @@ async fn redis_dying_and_returning_keeps_connections_and_resumes_delivery() -> T
     let (mut a, _) = WsClient::connect(&nodes[0].ws_url(), Encoding::Json).await?;
     let (mut b, _) = WsClient::connect(&nodes[1].ws_url(), Encoding::Msgpack).await?;
     for client in [&mut a, &mut b] {
-        client.request("subscribe", json!({"channel": "live"})).await?;
+        client
+            .request("subscribe", json!({"channel": "live"}))
+            .await?;
     }
     nodes[0].publish("live", json!("before")).await?;
     assert_eq!(a.recv_message().await?["data"], "before");
@@ -148,11 +174,22 @@ async fn redis_dying_and_returning_keeps_connections_and_resumes_delivery() -> T
     for node in &nodes {
         node.wait_ready_is(503).await?;
     }
-    assert!(killed.elapsed() < std::time::Duration::from_secs(5), "/ready took {:?}", killed.elapsed());
-    let (status, body) = nodes[0].post("/api/publish", &json!({"channel": "live", "data": "lost"})).await?;
+    assert!(
+        killed.elapsed() < std::time::Duration::from_secs(5),
+        "/ready took {:?}",
+        killed.elapsed()
+    );
+    let (status, body) = nodes[0]
+        .post("/api/publish", &json!({"channel": "live", "data": "lost"}))
+        .await?;
     assert_eq!(status, 503);
     assert_eq!(body["error"]["code"], 100);
-    assert!(body["error"]["message"].as_str().is_some_and(|m| m.contains("redis")), "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("redis")),
+        "{body}"
+    );
     // The client connections stay open; a client publish gets error 100.
     let reply = a.request("subscribe", json!({"channel": "other"})).await?;
     assert_eq!(reply["code"], 100, "{reply}");
@@ -165,7 +202,11 @@ async fn redis_dying_and_returning_keeps_connections_and_resumes_delivery() -> T
     nodes[1].publish("live", json!("after")).await?;
     assert_eq!(a.recv_message().await?["data"], "after");
     assert_eq!(b.recv_message().await?["data"], "after");
-    assert!(restarted.elapsed() < std::time::Duration::from_secs(5), "resumed after {:?}", restarted.elapsed());
+    assert!(
+        restarted.elapsed() < std::time::Duration::from_secs(5),
+        "resumed after {:?}",
+        restarted.elapsed()
+    );
     Ok(())
 }
 
@@ -182,7 +223,11 @@ async fn info_is_cluster_wide() -> TestResult {
         let connections: u64 = list.iter().filter_map(|n| n["connections"].as_u64()).sum();
         if list.len() == 3 && connections == 1 {
             let names: Vec<&Value> = list.iter().map(|n| &n["name"]).collect();
-            assert!(names.iter().all(|n| n.as_str().is_some_and(|s| !s.is_empty())));
+            assert!(
+                names
+                    .iter()
+                    .all(|n| n.as_str().is_some_and(|s| !s.is_empty()))
+            );
             break;
         }
         if tokio::time::Instant::now() > deadline {

@@ -17,10 +17,9 @@ use super::body::{
 };
 use crate::broker::NodeStats;
 use crate::config::NamespaceConfig;
-use crate::hub::{ClientHandle, ClientId};
+use crate::hub::ClientSelector;
 use crate::protocol::{
-    ChannelName, CloseCode, Encoding, ErrorCode, HistoryItem, Payload, ServerMessage,
-    StreamPosition, data_fields,
+    ChannelName, CloseCode, Encoding, ErrorCode, HistoryItem, Payload, StreamPosition, data_fields,
 };
 use crate::state::AppState;
 
@@ -76,7 +75,7 @@ fn channel_and_namespace(
 fn check_size(state: &AppState, payload: &Payload) -> Result<(), ApiError> {
     let limit = state.config().api.max_publish_bytes;
     if payload.len() > limit {
-        state.metrics.limit_tripped("publish_body_size");
+        // Counted in `api::require_api_key`, with bodies over the limit.
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::LimitExceeded,
@@ -157,18 +156,11 @@ pub async fn broadcast(
     respond(&headers, &json!({ "results": results }))
 }
 
-/// The local clients a `user` or `client_id` selector names.
-fn select_clients(
-    state: &AppState,
-    user: Option<&str>,
-    client_id: Option<&str>,
-) -> Result<Vec<Arc<ClientHandle>>, ApiError> {
+/// The clients a `user` or `client_id` selector names (exactly one must be given).
+fn selector(user: Option<String>, client_id: Option<String>) -> Result<ClientSelector, ApiError> {
     match (user, client_id) {
-        (Some(user), None) => Ok(state.hub.clients_of_user(user)),
-        (None, Some(id)) => Ok(ClientId::parse(id)
-            .and_then(|id| state.hub.client(id))
-            .into_iter()
-            .collect()),
+        (Some(user), None) => Ok(ClientSelector::User(user)),
+        (None, Some(id)) => Ok(ClientSelector::ClientId(id)),
         _ => Err(ApiError::bad_request(
             "give exactly one of user or client_id",
         )),
@@ -193,15 +185,11 @@ pub async fn disconnect(
         .reason
         .unwrap_or_else(|| code.default_reason().to_owned());
     let reconnect = request.reconnect.unwrap_or(true);
-    let clients = select_clients(
-        &state,
-        request.user.as_deref(),
-        request.client_id.as_deref(),
-    )?;
-    let disconnected = clients
-        .iter()
-        .filter(|c| c.close_with(code, &reason, reconnect, true))
-        .count();
+    let selector = selector(request.user, request.client_id)?;
+    let disconnected = state
+        .broker
+        .disconnect(&state.hub, &selector, code, &reason, reconnect)
+        .await?;
     respond(&headers, &json!({ "disconnected": disconnected }))
 }
 
@@ -215,25 +203,11 @@ pub async fn unsubscribe(
     let request: UnsubscribeBody = body::decode(kind, &bytes)?;
     let channel = ChannelName::parse(&request.channel)
         .map_err(|e| ApiError::bad_request(format!("channel {:?}: {e}", request.channel)))?;
-    let clients = select_clients(
-        &state,
-        request.user.as_deref(),
-        request.client_id.as_deref(),
-    )?;
-    let limits = state.hub.queue_limits();
-    let mut unsubscribed = 0;
-    for client in clients {
-        if state.hub.unsubscribe(&client, &channel) {
-            unsubscribed += 1;
-            let notice = ServerMessage::Unsubscribed {
-                id: 0,
-                channel: channel.as_str(),
-            };
-            if let Ok(bytes) = crate::protocol::encode(client.encoding, &notice) {
-                let _ = client.push(bytes, limits);
-            }
-        }
-    }
+    let selector = selector(request.user, request.client_id)?;
+    let unsubscribed = state
+        .broker
+        .unsubscribe(&state.hub, &selector, &channel)
+        .await?;
     respond(&headers, &json!({ "unsubscribed": unsubscribed }))
 }
 
@@ -248,11 +222,10 @@ pub async fn channels(
     headers: HeaderMap,
     Query(query): Query<ChannelsQuery>,
 ) -> ApiResult {
-    let mut channels = state.hub.channel_counts(&query.prefix);
-    channels.sort();
+    let channels = state.broker.channels(&state.hub, &query.prefix).await?;
     let list: Vec<_> = channels
         .iter()
-        .map(|(channel, n)| json!({ "channel": channel.as_str(), "subscribers": n }))
+        .map(|(channel, n)| json!({ "channel": channel, "subscribers": n }))
         .collect();
     respond(&headers, &json!({ "channels": list }))
 }

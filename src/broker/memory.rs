@@ -16,8 +16,10 @@ use tokio::sync::Mutex;
 
 use super::{HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered};
 use crate::config::NamespaceConfig;
-use crate::hub::{ClientHandle, Hub, Publication};
+use crate::hub::{ClientHandle, Hub, HubEvent, Publication};
 use crate::protocol::{ChannelName, ClientInfo, Payload, StreamPosition};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// How long an idempotency key is remembered (PROTOCOL.md section 8).
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
@@ -78,6 +80,8 @@ fn new_epoch() -> String {
 /// The in-memory broker.
 pub struct MemoryBroker {
     hub: Hub,
+    /// Channels with local subscribers whose namespace announces joins and leaves.
+    join_leave: DashMap<ChannelName, ()>,
     streams: DashMap<ChannelName, Arc<Mutex<Stream>>>,
     stripes: Vec<Mutex<()>>,
     idempotency: DashMap<String, (Instant, PublishResult)>,
@@ -87,6 +91,7 @@ impl MemoryBroker {
     pub fn new(hub: Hub) -> Self {
         MemoryBroker {
             hub,
+            join_leave: DashMap::new(),
             streams: DashMap::new(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             idempotency: DashMap::new(),
@@ -186,7 +191,53 @@ impl MemoryBroker {
         }
     }
 
+    /// Subscribes, then announces the join where the namespace wants it.
     pub async fn subscribe(
+        &self,
+        client: &Arc<ClientHandle>,
+        channel: &ChannelName,
+        ns: &NamespaceConfig,
+        recover: Option<&StreamPosition>,
+        reply: ReplyBuilder<'_>,
+    ) -> Option<SubscribeResult> {
+        let result = self
+            .subscribe_ordered(client, channel, ns, recover, reply)
+            .await?;
+        if ns.join_leave {
+            self.join_leave.insert(channel.clone(), ());
+            self.hub
+                .dispatch_presence(channel, true, &client.info_for_presence())
+                .await;
+        }
+        Some(result)
+    }
+
+    /// Follows hub membership events: announces leaves.
+    pub async fn run_events(
+        self: Arc<Self>,
+        mut events: mpsc::UnboundedReceiver<HubEvent>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let event = tokio::select! {
+                _ = stop.cancelled() => return,
+                event = events.recv() => event,
+            };
+            match event {
+                None => return,
+                Some(HubEvent::Left { channel, client }) => {
+                    if self.join_leave.contains_key(&channel) {
+                        self.hub.dispatch_presence(&channel, false, &client).await;
+                    }
+                }
+                Some(HubEvent::Released(channel)) => {
+                    self.join_leave.remove(&channel);
+                }
+            }
+        }
+    }
+
+    async fn subscribe_ordered(
         &self,
         client: &Arc<ClientHandle>,
         channel: &ChannelName,
@@ -214,7 +265,11 @@ impl MemoryBroker {
             epoch: stream.epoch.clone(),
         };
         let (recovered, missed) = match recover {
-            Some(from) if from.epoch == stream.epoch && stream.offset.saturating_sub(from.offset) <= ns.max_recover_messages as u64 => {
+            Some(from)
+                if from.epoch == stream.epoch
+                    && stream.offset.saturating_sub(from.offset)
+                        <= ns.max_recover_messages as u64 =>
+            {
                 let (messages, complete) = stream.since(from.offset);
                 if complete {
                     (Some(true), messages)

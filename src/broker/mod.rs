@@ -19,8 +19,8 @@ pub use memory::MemoryBroker;
 pub use redis::{NodeStats, RedisBroker};
 
 use crate::config::NamespaceConfig;
-use crate::hub::{ClientHandle, Hub};
-use crate::protocol::{ChannelName, ClientInfo, Encoding, Payload, StreamPosition};
+use crate::hub::{ClientHandle, ClientSelector, Hub};
+use crate::protocol::{ChannelName, ClientInfo, CloseCode, Encoding, Payload, StreamPosition};
 
 /// A broker operation that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,8 +65,17 @@ pub enum Broker {
 }
 
 impl Broker {
-    pub fn memory(hub: Hub) -> Broker {
-        Broker::Memory(Arc::new(MemoryBroker::new(hub)))
+    /// The embedded single-node broker, with its event task on `tracker`.
+    pub fn memory(
+        hub: Hub,
+        tracker: &tokio_util::task::TaskTracker,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Broker {
+        let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
+        hub.on_event(events_tx);
+        tracker.spawn(broker.clone().run_events(events_rx, stop));
+        Broker::Memory(broker)
     }
 
     /// Publishes `payload` on `channel`; assigns offset and epoch where `ns` keeps history.
@@ -118,6 +127,57 @@ impl Broker {
         match self {
             Broker::Memory(b) => Ok(b.presence(channel)),
             Broker::Redis(b) => b.presence(channel).await,
+        }
+    }
+
+    /// Subscriber counts per channel across the cluster, sorted by channel.
+    pub async fn channels(
+        &self,
+        hub: &Hub,
+        prefix: &str,
+    ) -> Result<Vec<(String, usize)>, BrokerError> {
+        let mut counts: std::collections::BTreeMap<String, usize> = hub
+            .channel_counts(prefix)
+            .into_iter()
+            .map(|(c, n)| (c.as_str().to_owned(), n))
+            .collect();
+        if let Broker::Redis(b) = self {
+            for (channel, n) in b.remote_channels(prefix).await? {
+                *counts.entry(channel).or_default() += n;
+            }
+        }
+        Ok(counts.into_iter().collect())
+    }
+
+    /// Closes the clients `selector` names on every node; returns how many.
+    pub async fn disconnect(
+        &self,
+        hub: &Hub,
+        selector: &ClientSelector,
+        code: CloseCode,
+        reason: &str,
+        reconnect: bool,
+    ) -> Result<usize, BrokerError> {
+        let local = hub.disconnect_matching(selector, code, reason, reconnect);
+        match self {
+            Broker::Memory(_) => Ok(local),
+            Broker::Redis(b) => Ok(local
+                + b.remote_disconnect(selector, code, reason, reconnect)
+                    .await?),
+        }
+    }
+
+    /// Unsubscribes the clients `selector` names from `channel` on every node.
+    pub async fn unsubscribe(
+        &self,
+        hub: &Hub,
+        selector: &ClientSelector,
+        channel: &ChannelName,
+    ) -> Result<usize, BrokerError> {
+        let local = hub.unsubscribe_matching(selector, channel);
+        match self {
+            Broker::Memory(_) => Ok(local),
+            Broker::Redis(b) => Ok(local + b.remote_unsubscribe(selector, channel).await?),
         }
     }
 

@@ -12,10 +12,21 @@ use parking_lot::Mutex;
 
 use super::client::{ClientHandle, ClientId};
 use super::fanout::EncodedPublication;
+use crate::protocol::StreamPosition;
 
-/// Live publications held back for a subscriber whose `subscribed` reply (and recovered
-/// history) is not queued yet; `None` once they were flushed.
-pub(crate) type PendingBuffer = Mutex<Option<Vec<Arc<EncodedPublication>>>>;
+/// Where a subscriber that joined through `Hub::subscribe_pending` stands.
+pub(crate) enum Pending {
+    /// Its reply is not queued yet: live publications wait here.
+    Holding(Vec<Arc<EncodedPublication>>),
+    /// Its reply said the stream was at this position: publications at or below it that
+    /// are still on their way (pub/sub is asynchronous to the stream read) are skipped,
+    /// until the first newer one passes.
+    Floor(StreamPosition),
+    /// Plain live delivery.
+    Live,
+}
+
+pub(crate) type PendingBuffer = Mutex<Pending>;
 
 /// One subscriber of a channel.
 #[derive(Clone)]
@@ -70,7 +81,13 @@ impl ChannelEntry {
         if state.members.contains_key(&client.id) {
             return false;
         }
-        state.members.insert(client.id, Member { client: client.clone(), pending });
+        state.members.insert(
+            client.id,
+            Member {
+                client: client.clone(),
+                pending,
+            },
+        );
         state.snapshot = None;
         then();
         true
@@ -113,7 +130,12 @@ impl ChannelEntry {
     }
 
     pub(crate) fn members(&self) -> Vec<Arc<ClientHandle>> {
-        self.state.lock().members.values().map(|m| m.client.clone()).collect()
+        self.state
+            .lock()
+            .members
+            .values()
+            .map(|m| m.client.clone())
+            .collect()
     }
 
     /// Marks a member's pending buffer as done, so the next snapshot skips the check.

@@ -71,6 +71,10 @@ pub enum PushError {
 struct QueueState {
     items: VecDeque<Bytes>,
     bytes: usize,
+    /// Of `items` and `bytes`, what was queued as replies and recovered history
+    /// (`push_reserved`): it does not count against the limits. Drained first.
+    reserved_items: usize,
+    reserved_bytes: usize,
     closing: Option<Closing>,
 }
 
@@ -137,11 +141,13 @@ impl ClientHandle {
         if state.closing.is_some() {
             return Err(PushError::Closed);
         }
-        if state.items.len() >= limits.max_messages
-            || state.bytes + message.len() > limits.max_bytes
+        if state.items.len() - state.reserved_items >= limits.max_messages
+            || state.bytes - state.reserved_bytes + message.len() > limits.max_bytes
         {
             state.items = VecDeque::new();
             state.bytes = 0;
+            state.reserved_items = 0;
+            state.reserved_bytes = 0;
             state.closing = Some(Closing {
                 code: CloseCode::SlowConsumer,
                 reason: CloseCode::SlowConsumer.default_reason().into(),
@@ -152,6 +158,27 @@ impl ClientHandle {
             return Err(PushError::Overflow);
         }
         state.bytes += message.len();
+        state.items.push_back(message);
+        let was_empty = state.items.len() == 1;
+        drop(state);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Enqueues a request's reply or recovered history: never counted against the queue
+    /// limits (what a slow consumer missed is by definition more than its queue holds, and
+    /// recovery is bounded by `max_recover_messages` instead). Live messages queued after
+    /// it still are.
+    pub fn push_reserved(&self, message: Bytes) -> Result<(), PushError> {
+        let mut state = self.queue.lock();
+        if state.closing.is_some() {
+            return Err(PushError::Closed);
+        }
+        state.bytes += message.len();
+        state.reserved_bytes += message.len();
+        state.reserved_items += 1;
         state.items.push_back(message);
         let was_empty = state.items.len() == 1;
         drop(state);
@@ -183,6 +210,8 @@ impl ClientHandle {
         if discard {
             state.items = VecDeque::new();
             state.bytes = 0;
+            state.reserved_items = 0;
+            state.reserved_bytes = 0;
         }
         state.closing = Some(Closing {
             code,
@@ -219,6 +248,8 @@ impl ClientHandle {
             }
         }
         state.bytes -= taken;
+        state.reserved_bytes = state.reserved_bytes.saturating_sub(taken);
+        state.reserved_items = state.reserved_items.saturating_sub(batch.items.len());
         if state.items.is_empty() {
             if state.items.capacity() > 64 {
                 state.items = VecDeque::new();
@@ -248,6 +279,15 @@ impl ClientHandle {
 
     pub fn client_id(&self) -> String {
         self.id.to_string()
+    }
+
+    /// How this client appears in presence.
+    pub fn info_for_presence(&self) -> crate::protocol::ClientInfo {
+        crate::protocol::ClientInfo {
+            client_id: self.client_id(),
+            user: self.user.to_string(),
+            info: self.info.as_deref().cloned(),
+        }
     }
 
     pub fn subscribed_channels(&self) -> Vec<ChannelName> {
@@ -361,6 +401,23 @@ mod tests {
         let first = c.take_batch(100);
         assert_eq!(first.items.len(), 1);
         assert_eq!(first.closing.map(|c| c.code), Some(CloseCode::GoingAway));
+    }
+
+    #[test]
+    fn reserved_pushes_do_not_count_against_limits() {
+        let c = client();
+        for _ in 0..10 {
+            assert_eq!(c.push_reserved(Bytes::from_static(b"0123456789")), Ok(()));
+        }
+        assert_eq!(c.push(Bytes::from_static(b"live"), LIMITS), Ok(()));
+        assert_eq!(c.take_batch(1000).items.len(), 11);
+        for _ in 0..3 {
+            assert_eq!(c.push(Bytes::from_static(b"a"), LIMITS), Ok(()));
+        }
+        assert_eq!(
+            c.push(Bytes::from_static(b"a"), LIMITS),
+            Err(PushError::Overflow)
+        );
     }
 
     #[test]

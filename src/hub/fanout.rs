@@ -14,10 +14,13 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::channel::Snapshot;
+use super::channel::{ChannelEntry, Pending, Snapshot};
 use super::client::{PushError, QueueLimits};
 use crate::metrics::Metrics;
-use crate::protocol::{ChannelName, Encoding, Payload, StreamPosition, encode_publication};
+use crate::protocol::{
+    ChannelName, ClientInfo, Encoding, Payload, ServerMessage, StreamPosition, encode,
+    encode_publication,
+};
 
 /// A publication as the hub delivers it.
 #[derive(Debug, Clone)]
@@ -28,9 +31,10 @@ pub struct Publication {
     pub position: Option<StreamPosition>,
 }
 
-/// A publication plus its frames, encoded on first use per encoding.
+/// A publication (or a presence event) plus its frames, encoded on first use per
+/// encoding.
 pub struct EncodedPublication {
-    publication: Publication,
+    publication: Option<Publication>,
     frames: [OnceLock<Option<Bytes>>; 2],
     started: Instant,
     shards_left: AtomicUsize,
@@ -39,18 +43,57 @@ pub struct EncodedPublication {
 impl EncodedPublication {
     pub fn new(publication: Publication) -> Self {
         EncodedPublication {
-            publication,
+            publication: Some(publication),
             frames: [OnceLock::new(), OnceLock::new()],
             started: Instant::now(),
             shards_left: AtomicUsize::new(0),
         }
     }
 
-    /// The `message` frame for `encoding`; `None` if the data cannot be encoded.
+    /// A `join` or `leave` event, encoded now for both encodings.
+    pub fn presence_event(channel: &ChannelName, join: bool, client: &ClientInfo) -> Self {
+        let frame = |encoding| {
+            let (channel, client_id, user, info) = (
+                channel.as_str(),
+                client.client_id.as_str(),
+                client.user.as_str(),
+                client.info.as_ref(),
+            );
+            let message = if join {
+                ServerMessage::Join {
+                    channel,
+                    client_id,
+                    user,
+                    info,
+                }
+            } else {
+                ServerMessage::Leave {
+                    channel,
+                    client_id,
+                    user,
+                    info,
+                }
+            };
+            OnceLock::from(encode(encoding, &message).ok())
+        };
+        EncodedPublication {
+            publication: None,
+            frames: [frame(Encoding::Json), frame(Encoding::Msgpack)],
+            started: Instant::now(),
+            shards_left: AtomicUsize::new(0),
+        }
+    }
+
+    /// The stream position of a publication (none for events and channels without history).
+    pub fn position(&self) -> Option<&StreamPosition> {
+        self.publication.as_ref().and_then(|p| p.position.as_ref())
+    }
+
+    /// The frame for `encoding`; `None` if the data cannot be encoded.
     pub fn frame(&self, encoding: Encoding) -> Option<&Bytes> {
         self.frames[encoding.index()]
             .get_or_init(|| {
-                let p = &self.publication;
+                let p = self.publication.as_ref()?;
                 match encode_publication(encoding, p.channel.as_str(), &p.payload, p.position.as_ref()) {
                     Ok(bytes) => Some(bytes),
                     Err(err) => {
@@ -61,22 +104,23 @@ impl EncodedPublication {
             })
             .as_ref()
     }
-
-    pub fn publication(&self) -> &Publication {
-        &self.publication
-    }
 }
 
 /// One shard's part of one publication.
 pub(crate) struct FanoutJob {
+    pub(crate) entry: Arc<ChannelEntry>,
     pub(crate) snapshot: Arc<Snapshot>,
     pub(crate) shard: usize,
     pub(crate) publication: Arc<EncodedPublication>,
 }
 
 /// Prepares the jobs for `snapshot`: one per shard that has recipients.
-pub(crate) fn jobs_for(snapshot: Arc<Snapshot>, publication: Publication) -> Vec<FanoutJob> {
-    let encoded = Arc::new(EncodedPublication::new(publication));
+pub(crate) fn jobs_for(
+    entry: &Arc<ChannelEntry>,
+    snapshot: Arc<Snapshot>,
+    encoded: EncodedPublication,
+) -> Vec<FanoutJob> {
+    let encoded = Arc::new(encoded);
     let shards: Vec<usize> = (0..snapshot.by_shard.len())
         .filter(|s| !snapshot.by_shard[*s].is_empty())
         .collect();
@@ -84,6 +128,7 @@ pub(crate) fn jobs_for(snapshot: Arc<Snapshot>, publication: Publication) -> Vec
     shards
         .into_iter()
         .map(|shard| FanoutJob {
+            entry: entry.clone(),
             snapshot: snapshot.clone(),
             shard,
             publication: encoded.clone(),
@@ -116,15 +161,33 @@ fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) {
         let client = &member.client;
         // A subscriber still receiving its reply and history gets live messages after them.
         let mut held = member.pending.as_ref().map(|p| p.lock());
-        if let Some(Some(buffer)) = held.as_deref_mut() {
-            buffer.push(job.publication.clone());
-            continue;
+        let mut settled = false;
+        match held.as_deref_mut() {
+            Some(Pending::Holding(buffer)) => {
+                buffer.push(job.publication.clone());
+                continue;
+            }
+            Some(state @ Pending::Floor(_)) => {
+                if let (Pending::Floor(floor), Some(position)) =
+                    (&*state, job.publication.position())
+                {
+                    if position.epoch == floor.epoch && position.offset <= floor.offset {
+                        continue;
+                    }
+                    *state = Pending::Live;
+                    settled = true;
+                }
+            }
+            _ => {}
         }
         let Some(frame) = job.publication.frame(client.encoding) else {
             continue;
         };
         let pushed = client.push(frame.clone(), limits);
         drop(held);
+        if settled {
+            job.entry.settle(client.id);
+        }
         match pushed {
             Ok(()) => delivered += 1,
             Err(PushError::Overflow) => {

@@ -31,7 +31,7 @@ pub use client::{Batch, ClientHandle, ClientId, Closing, PushError, QueueLimits}
 pub use fanout::{EncodedPublication, Publication};
 
 use crate::metrics::Metrics;
-use crate::protocol::{ChannelName, CloseCode, Encoding};
+use crate::protocol::{ChannelName, CloseCode, Encoding, StreamPosition};
 use channel::ChannelEntry;
 
 /// Settings the hub needs from the configuration.
@@ -61,10 +61,30 @@ struct Shared {
     started: Instant,
     id_prefix: u64,
     id_counter: AtomicU32,
-    released: RwLock<Option<mpsc::UnboundedSender<ChannelName>>>,
+    events: RwLock<Option<mpsc::UnboundedSender<HubEvent>>>,
+}
+
+/// What brokers may want to hear about local membership.
+#[derive(Debug, Clone)]
+pub enum HubEvent {
+    /// The last local subscriber of a channel left.
+    Released(ChannelName),
+    /// A client left a channel (unsubscribed or disconnected).
+    Left {
+        channel: ChannelName,
+        client: crate::protocol::ClientInfo,
+    },
 }
 
 type FanoutSender = fanout::FanoutJob;
+
+/// Which clients a server-API request is about.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientSelector {
+    User(String),
+    ClientId(String),
+}
 
 /// A subscription registered with live publications held back; see `subscribe_pending`.
 pub struct PendingSubscription {
@@ -108,7 +128,7 @@ impl Hub {
                 started: Instant::now(),
                 id_prefix: u64::from(rand::random::<u32>()) << 32,
                 id_counter: AtomicU32::new(0),
-                released: RwLock::new(None),
+                events: RwLock::new(None),
             }),
         };
         tracker.spawn(ticker::run(hub.clone(), shutdown));
@@ -138,10 +158,15 @@ impl Hub {
         &self.shared.metrics
     }
 
-    /// Channels whose last local subscriber left are sent here (the Redis broker
-    /// unsubscribes them).
-    pub fn on_channel_released(&self, sender: mpsc::UnboundedSender<ChannelName>) {
-        *self.shared.released.write() = Some(sender);
+    /// Membership events go to `sender` (the broker's presence and unsubscribe logic).
+    pub fn on_event(&self, sender: mpsc::UnboundedSender<HubEvent>) {
+        *self.shared.events.write() = Some(sender);
+    }
+
+    fn emit(&self, event: impl FnOnce() -> HubEvent) {
+        if let Some(tx) = self.shared.events.read().as_ref() {
+            let _ = tx.send(event());
+        }
     }
 
     /// Registers a connected client.
@@ -188,7 +213,6 @@ impl Hub {
         channel: &ChannelName,
         frames: Vec<Bytes>,
     ) -> bool {
-        let limits = self.queue_limits();
         let mut first_local = false;
         let entry = self
             .shared
@@ -201,8 +225,7 @@ impl Hub {
         let added = entry.insert_then(client, None, || {
             client.channels.lock().push(channel.clone());
             for frame in frames {
-                // An overflow here marks the client for 4008; its session sees it.
-                if client.push(frame, limits).is_err() {
+                if client.push_reserved(frame).is_err() {
                     break;
                 }
             }
@@ -221,13 +244,23 @@ impl Hub {
     /// Subscribes `client` to `channel` with live publications held back until
     /// `finish_pending`: used when the `subscribed` reply depends on a broker round trip
     /// (stream position, recovered history). `None` if it was already subscribed.
-    pub fn subscribe_pending(&self, client: &Arc<ClientHandle>, channel: &ChannelName) -> Option<PendingSubscription> {
-        let buffer = Arc::new(parking_lot::Mutex::new(Some(Vec::new())));
+    pub fn subscribe_pending(
+        &self,
+        client: &Arc<ClientHandle>,
+        channel: &ChannelName,
+    ) -> Option<PendingSubscription> {
+        let buffer = Arc::new(parking_lot::Mutex::new(channel::Pending::Holding(
+            Vec::new(),
+        )));
         let mut first_local = false;
-        let entry = self.shared.channels.entry(channel.clone()).or_insert_with(|| {
-            first_local = true;
-            Arc::new(ChannelEntry::new(self.shared.workers.len()))
-        });
+        let entry = self
+            .shared
+            .channels
+            .entry(channel.clone())
+            .or_insert_with(|| {
+                first_local = true;
+                Arc::new(ChannelEntry::new(self.shared.workers.len()))
+            });
         let added = entry.insert_then(client, Some(buffer.clone()), || {
             client.channels.lock().push(channel.clone());
         });
@@ -240,27 +273,48 @@ impl Hub {
             return None;
         }
         m.subscriptions.inc();
-        Some(PendingSubscription { client: client.clone(), channel: channel.clone(), entry, buffer })
+        Some(PendingSubscription {
+            client: client.clone(),
+            channel: channel.clone(),
+            entry,
+            buffer,
+        })
     }
 
     /// Queues `frames` (the reply, then recovered messages), then the live publications
-    /// held back meanwhile, skipping those at or below `delivered_through` (already among
-    /// the recovered ones), and switches the subscriber to live delivery.
-    pub fn finish_pending(&self, pending: PendingSubscription, frames: Vec<Bytes>, delivered_through: Option<u64>) {
+    /// held back meanwhile, skipping those at or below `through` (the stream position the
+    /// reply announced: they are among the recovered ones or before them), and switches
+    /// the subscriber to live delivery, still skipping late ones at or below `through`.
+    pub fn finish_pending(
+        &self,
+        pending: PendingSubscription,
+        frames: Vec<Bytes>,
+        through: Option<StreamPosition>,
+    ) {
         let limits = self.queue_limits();
         let client = &pending.client;
         let mut held = pending.buffer.lock();
-        let buffered = held.take().unwrap_or_default();
-        let mut push = |frame: Bytes| {
+        let next = match &through {
+            Some(position) => channel::Pending::Floor(position.clone()),
+            None => channel::Pending::Live,
+        };
+        let buffered = match std::mem::replace(&mut *held, next) {
+            channel::Pending::Holding(buffered) => buffered,
+            _ => Vec::new(),
+        };
+        let live = through.is_none();
+        let push = |frame: Bytes| {
             if client.push(frame, limits) == Err(PushError::Overflow) {
                 self.shared.metrics.slow_consumer_evictions.inc();
             }
         };
-        frames.into_iter().for_each(&mut push);
+        for frame in frames {
+            let _ = client.push_reserved(frame);
+        }
         for publication in buffered {
-            let offset = publication.publication().position.as_ref().map(|p| p.offset);
-            if let (Some(through), Some(offset)) = (delivered_through, offset)
-                && offset <= through
+            if let (Some(through), Some(position)) = (&through, publication.position())
+                && position.epoch == through.epoch
+                && position.offset <= through.offset
             {
                 continue;
             }
@@ -269,7 +323,9 @@ impl Hub {
             }
         }
         drop(held);
-        pending.entry.settle(client.id);
+        if live {
+            pending.entry.settle(client.id);
+        }
     }
 
     /// Undoes a pending subscription whose broker work failed.
@@ -286,6 +342,10 @@ impl Hub {
         let (removed, now_empty) = entry.remove(client.id);
         if removed {
             self.shared.metrics.subscriptions.dec();
+            self.emit(|| HubEvent::Left {
+                channel: channel.clone(),
+                client: client.info_for_presence(),
+            });
         }
         if now_empty
             && self
@@ -295,9 +355,7 @@ impl Hub {
                 .is_some()
         {
             self.shared.metrics.channels.dec();
-            if let Some(tx) = self.shared.released.read().as_ref() {
-                let _ = tx.send(channel.clone());
-            }
+            self.emit(|| HubEvent::Released(channel.clone()));
         }
         removed
     }
@@ -305,17 +363,29 @@ impl Hub {
     /// Delivers a publication to every local subscriber of its channel; returns how many
     /// recipients it was handed to. Callers dispatch one channel's publications in order.
     pub async fn dispatch(&self, publication: Publication) -> usize {
-        let Some(entry) = self
-            .shared
-            .channels
-            .get(&publication.channel)
-            .map(|e| e.value().clone())
-        else {
+        let channel = publication.channel.clone();
+        self.dispatch_encoded(&channel, EncodedPublication::new(publication))
+            .await
+    }
+
+    /// Delivers a `join` or `leave` to the local subscribers of `channel`.
+    pub async fn dispatch_presence(
+        &self,
+        channel: &ChannelName,
+        join: bool,
+        client: &crate::protocol::ClientInfo,
+    ) -> usize {
+        let event = EncodedPublication::presence_event(channel, join, client);
+        self.dispatch_encoded(channel, event).await
+    }
+
+    async fn dispatch_encoded(&self, channel: &ChannelName, encoded: EncodedPublication) -> usize {
+        let Some(entry) = self.shared.channels.get(channel).map(|e| e.value().clone()) else {
             return 0;
         };
         let snapshot = entry.snapshot();
         let recipients = snapshot.len();
-        for job in fanout::jobs_for(snapshot, publication) {
+        for job in fanout::jobs_for(&entry, snapshot, encoded) {
             let shard = job.shard;
             // Fails only while shutting down, when nothing is delivered any more.
             let _ = self.shared.workers[shard].send(job).await;
@@ -342,6 +412,51 @@ impl Hub {
             .collect()
     }
 
+    /// The local clients `selector` names.
+    pub fn select(&self, selector: &ClientSelector) -> Vec<Arc<ClientHandle>> {
+        match selector {
+            ClientSelector::User(user) => self.clients_of_user(user),
+            ClientSelector::ClientId(id) => ClientId::parse(id)
+                .and_then(|id| self.client(id))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    /// Closes the local clients `selector` names; returns how many.
+    pub fn disconnect_matching(
+        &self,
+        selector: &ClientSelector,
+        code: CloseCode,
+        reason: &str,
+        reconnect: bool,
+    ) -> usize {
+        self.select(selector)
+            .iter()
+            .filter(|c| c.close_with(code, reason, reconnect, true))
+            .count()
+    }
+
+    /// Unsubscribes the local clients `selector` names from `channel`, telling each with
+    /// an `unsubscribed` message (id 0); returns how many were subscribed.
+    pub fn unsubscribe_matching(&self, selector: &ClientSelector, channel: &ChannelName) -> usize {
+        let limits = self.queue_limits();
+        let mut count = 0;
+        for client in self.select(selector) {
+            if self.unsubscribe(&client, channel) {
+                count += 1;
+                let notice = crate::protocol::ServerMessage::Unsubscribed {
+                    id: 0,
+                    channel: channel.as_str(),
+                };
+                if let Ok(bytes) = crate::protocol::encode(client.encoding, &notice) {
+                    let _ = client.push(bytes, limits);
+                }
+            }
+        }
+        count
+    }
+
     pub fn all_clients(&self) -> Vec<Arc<ClientHandle>> {
         self.shared
             .clients
@@ -362,6 +477,10 @@ impl Hub {
 
     /// Channels with local subscribers whose name starts with `prefix`, with counts.
     pub fn channel_counts(&self, prefix: &str) -> Vec<(ChannelName, usize)> {
+        self.local_channel_counts(prefix)
+    }
+
+    fn local_channel_counts(&self, prefix: &str) -> Vec<(ChannelName, usize)> {
         let entries: Vec<(ChannelName, Arc<ChannelEntry>)> = self
             .shared
             .channels

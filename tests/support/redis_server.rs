@@ -15,7 +15,9 @@ pub struct RedisServer {
 
 /// A port nothing listens on right now.
 pub fn free_port() -> TestResult<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl RedisServer {
@@ -37,7 +39,16 @@ impl RedisServer {
 
     async fn spawn(&mut self) -> TestResult {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--dir")
             .arg(self.dir.path())
             .args(&self.extra)
@@ -47,7 +58,12 @@ impl RedisServer {
             .map_err(|e| format!("cannot start redis-server (is it installed?): {e}"))?;
         self.child = Some(child);
         let deadline = tokio::time::Instant::now() + WAIT;
-        while self.cli(&["PING"]).await.map(|r| r.trim() != "PONG").unwrap_or(true) {
+        while self
+            .cli(&["PING"])
+            .await
+            .map(|r| r.trim() != "PONG")
+            .unwrap_or(true)
+        {
             if tokio::time::Instant::now() > deadline {
                 return fail("redis-server did not answer PING");
             }

@@ -4,10 +4,15 @@
 
 use std::time::Duration;
 
-use redis::aio::{AsyncPushSender, ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{
+    AsyncPushSender, ConnectionLike, ConnectionManager, ConnectionManagerConfig,
+    MultiplexedConnection,
+};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Cmd, Pipeline, ProtocolVersion, RedisFuture, RedisResult, Value};
+use redis::{
+    AsyncConnectionConfig, Cmd, Pipeline, ProtocolVersion, RedisFuture, RedisResult, Value,
+};
 
 use crate::config::RedisConfig;
 
@@ -41,7 +46,11 @@ impl Connector {
 
     /// The command a publish uses: sharded pub/sub on a Cluster.
     pub(crate) fn publish_command(&self) -> &'static str {
-        if self.is_cluster() { "SPUBLISH" } else { "PUBLISH" }
+        if self.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     fn cluster_builder(&self) -> ClusterClientBuilder {
@@ -60,9 +69,16 @@ impl Connector {
                     .set_response_timeout(Some(self.command_timeout))
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_millis(500));
-                Ok(CommandConn::Single(client.get_connection_manager_with_config(config).await?))
+                Ok(CommandConn::Single(
+                    client.get_connection_manager_with_config(config).await?,
+                ))
             }
-            None => Ok(CommandConn::Cluster(self.cluster_builder().build()?.get_async_connection().await?)),
+            None => Ok(CommandConn::Cluster(
+                self.cluster_builder()
+                    .build()?
+                    .get_async_connection()
+                    .await?,
+            )),
         }
     }
 
@@ -74,10 +90,18 @@ impl Connector {
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_response_timeout(Some(self.command_timeout))
                     .set_push_sender(sender);
-                Ok(PubSubConn::Single(client.get_multiplexed_async_connection_with_config(&config).await?))
+                Ok(PubSubConn::Single(
+                    client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?,
+                ))
             }
             None => Ok(PubSubConn::Cluster(
-                self.cluster_builder().push_sender(sender).build()?.get_async_connection().await?,
+                self.cluster_builder()
+                    .push_sender(sender)
+                    .build()?
+                    .get_async_connection()
+                    .await?,
             )),
         }
     }
@@ -108,7 +132,12 @@ impl ConnectionLike for CommandConn {
         }
     }
 
-    fn req_packed_commands<'a>(&'a mut self, cmd: &'a Pipeline, offset: usize, count: usize) -> RedisFuture<'a, Vec<Value>> {
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             CommandConn::Single(c) => c.req_packed_commands(cmd, offset, count),
             CommandConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),

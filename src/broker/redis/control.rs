@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use super::RelayContext;
-use crate::hub::Hub;
+use crate::broker::BrokerError;
+use crate::hub::{ClientSelector, Hub};
+use crate::protocol::{ChannelName, CloseCode};
 
 /// One node as `/api/info` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,7 +30,143 @@ pub struct NodeStats {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum ControlMessage {
-    Heartbeat { node: NodeStats },
+    Heartbeat {
+        node: NodeStats,
+    },
+    Request {
+        id: u64,
+        from: String,
+        request: ClusterRequest,
+    },
+    Reply {
+        id: u64,
+        to: String,
+        reply: ClusterReply,
+    },
+}
+
+/// A server-API request every node carries out for its own clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum ClusterRequest {
+    Channels {
+        prefix: String,
+    },
+    Disconnect {
+        selector: ClientSelector,
+        code: u16,
+        reason: String,
+        reconnect: bool,
+    },
+    Unsubscribe {
+        selector: ClientSelector,
+        channel: String,
+    },
+}
+
+/// One node's answer to a `ClusterRequest`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum ClusterReply {
+    Channels { channels: Vec<(String, usize)> },
+    Count { n: usize },
+}
+
+/// How long a cluster request waits for the other nodes.
+const REPLY_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// Sends `request` to every other node and gathers their replies (those that answer
+/// within the timeout).
+pub(crate) async fn ask_others(
+    ctx: &RelayContext,
+    request: ClusterRequest,
+) -> Result<Vec<ClusterReply>, BrokerError> {
+    let expected = ctx.cluster.others.len();
+    if expected == 0 {
+        return Ok(Vec::new());
+    }
+    let id = rand::random::<u64>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    ctx.waiting.insert(id, tx);
+    let message = ControlMessage::Request {
+        id,
+        from: ctx.node_id.clone(),
+        request,
+    };
+    let sent = publish(ctx, &message).await;
+    let mut replies = Vec::new();
+    if sent.is_ok() {
+        let deadline = tokio::time::Instant::now() + REPLY_TIMEOUT;
+        while replies.len() < expected {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(reply)) => replies.push(reply),
+                _ => break,
+            }
+        }
+    }
+    ctx.waiting.remove(&id);
+    sent.map(|()| replies)
+}
+
+/// Adds up `Count` replies.
+pub(crate) fn count(replies: Vec<ClusterReply>) -> usize {
+    replies
+        .into_iter()
+        .map(|r| match r {
+            ClusterReply::Count { n } => n,
+            ClusterReply::Channels { .. } => 0,
+        })
+        .sum()
+}
+
+async fn publish(ctx: &RelayContext, message: &ControlMessage) -> Result<(), BrokerError> {
+    let bytes =
+        rmp_serde::to_vec_named(message).map_err(|e| BrokerError::Unavailable(e.to_string()))?;
+    let mut conn = ctx.commands()?;
+    let mut cmd = redis::cmd(ctx.connector.publish_command());
+    cmd.arg(ctx.keys.control()).arg(bytes);
+    let publish = cmd.query_async::<i64>(&mut conn);
+    match tokio::time::timeout(
+        Duration::from_millis(ctx.config.command_timeout_ms),
+        publish,
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(ctx.failed("control", &err)),
+        Err(_) => Err(BrokerError::Unavailable(
+            "redis control publish timed out".into(),
+        )),
+    }
+}
+
+/// Carries out another node's request on this node's clients.
+fn execute(hub: &Hub, request: ClusterRequest) -> ClusterReply {
+    match request {
+        ClusterRequest::Channels { prefix } => ClusterReply::Channels {
+            channels: hub
+                .channel_counts(&prefix)
+                .into_iter()
+                .map(|(c, n)| (c.as_str().to_owned(), n))
+                .collect(),
+        },
+        ClusterRequest::Disconnect {
+            selector,
+            code,
+            reason,
+            reconnect,
+        } => {
+            let code = CloseCode::from_u16(code).unwrap_or(CloseCode::ApiDisconnect);
+            ClusterReply::Count {
+                n: hub.disconnect_matching(&selector, code, &reason, reconnect),
+            }
+        }
+        ClusterRequest::Unsubscribe { selector, channel } => {
+            let n =
+                ChannelName::parse(&channel).map_or(0, |c| hub.unsubscribe_matching(&selector, &c));
+            ClusterReply::Count { n }
+        }
+    }
 }
 
 /// This node's view of the cluster.
@@ -40,7 +178,11 @@ pub(crate) struct ClusterView {
 
 impl ClusterView {
     pub(crate) fn new(me: NodeStats) -> Self {
-        ClusterView { me, started: Instant::now(), others: DashMap::new() }
+        ClusterView {
+            me,
+            started: Instant::now(),
+            others: DashMap::new(),
+        }
     }
 
     /// This node's current stats.
@@ -69,38 +211,76 @@ impl ClusterView {
 }
 
 /// Handles a message from the control topic.
-pub(crate) fn on_message(ctx: &RelayContext, message: &[u8]) {
+pub(crate) async fn on_message(ctx: &RelayContext, message: &[u8]) {
     let Ok(message) = rmp_serde::from_slice::<ControlMessage>(message) else {
         tracing::debug!("undecodable control message");
         return;
     };
     match message {
         ControlMessage::Heartbeat { node } if node.id != ctx.node_id => {
-            ctx.cluster.others.insert(node.id.clone(), (node, Instant::now()));
-            ctx.hub.metrics().cluster_nodes.set(1 + ctx.cluster.others.len() as i64);
+            ctx.cluster
+                .others
+                .insert(node.id.clone(), (node, Instant::now()));
+            ctx.hub
+                .metrics()
+                .cluster_nodes
+                .set(1 + ctx.cluster.others.len() as i64);
         }
         ControlMessage::Heartbeat { .. } => {}
+        ControlMessage::Request { id, from, request } if from != ctx.node_id => {
+            let reply = ControlMessage::Reply {
+                id,
+                to: from,
+                reply: execute(&ctx.hub, request),
+            };
+            if let Err(err) = publish(ctx, &reply).await {
+                tracing::warn!(error = %err, "cannot answer a cluster request");
+            }
+        }
+        ControlMessage::Request { .. } => {}
+        ControlMessage::Reply { id, to, reply } if to == ctx.node_id => {
+            if let Some(waiting) = ctx.waiting.get(&id) {
+                let _ = waiting.send(reply);
+            }
+        }
+        ControlMessage::Reply { .. } => {}
     }
 }
 
 /// Publishes this node's heartbeat every `heartbeat_interval_ms`.
 pub(crate) async fn heartbeat_loop(ctx: Arc<RelayContext>, stop: CancellationToken) {
-    let mut interval = tokio::time::interval(Duration::from_millis(ctx.config.heartbeat_interval_ms));
+    let mut interval =
+        tokio::time::interval(Duration::from_millis(ctx.config.heartbeat_interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {}
         }
-        ctx.cluster.prune(Duration::from_millis(ctx.config.node_timeout_ms));
-        ctx.hub.metrics().cluster_nodes.set(1 + ctx.cluster.others.len() as i64);
-        let heartbeat = ControlMessage::Heartbeat { node: ctx.cluster.me(&ctx.hub) };
-        let Ok(bytes) = rmp_serde::to_vec_named(&heartbeat) else { continue };
-        let Ok(mut conn) = ctx.commands() else { continue };
+        ctx.cluster
+            .prune(Duration::from_millis(ctx.config.node_timeout_ms));
+        ctx.hub
+            .metrics()
+            .cluster_nodes
+            .set(1 + ctx.cluster.others.len() as i64);
+        let heartbeat = ControlMessage::Heartbeat {
+            node: ctx.cluster.me(&ctx.hub),
+        };
+        let Ok(bytes) = rmp_serde::to_vec_named(&heartbeat) else {
+            continue;
+        };
+        let Ok(mut conn) = ctx.commands() else {
+            continue;
+        };
         let mut cmd = redis::cmd(ctx.connector.publish_command());
         cmd.arg(ctx.keys.control()).arg(bytes);
         let publish = cmd.query_async::<i64>(&mut conn);
-        if let Ok(Err(err)) = tokio::time::timeout(Duration::from_millis(ctx.config.command_timeout_ms), publish).await {
+        if let Ok(Err(err)) = tokio::time::timeout(
+            Duration::from_millis(ctx.config.command_timeout_ms),
+            publish,
+        )
+        .await
+        {
             ctx.failed("control", &err);
         }
     }

@@ -55,7 +55,11 @@ impl Envelope {
             Payload::Json(b) => (true, b.to_vec()),
             Payload::Msgpack(b) => (false, b.to_vec()),
         };
-        Envelope { node: node.to_owned(), ts_us: now_us(), body: Body::Publication { json, data } }
+        Envelope {
+            node: node.to_owned(),
+            ts_us: now_us(),
+            body: Body::Publication { json, data },
+        }
     }
 
     pub(crate) fn encode(&self) -> Vec<u8> {
@@ -67,8 +71,12 @@ impl Envelope {
 impl Body {
     pub(crate) fn payload(&self) -> Option<Payload> {
         match self {
-            Body::Publication { json: true, data } => Some(Payload::Json(Bytes::from(data.clone()))),
-            Body::Publication { json: false, data } => Some(Payload::Msgpack(Bytes::from(data.clone()))),
+            Body::Publication { json: true, data } => {
+                Some(Payload::Json(Bytes::from(data.clone())))
+            }
+            Body::Publication { json: false, data } => {
+                Some(Payload::Msgpack(Bytes::from(data.clone())))
+            }
             _ => None,
         }
     }
@@ -76,16 +84,25 @@ impl Body {
 
 /// Splits `<offset>:<epoch>:<envelope>`; empty offset and epoch mean "no history".
 pub(crate) fn decode(message: &[u8]) -> Result<Relayed, EnvelopeError> {
-    let first = message.iter().position(|b| *b == b':').ok_or(EnvelopeError::Header)?;
+    let first = message
+        .iter()
+        .position(|b| *b == b':')
+        .ok_or(EnvelopeError::Header)?;
     let rest = &message[first + 1..];
-    let second = rest.iter().position(|b| *b == b':').ok_or(EnvelopeError::Header)?;
+    let second = rest
+        .iter()
+        .position(|b| *b == b':')
+        .ok_or(EnvelopeError::Header)?;
     let offset = std::str::from_utf8(&message[..first]).map_err(|_| EnvelopeError::Header)?;
     let epoch = std::str::from_utf8(&rest[..second]).map_err(|_| EnvelopeError::Header)?;
     let position = if offset.is_empty() {
         None
     } else {
         let offset = offset.parse().map_err(|_| EnvelopeError::Header)?;
-        Some(StreamPosition { offset, epoch: epoch.to_owned() })
+        Some(StreamPosition {
+            offset,
+            epoch: epoch.to_owned(),
+        })
     };
     let envelope = rmp_serde::from_slice(&rest[second + 1..])?;
     Ok(Relayed { position, envelope })
@@ -121,7 +138,10 @@ mod serde_bytes_compat {
             fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
                 Ok(v)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<u8>, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = seq.next_element::<u8>()? {
                     out.push(b);
@@ -144,7 +164,13 @@ mod tests {
         let mut with = b"7:abc:".to_vec();
         with.extend(envelope.encode());
         let relayed = decode(&with)?;
-        assert_eq!(relayed.position, Some(StreamPosition { offset: 7, epoch: "abc".into() }));
+        assert_eq!(
+            relayed.position,
+            Some(StreamPosition {
+                offset: 7,
+                epoch: "abc".into()
+            })
+        );
         assert_eq!(relayed.envelope.body.payload(), Some(payload));
         let mut without = NO_POSITION.to_vec();
         without.extend(envelope.encode());

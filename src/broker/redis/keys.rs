@@ -10,7 +10,9 @@ pub(crate) struct Keys {
 
 impl Keys {
     pub(crate) fn new(prefix: &str) -> Self {
-        Keys { prefix: prefix.to_owned() }
+        Keys {
+            prefix: prefix.to_owned(),
+        }
     }
 
     /// The pub/sub topic of a channel.

@@ -38,10 +38,12 @@ use tokio_util::task::TaskTracker;
 
 pub use control::NodeStats;
 
-use super::{BrokerError, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered};
+use super::{
+    BrokerError, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered,
+};
 use crate::config::{NamespaceConfig, RedisConfig};
-use crate::hub::{ClientHandle, Hub, Publication};
-use crate::protocol::{ChannelName, Payload, StreamPosition};
+use crate::hub::{ClientHandle, ClientSelector, Hub, HubEvent, Publication};
+use crate::protocol::{ChannelName, CloseCode, Payload, StreamPosition};
 use conn::{CommandConn, Connector};
 use envelope::Envelope;
 use keys::Keys;
@@ -60,29 +62,49 @@ pub(crate) struct RelayContext {
     commands: RwLock<Option<CommandConn>>,
     /// The last stream position delivered per channel, for gap and duplicate detection.
     pub(crate) positions: DashMap<ChannelName, StreamPosition>,
+    /// Channels with presence that have local subscribers, and whether they announce
+    /// joins and leaves.
+    pub(crate) presence_channels: DashMap<ChannelName, bool>,
     pub(crate) shard_up: Vec<AtomicBool>,
     commands_up: AtomicBool,
     last_error: Mutex<Option<String>>,
     pub(crate) cluster: control::ClusterView,
+    /// Cluster requests of this node waiting for replies, by request id.
+    pub(crate) waiting: DashMap<u64, mpsc::UnboundedSender<control::ClusterReply>>,
 }
 
 impl RelayContext {
-    fn commands(&self) -> Result<CommandConn, BrokerError> {
+    pub(crate) fn commands(&self) -> Result<CommandConn, BrokerError> {
         if !self.commands_up.load(Ordering::Acquire) {
             return Err(self.unavailable());
         }
-        self.commands.read().clone().ok_or_else(|| self.unavailable())
+        self.commands
+            .read()
+            .clone()
+            .ok_or_else(|| self.unavailable())
     }
 
     fn unavailable(&self) -> BrokerError {
-        let reason = self.last_error.lock().clone().unwrap_or_else(|| "not connected yet".into());
+        let reason = self
+            .last_error
+            .lock()
+            .clone()
+            .unwrap_or_else(|| "not connected yet".into());
         BrokerError::Unavailable(format!("redis unavailable: {reason}"))
     }
 
     /// Records a failed Redis operation and turns it into a broker error.
-    fn failed(&self, op: &'static str, err: &RedisError) -> BrokerError {
-        self.hub.metrics().redis_errors.with_label_values(&[op]).inc();
-        if err.is_io_error() || err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() {
+    pub(crate) fn failed(&self, op: &'static str, err: &RedisError) -> BrokerError {
+        self.hub
+            .metrics()
+            .redis_errors
+            .with_label_values(&[op])
+            .inc();
+        if err.is_io_error()
+            || err.is_timeout()
+            || err.is_connection_dropped()
+            || err.is_connection_refusal()
+        {
             self.commands_up.store(false, Ordering::Release);
             self.hub.metrics().redis_up.set(0);
         }
@@ -91,7 +113,11 @@ impl RelayContext {
     }
 
     pub(crate) fn pubsub_failed(&self, shard: usize, err: &str) {
-        self.hub.metrics().redis_errors.with_label_values(&["pubsub"]).inc();
+        self.hub
+            .metrics()
+            .redis_errors
+            .with_label_values(&["pubsub"])
+            .inc();
         self.hub.metrics().redis_up.set(0);
         *self.last_error.lock() = Some(err.to_owned());
         tracing::warn!(shard, error = %err, "redis pub/sub connection failed");
@@ -99,20 +125,33 @@ impl RelayContext {
 
     /// Publishes a probe to a pub/sub connection's own topic; true if Redis took it.
     pub(crate) async fn send_probe(&self, topic: &str) -> bool {
-        let Ok(mut conn) = self.commands() else { return false };
+        let Ok(mut conn) = self.commands() else {
+            return false;
+        };
         let mut cmd = redis::cmd(self.connector.publish_command());
         cmd.arg(topic).arg("probe");
         let publish = cmd.query_async::<i64>(&mut conn);
-        matches!(tokio::time::timeout(Duration::from_millis(self.config.command_timeout_ms), publish).await, Ok(Ok(_)))
+        matches!(
+            tokio::time::timeout(
+                Duration::from_millis(self.config.command_timeout_ms),
+                publish
+            )
+            .await,
+            Ok(Ok(_))
+        )
     }
 
     /// Handles one message pushed by Redis.
     pub(crate) async fn on_message(&self, topic: &str, message: &[u8]) {
         if topic == self.keys.control() {
-            control::on_message(self, message);
+            control::on_message(self, message).await;
             return;
         }
-        let Some(channel) = self.keys.channel_of(topic).and_then(|c| ChannelName::parse(c).ok()) else {
+        let Some(channel) = self
+            .keys
+            .channel_of(topic)
+            .and_then(|c| ChannelName::parse(c).ok())
+        else {
             return;
         };
         let relayed = match envelope::decode(message) {
@@ -127,15 +166,30 @@ impl RelayContext {
         let age_us = envelope::now_us().saturating_sub(relayed.envelope.ts_us);
         metrics.relay_latency_seconds.observe(age_us as f64 / 1e6);
         metrics.publications.with_label_values(&["relay"]).inc();
-        let Some(payload) = relayed.envelope.body.payload() else {
-            return;
+        let payload = match relayed.envelope.body {
+            envelope::Body::Join { client } => {
+                self.hub.dispatch_presence(&channel, true, &client).await;
+                return;
+            }
+            envelope::Body::Leave { client } => {
+                self.hub.dispatch_presence(&channel, false, &client).await;
+                return;
+            }
+            body => match body.payload() {
+                Some(payload) => payload,
+                None => return,
+            },
         };
         if let Some(position) = &relayed.position {
             if !self.fill_gap(&channel, position).await {
                 return;
             }
         }
-        let publication = Publication { channel, payload, position: relayed.position };
+        let publication = Publication {
+            channel,
+            payload,
+            position: relayed.position,
+        };
         self.hub.dispatch(publication).await;
     }
 
@@ -156,14 +210,28 @@ impl RelayContext {
         }
         let missing = position.offset - previous.offset - 1;
         tracing::warn!(channel = %channel, missing, "offset gap on the relay; filling from history");
-        match self.read_stream(channel, previous.offset, position.offset - 1, None).await {
+        match self
+            .read_stream(channel, previous.offset, position.offset - 1, None)
+            .await
+        {
             Ok(entries) => {
                 for (offset, payload) in entries {
-                    let position = StreamPosition { offset, epoch: position.epoch.clone() };
-                    self.hub.dispatch(Publication { channel: channel.clone(), payload, position: Some(position) }).await;
+                    let position = StreamPosition {
+                        offset,
+                        epoch: position.epoch.clone(),
+                    };
+                    self.hub
+                        .dispatch(Publication {
+                            channel: channel.clone(),
+                            payload,
+                            position: Some(position),
+                        })
+                        .await;
                 }
             }
-            Err(err) => tracing::warn!(channel = %channel, error = %err, "cannot fill the gap; clients will see it"),
+            Err(err) => {
+                tracing::warn!(channel = %channel, error = %err, "cannot fill the gap; clients will see it")
+            }
         }
         true
     }
@@ -178,20 +246,30 @@ impl RelayContext {
     ) -> Result<Vec<(u64, Payload)>, BrokerError> {
         let mut conn = self.commands()?;
         let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(self.keys.stream(channel.as_str())).arg(format!("{}-1", after + 1)).arg(format!("{through}-1"));
+        cmd.arg(self.keys.stream(channel.as_str()))
+            .arg(format!("{}-1", after + 1))
+            .arg(format!("{through}-1"));
         if let Some(limit) = limit {
             cmd.arg("COUNT").arg(limit);
         }
-        let entries: Vec<(String, Vec<Vec<u8>>)> =
-            cmd.query_async(&mut conn).await.map_err(|e| self.failed("history", &e))?;
-        Ok(entries.into_iter().filter_map(|(id, fields)| stream_entry(&id, &fields)).collect())
+        let entries: Vec<(String, Vec<Vec<u8>>)> = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed("history", &e))?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(id, fields)| stream_entry(&id, &fields))
+            .collect())
     }
 }
 
 /// Decodes one stream entry (`<offset>-1`, fields `d` envelope and `t` time).
 fn stream_entry(id: &str, fields: &[Vec<u8>]) -> Option<(u64, Payload)> {
     let offset = id.split('-').next()?.parse().ok()?;
-    let data = fields.chunks(2).find(|kv| kv.first().map(Vec::as_slice) == Some(b"d"))?.get(1)?;
+    let data = fields
+        .chunks(2)
+        .find(|kv| kv.first().map(Vec::as_slice) == Some(b"d"))?
+        .get(1)?;
     let envelope: Envelope = rmp_serde::from_slice(data).ok()?;
     Some((offset, envelope.body.payload()?))
 }
@@ -212,8 +290,13 @@ impl RedisBroker {
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
-        let connector = Connector::new(config).map_err(|e| BrokerError::Unavailable(format!("bad redis configuration: {e}")))?;
-        let pools = if connector.is_cluster() { 1 } else { config.pubsub_connections };
+        let connector = Connector::new(config)
+            .map_err(|e| BrokerError::Unavailable(format!("bad redis configuration: {e}")))?;
+        let pools = if connector.is_cluster() {
+            1
+        } else {
+            config.pubsub_connections
+        };
         let ctx = Arc::new(RelayContext {
             keys: Keys::new(&config.key_prefix),
             node_id: node.id.clone(),
@@ -221,10 +304,12 @@ impl RedisBroker {
             connector,
             commands: RwLock::new(None),
             positions: DashMap::new(),
+            presence_channels: DashMap::new(),
             shard_up: (0..pools).map(|_| AtomicBool::new(false)).collect(),
             commands_up: AtomicBool::new(false),
             last_error: Mutex::new(None),
             cluster: control::ClusterView::new(node),
+            waiting: DashMap::new(),
             hub: hub.clone(),
         });
         hub.metrics().redis_up.set(0);
@@ -234,12 +319,16 @@ impl RedisBroker {
             shards.push(tx);
             tracker.spawn(relay::run_shard(ctx.clone(), index, rx, stop.clone()));
         }
-        let broker = Arc::new(RedisBroker { ctx: ctx.clone(), shards });
+        let broker = Arc::new(RedisBroker {
+            ctx: ctx.clone(),
+            shards,
+        });
         tracker.spawn(health_loop(ctx.clone(), stop.clone()));
         tracker.spawn(control::heartbeat_loop(ctx.clone(), stop.clone()));
-        let (released_tx, released_rx) = mpsc::unbounded_channel();
-        hub.on_channel_released(released_tx);
-        tracker.spawn(unsubscribe_loop(broker.clone(), released_rx, stop));
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        hub.on_event(events_tx);
+        tracker.spawn(presence::refresh_loop(ctx.clone(), stop.clone()));
+        tracker.spawn(events_loop(broker.clone(), events_rx, stop));
         Ok(broker)
     }
 
@@ -264,7 +353,9 @@ impl RedisBroker {
         let envelope = Envelope::publication(&ctx.node_id, &payload).encode();
         let publish_command = ctx.connector.publish_command();
         let result = if ns.history_size > 0 {
-            let idempotency = idempotency_key.map(|k| ctx.keys.idempotency(name, k)).unwrap_or_default();
+            let idempotency = idempotency_key
+                .map(|k| ctx.keys.idempotency(name, k))
+                .unwrap_or_default();
             let (offset, epoch): (u64, String) = scripts::PUBLISH_WITH_HISTORY
                 .key(ctx.keys.meta(name))
                 .key(ctx.keys.stream(name))
@@ -281,7 +372,10 @@ impl RedisBroker {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| ctx.failed("publish", &e))?;
-            PublishResult { offset: Some(offset), epoch: Some(epoch) }
+            PublishResult {
+                offset: Some(offset),
+                epoch: Some(epoch),
+            }
         } else {
             let mut message = envelope::NO_POSITION.to_vec();
             message.extend_from_slice(&envelope);
@@ -306,9 +400,16 @@ impl RedisBroker {
                         .map_err(|e| ctx.failed("publish", &e))?;
                 }
             }
-            PublishResult { offset: None, epoch: None }
+            PublishResult {
+                offset: None,
+                epoch: None,
+            }
         };
-        ctx.hub.metrics().relay_messages.with_label_values(&["out"]).inc();
+        ctx.hub
+            .metrics()
+            .relay_messages
+            .with_label_values(&["out"])
+            .inc();
         Ok(result)
     }
 
@@ -342,23 +443,43 @@ impl RedisBroker {
         let prepared = async {
             self.ensure_subscribed(channel).await?;
             if ns.history_size == 0 {
-                return Ok((SubscribeResult { position: None, recovered: None }, Vec::new()));
+                return Ok((
+                    SubscribeResult {
+                        position: None,
+                        recovered: None,
+                    },
+                    Vec::new(),
+                ));
             }
             let position = self.stream_position(channel, ns).await?;
             let (recovered, missed) = match recover {
                 Some(from) => self.recover(channel, ns, from, &position).await?,
                 None => (None, Vec::new()),
             };
-            Ok((SubscribeResult { position: Some(position), recovered }, missed))
+            Ok((
+                SubscribeResult {
+                    position: Some(position),
+                    recovered,
+                },
+                missed,
+            ))
         };
         match prepared.await {
             Ok((result, missed)) => {
                 let mut frames: Vec<Bytes> = reply(&result).into_iter().collect();
-                let through = result.position.as_ref().map(|p| p.offset);
+                let through = result.position.clone();
                 if let Some(position) = &result.position {
-                    frames.extend(encode_recovered(client.encoding, channel, &position.epoch, &missed));
+                    frames.extend(encode_recovered(
+                        client.encoding,
+                        channel,
+                        &position.epoch,
+                        &missed,
+                    ));
                 }
                 hub.finish_pending(pending, frames, through);
+                if ns.presence {
+                    self.joined(client, channel, ns.join_leave).await;
+                }
                 Ok(Some(result))
             }
             Err(err) => {
@@ -368,7 +489,57 @@ impl RedisBroker {
         }
     }
 
-    async fn stream_position(&self, channel: &ChannelName, ns: &NamespaceConfig) -> Result<StreamPosition, BrokerError> {
+    /// Records a new subscriber in presence and announces it where joins are on.
+    async fn joined(&self, client: &ClientHandle, channel: &ChannelName, announce: bool) {
+        let ctx = &self.ctx;
+        ctx.presence_channels.insert(channel.clone(), announce);
+        let info = client.info_for_presence();
+        if let Err(err) = presence::add(ctx, channel, std::slice::from_ref(&info)).await {
+            tracing::warn!(channel = %channel, error = %err, "presence update failed");
+        }
+        if announce {
+            self.announce(channel, envelope::Body::Join { client: info })
+                .await;
+        }
+    }
+
+    /// Publishes a join or leave on the channel's topic (no stream position).
+    async fn announce(&self, channel: &ChannelName, body: envelope::Body) {
+        let ctx = &self.ctx;
+        let Ok(mut conn) = ctx.commands() else { return };
+        let envelope = Envelope {
+            node: ctx.node_id.clone(),
+            ts_us: envelope::now_us(),
+            body,
+        };
+        let mut message = envelope::NO_POSITION.to_vec();
+        message.extend_from_slice(&envelope.encode());
+        let mut cmd = redis::cmd(ctx.connector.publish_command());
+        cmd.arg(ctx.keys.topic(channel.as_str())).arg(message);
+        if let Err(err) = cmd.query_async::<i64>(&mut conn).await {
+            ctx.failed("presence", &err);
+        }
+    }
+
+    /// Removes a departed client from presence and announces it where leaves are on.
+    async fn left(&self, channel: &ChannelName, client: crate::protocol::ClientInfo) {
+        let Some(announce) = self.ctx.presence_channels.get(channel).map(|a| *a) else {
+            return;
+        };
+        if let Err(err) = presence::remove(&self.ctx, channel, &client.client_id).await {
+            tracing::warn!(channel = %channel, error = %err, "presence update failed");
+        }
+        if announce {
+            self.announce(channel, envelope::Body::Leave { client })
+                .await;
+        }
+    }
+
+    async fn stream_position(
+        &self,
+        channel: &ChannelName,
+        ns: &NamespaceConfig,
+    ) -> Result<StreamPosition, BrokerError> {
         let ctx = &self.ctx;
         let mut conn = ctx.commands()?;
         let (offset, epoch): (u64, String) = scripts::STREAM_POSITION
@@ -399,10 +570,20 @@ impl RedisBroker {
         if wanted > ns.max_recover_messages as u64 {
             return Ok((Some(false), Vec::new()));
         }
-        let entries = self.ctx.read_stream(channel, from.offset, top.offset, None).await?;
+        let entries = self
+            .ctx
+            .read_stream(channel, from.offset, top.offset, None)
+            .await?;
         let complete = entries.len() as u64 == wanted
-            && entries.iter().zip(from.offset + 1..).all(|((offset, _), expected)| *offset == expected);
-        if complete { Ok((Some(true), entries)) } else { Ok((Some(false), Vec::new())) }
+            && entries
+                .iter()
+                .zip(from.offset + 1..)
+                .all(|((offset, _), expected)| *offset == expected);
+        if complete {
+            Ok((Some(true), entries))
+        } else {
+            Ok((Some(false), Vec::new()))
+        }
     }
 
     pub async fn history(
@@ -413,17 +594,28 @@ impl RedisBroker {
         limit: Option<usize>,
     ) -> Result<HistoryPage, BrokerError> {
         let top = self.stream_position(channel, ns).await?;
-        let after = since.filter(|s| s.epoch == top.epoch).map_or(0, |s| s.offset);
+        let after = since
+            .filter(|s| s.epoch == top.epoch)
+            .map_or(0, |s| s.offset);
         let messages = if after >= top.offset {
             Vec::new()
         } else {
-            self.ctx.read_stream(channel, after, top.offset, limit).await?
+            self.ctx
+                .read_stream(channel, after, top.offset, limit)
+                .await?
         };
-        Ok(HistoryPage { epoch: top.epoch, offset: top.offset, messages })
+        Ok(HistoryPage {
+            epoch: top.epoch,
+            offset: top.offset,
+            messages,
+        })
     }
 
     /// Clients present in `channel`, across the cluster.
-    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<crate::protocol::ClientInfo>, BrokerError> {
+    pub async fn presence(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<crate::protocol::ClientInfo>, BrokerError> {
         presence::list(&self.ctx, channel).await
     }
 
@@ -435,6 +627,55 @@ impl RedisBroker {
             return Ok(());
         }
         Err(ctx.unavailable().to_string())
+    }
+
+    /// Channel counts from every other node.
+    pub async fn remote_channels(&self, prefix: &str) -> Result<Vec<(String, usize)>, BrokerError> {
+        let request = control::ClusterRequest::Channels {
+            prefix: prefix.to_owned(),
+        };
+        let replies = control::ask_others(&self.ctx, request).await?;
+        Ok(replies
+            .into_iter()
+            .flat_map(|r| match r {
+                control::ClusterReply::Channels { channels } => channels,
+                control::ClusterReply::Count { .. } => Vec::new(),
+            })
+            .collect())
+    }
+
+    /// Disconnects matching clients on every other node; returns how many.
+    pub async fn remote_disconnect(
+        &self,
+        selector: &ClientSelector,
+        code: CloseCode,
+        reason: &str,
+        reconnect: bool,
+    ) -> Result<usize, BrokerError> {
+        let request = control::ClusterRequest::Disconnect {
+            selector: selector.clone(),
+            code: code.as_u16(),
+            reason: reason.to_owned(),
+            reconnect,
+        };
+        Ok(control::count(
+            control::ask_others(&self.ctx, request).await?,
+        ))
+    }
+
+    /// Unsubscribes matching clients on every other node; returns how many.
+    pub async fn remote_unsubscribe(
+        &self,
+        selector: &ClientSelector,
+        channel: &ChannelName,
+    ) -> Result<usize, BrokerError> {
+        let request = control::ClusterRequest::Unsubscribe {
+            selector: selector.clone(),
+            channel: channel.as_str().to_owned(),
+        };
+        Ok(control::count(
+            control::ask_others(&self.ctx, request).await?,
+        ))
     }
 
     /// Every node seen on the control topic, this one included.
@@ -461,7 +702,11 @@ async fn health_loop(ctx: Arc<RelayContext>, stop: CancellationToken) {
                     Some(conn)
                 }
                 Err(err) => {
-                    ctx.hub.metrics().redis_errors.with_label_values(&["control"]).inc();
+                    ctx.hub
+                        .metrics()
+                        .redis_errors
+                        .with_label_values(&["control"])
+                        .inc();
                     *ctx.last_error.lock() = Some(err.to_string());
                     None
                 }
@@ -471,7 +716,14 @@ async fn health_loop(ctx: Arc<RelayContext>, stop: CancellationToken) {
             Some(mut conn) => {
                 let cmd = redis::cmd("PING");
                 let ping = cmd.query_async::<String>(&mut conn);
-                matches!(tokio::time::timeout(Duration::from_millis(ctx.config.command_timeout_ms), ping).await, Ok(Ok(_)))
+                matches!(
+                    tokio::time::timeout(
+                        Duration::from_millis(ctx.config.command_timeout_ms),
+                        ping
+                    )
+                    .await,
+                    Ok(Ok(_))
+                )
             }
             None => false,
         };
@@ -488,17 +740,27 @@ async fn health_loop(ctx: Arc<RelayContext>, stop: CancellationToken) {
     }
 }
 
-/// Unsubscribes released channels after `unsubscribe_delay_ms`, in batches per
-/// connection, unless they got local subscribers again.
-async fn unsubscribe_loop(broker: Arc<RedisBroker>, mut released: mpsc::UnboundedReceiver<ChannelName>, stop: CancellationToken) {
+/// Follows local membership: leaves update presence; released channels are unsubscribed
+/// after `unsubscribe_delay_ms`, in batches per connection, unless they got local
+/// subscribers again.
+async fn events_loop(
+    broker: Arc<RedisBroker>,
+    mut events: mpsc::UnboundedReceiver<HubEvent>,
+    stop: CancellationToken,
+) {
     let delay = Duration::from_millis(broker.ctx.config.unsubscribe_delay_ms);
     let mut waiting: Vec<(tokio::time::Instant, ChannelName)> = Vec::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(100).min(delay.max(Duration::from_millis(10))));
+    let mut tick =
+        tokio::time::interval(Duration::from_millis(100).min(delay.max(Duration::from_millis(10))));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            channel = released.recv() => match channel {
-                Some(channel) => waiting.push((tokio::time::Instant::now() + delay, channel)),
+            event = events.recv() => match event {
+                Some(HubEvent::Released(channel)) => {
+                    broker.ctx.presence_channels.remove(&channel);
+                    waiting.push((tokio::time::Instant::now() + delay, channel));
+                }
+                Some(HubEvent::Left { channel, client }) => broker.left(&channel, client).await,
                 None => return,
             },
             _ = tick.tick() => {

@@ -86,13 +86,28 @@ pub(crate) async fn run_shard(
         if connected_before {
             let metrics = ctx.hub.metrics();
             metrics.redis_reconnects.inc();
-            metrics.redis_resubscribe_seconds.observe(started.elapsed().as_secs_f64());
-            tracing::info!(shard = index, topics = topics.len(), "redis pub/sub reconnected and resubscribed");
+            metrics
+                .redis_resubscribe_seconds
+                .observe(started.elapsed().as_secs_f64());
+            tracing::info!(
+                shard = index,
+                topics = topics.len(),
+                "redis pub/sub reconnected and resubscribed"
+            );
         }
         connected_before = true;
         backoff = Duration::from_millis(100);
         ctx.shard_up[index].store(true, Ordering::Release);
-        let ended = serve(&ctx, index, &mut conn, rx, &mut commands, &mut wanted, &stop).await;
+        let ended = serve(
+            &ctx,
+            index,
+            &mut conn,
+            rx,
+            &mut commands,
+            &mut wanted,
+            &stop,
+        )
+        .await;
         ctx.shard_up[index].store(false, Ordering::Release);
         if matches!(ended, Ended::Stop) {
             return;
@@ -213,13 +228,18 @@ async fn execute(
                     Ok(())
                 }
                 Err(err) => {
-                    let _ = done.send(Err(BrokerError::Unavailable(format!("redis subscribe failed: {err}"))));
+                    let _ = done.send(Err(BrokerError::Unavailable(format!(
+                        "redis subscribe failed: {err}"
+                    ))));
                     Err(err)
                 }
             }
         }
         ShardCommand::Unsubscribe { channels } => {
-            let idle: Vec<&ChannelName> = channels.iter().filter(|c| !ctx.hub.has_subscribers(c)).collect();
+            let idle: Vec<&ChannelName> = channels
+                .iter()
+                .filter(|c| !ctx.hub.has_subscribers(c))
+                .collect();
             let topics: Vec<String> = idle
                 .iter()
                 .map(|c| ctx.keys.topic(c.as_str()))
