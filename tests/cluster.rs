@@ -237,3 +237,205 @@ async fn info_is_cluster_wide() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_disconnect_and_unsubscribe_reach_every_node() -> TestResult {
+    let redis = RedisServer::start().await?;
+    let nodes = start_nodes(&redis, "api", 3).await?;
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let (mut client, _) = WsClient::connect(&node.ws_url(), Encoding::Json).await?;
+        client
+            .request("subscribe", json!({"channel": "room-1"}))
+            .await?;
+        client
+            .request("subscribe", json!({"channel": "room-2"}))
+            .await?;
+        clients.push(client);
+    }
+    // Wait until every node sees the other two (heartbeats), then ask one of them.
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while nodes[0].get("/api/info").await?.1["nodes"]
+        .as_array()
+        .map(Vec::len)
+        != Some(3)
+    {
+        if tokio::time::Instant::now() > deadline {
+            return fail("nodes never saw each other");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, body) = nodes[1].get("/api/channels?prefix=room").await?;
+    assert_eq!(
+        body,
+        json!({"channels": [{"channel": "room-1", "subscribers": 3}, {"channel": "room-2", "subscribers": 3}]})
+    );
+    let (status, body) = nodes[2]
+        .post(
+            "/api/unsubscribe",
+            &json!({"user": "", "channel": "room-2"}),
+        )
+        .await?;
+    assert_eq!((status, body), (200, json!({"unsubscribed": 3})));
+    for client in &mut clients {
+        assert_eq!(
+            client.recv().await?,
+            json!({"op": "unsubscribed", "id": 0, "channel": "room-2"})
+        );
+    }
+    let (status, body) = nodes[0]
+        .post(
+            "/api/disconnect",
+            &json!({"user": "", "reason": "maintenance"}),
+        )
+        .await?;
+    assert_eq!((status, body), (200, json!({"disconnected": 3})));
+    for client in &mut clients {
+        assert_eq!(client.expect_close().await?.0, 4011);
+    }
+    Ok(())
+}
+
+/// Starts a 3-master Redis Cluster and returns its nodes.
+async fn redis_cluster() -> TestResult<Vec<RedisServer>> {
+    let mut masters = Vec::new();
+    for _ in 0..3 {
+        masters.push(
+            RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+            ])
+            .await?,
+        );
+    }
+    let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+    args.extend(masters.iter().map(RedisServer::addr));
+    args.extend([
+        "--cluster-replicas".into(),
+        "0".into(),
+        "--cluster-yes".into(),
+    ]);
+    let output = tokio::process::Command::new("redis-cli")
+        .args(&args)
+        .output()
+        .await?;
+    if !output.status.success() {
+        return fail(format!(
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    for master in &masters {
+        while !master
+            .cli(&["CLUSTER", "INFO"])
+            .await?
+            .contains("cluster_state:ok")
+        {
+            if tokio::time::Instant::now() > deadline {
+                return fail("cluster never became ok");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    Ok(masters)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_mode_relays_over_sharded_pubsub() -> TestResult {
+    let masters = redis_cluster().await?;
+    let seeds: Vec<String> = masters.iter().map(|m| format!("\"{}\"", m.url())).collect();
+    let config = format!(
+        "[broker]\nkind = \"redis\"\n[redis]\ncluster = true\ncluster_nodes = [{}]\nkey_prefix = \"sharded\"\nunsubscribe_delay_ms = 100\nheartbeat_interval_ms = 200\n[namespaces.feed]\nhistory_size = 100\n",
+        seeds.join(", ")
+    );
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let node = TestServer::start(&config).await?;
+        node.wait_ready().await?;
+        nodes.push(node);
+    }
+    let channels = ["alpha", "beta", "feed:gamma", "delta"];
+    let mut clients = Vec::new();
+    for node in &nodes {
+        let (mut client, _) = WsClient::connect(&node.ws_url(), Encoding::Msgpack).await?;
+        for channel in channels {
+            client
+                .request("subscribe", json!({"channel": channel}))
+                .await?;
+        }
+        clients.push(client);
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        for channel in channels {
+            node.publish(channel, json!({"from": i, "channel": channel}))
+                .await?;
+        }
+    }
+    for client in &mut clients {
+        let mut got = Vec::new();
+        for _ in 0..channels.len() * nodes.len() {
+            let message = client.recv_message().await?;
+            got.push((
+                message["channel"].as_str().unwrap_or_default().to_owned(),
+                message["data"]["from"].as_u64(),
+            ));
+        }
+        for channel in channels {
+            let from: Vec<Option<u64>> = got
+                .iter()
+                .filter(|(c, _)| c == channel)
+                .map(|(_, f)| *f)
+                .collect();
+            assert_eq!(from, vec![Some(0), Some(1), Some(2)], "{channel}");
+        }
+    }
+    // The topics are shard channels spread over the masters, not classic channels.
+    let mut shard_channels = Vec::new();
+    for master in &masters {
+        let listed = master
+            .cli(&["PUBSUB", "SHARDCHANNELS", "sharded:t:*"])
+            .await?;
+        shard_channels.extend(listed.lines().filter(|l| !l.is_empty()).map(str::to_owned));
+        assert!(
+            master
+                .cli(&["PUBSUB", "CHANNELS", "sharded:t:*"])
+                .await?
+                .trim()
+                .is_empty()
+        );
+    }
+    shard_channels.sort();
+    assert_eq!(
+        shard_channels,
+        vec![
+            "sharded:t:{alpha}",
+            "sharded:t:{beta}",
+            "sharded:t:{delta}",
+            "sharded:t:{feed:gamma}"
+        ]
+    );
+    drop(clients);
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    loop {
+        let mut left = 0;
+        for master in &masters {
+            left += master
+                .cli(&["PUBSUB", "SHARDCHANNELS", "sharded:t:*"])
+                .await?
+                .lines()
+                .filter(|l| !l.is_empty())
+                .count();
+        }
+        if left == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return fail(format!("{left} shard channels still subscribed"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(())
+}

@@ -353,13 +353,12 @@ impl RedisBroker {
         let envelope = Envelope::publication(&ctx.node_id, &payload).encode();
         let publish_command = ctx.connector.publish_command();
         let result = if ns.history_size > 0 {
-            let idempotency = idempotency_key
-                .map(|k| ctx.keys.idempotency(name, k))
-                .unwrap_or_default();
-            let (offset, epoch): (u64, String) = scripts::PUBLISH_WITH_HISTORY
-                .key(ctx.keys.meta(name))
-                .key(ctx.keys.stream(name))
-                .key(idempotency)
+            let mut script = scripts::PUBLISH_WITH_HISTORY.prepare_invoke();
+            script.key(ctx.keys.meta(name)).key(ctx.keys.stream(name));
+            if let Some(key) = idempotency_key {
+                script.key(ctx.keys.idempotency(name, key));
+            }
+            let (offset, epoch): (u64, String) = script
                 .arg(&topic)
                 .arg(&envelope)
                 .arg(ns.history_size)

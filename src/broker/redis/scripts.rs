@@ -6,7 +6,8 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-/// KEYS: meta, stream, idempotency key (or "").
+/// KEYS: meta, stream, and the idempotency key when there is one (an empty key name
+/// would hash to another Cluster slot).
 /// ARGV: topic, envelope, history_size, history_ttl_secs, meta_ttl_secs, new_epoch,
 ///       idempotency_ttl_secs, publish command (PUBLISH or SPUBLISH), now_ms.
 /// Returns {offset, epoch}.
@@ -14,7 +15,7 @@ pub(crate) static PUBLISH_WITH_HISTORY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local meta, stream, idem = KEYS[1], KEYS[2], KEYS[3]
-if idem ~= '' then
+if idem then
   local prev = redis.call('GET', idem)
   if prev then
     local sep = string.find(prev, ':', 1, true)
@@ -31,7 +32,7 @@ redis.call('XADD', stream, 'MAXLEN', ARGV[3], offset .. '-1', 'd', ARGV[2], 't',
 redis.call('EXPIRE', stream, ARGV[4])
 redis.call('EXPIRE', meta, ARGV[5])
 redis.call(ARGV[8], ARGV[1], offset .. ':' .. epoch .. ':' .. ARGV[2])
-if idem ~= '' then
+if idem then
   redis.call('SET', idem, offset .. ':' .. epoch, 'EX', ARGV[7])
 end
 return {offset, epoch}
