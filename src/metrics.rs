@@ -42,10 +42,23 @@ pub struct Metrics {
     pub redis_resubscribe_seconds: Histogram,
     pub redis_up: IntGauge,
     pub cluster_nodes: IntGauge,
+    /// Pre-resolved label values for counters touched per publication.
+    pub published_api: IntCounter,
+    pub published_client: IntCounter,
+    pub published_relay: IntCounter,
+    pub relay_in: IntCounter,
+    pub relay_out: IntCounter,
 }
 
 /// Redis operations as labelled in `pushwire_redis_errors_total`.
-pub const REDIS_OPS: [&str; 6] = ["publish", "subscribe", "pubsub", "history", "presence", "control"];
+pub const REDIS_OPS: [&str; 6] = [
+    "publish",
+    "subscribe",
+    "pubsub",
+    "history",
+    "presence",
+    "control",
+];
 
 /// Routes as labelled in `pushwire_api_requests_total`.
 pub const API_ROUTES: [&str; 12] = [
@@ -85,6 +98,19 @@ pub const LIMIT_KINDS: [&str; 15] = [
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        let publications = IntCounterVec::new(
+            Opts::new(
+                "pushwire_publications_total",
+                "Publications handed to the hub, by source.",
+            ),
+            &["source"],
+        )
+        .expect("valid metric");
+        let relay_messages = IntCounterVec::new(
+                Opts::new("pushwire_relay_messages_total", "Messages relayed through Redis, by direction (out: published by this node, in: received)."),
+                &["direction"],
+            )
+            .expect("valid metric");
         let m = Metrics {
             connections: IntGaugeVec::new(
                 Opts::new("pushwire_connections", "Open client connections that completed connect, by encoding."),
@@ -102,11 +128,7 @@ impl Metrics {
                 .expect("valid metric"),
             channels: IntGauge::new("pushwire_channels", "Channels with at least one local subscriber.")
                 .expect("valid metric"),
-            publications: IntCounterVec::new(
-                Opts::new("pushwire_publications_total", "Publications handed to the hub, by source."),
-                &["source"],
-            )
-            .expect("valid metric"),
+            publications: publications.clone(),
             deliveries: IntCounter::new("pushwire_deliveries_total", "Messages enqueued to local subscribers.")
                 .expect("valid metric"),
             bytes_sent: IntCounter::new("pushwire_sent_bytes_total", "Bytes of WebSocket payload written to clients.")
@@ -152,11 +174,7 @@ impl Metrics {
                 &["op", "result"],
             )
             .expect("valid metric"),
-            relay_messages: IntCounterVec::new(
-                Opts::new("pushwire_relay_messages_total", "Messages relayed through Redis, by direction (out: published by this node, in: received)."),
-                &["direction"],
-            )
-            .expect("valid metric"),
+            relay_messages: relay_messages.clone(),
             relay_latency_seconds: Histogram::with_opts(
                 HistogramOpts::new("pushwire_relay_latency_seconds", "From publish on the origin node to receipt from Redis on this node.")
                     .buckets(vec![0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
@@ -185,6 +203,11 @@ impl Metrics {
                 .expect("valid metric"),
             runtime_tasks: IntGauge::new("pushwire_runtime_tasks", "Tokio tasks alive in this process, sampled at each scrape.")
                 .expect("valid metric"),
+            published_api: publications.with_label_values(&["api"]),
+            published_client: publications.with_label_values(&["client"]),
+            published_relay: publications.with_label_values(&["relay"]),
+            relay_in: relay_messages.with_label_values(&["in"]),
+            relay_out: relay_messages.with_label_values(&["out"]),
             registry,
         };
         m.register_all();
@@ -259,6 +282,14 @@ impl Metrics {
     /// Adds a sub-registry's collectors (used by brokers that own metrics).
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Counts clients evicted as slow consumers (4008).
+    pub fn evicted(&self, n: u64) {
+        self.slow_consumer_evictions.inc_by(n);
+        self.limit_trips
+            .with_label_values(&["queue_overflow"])
+            .inc_by(n);
     }
 
     pub fn limit_tripped(&self, kind: &'static str) {

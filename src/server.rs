@@ -149,6 +149,8 @@ impl Server {
             background_stop,
             ..
         } = self;
+        // Background work first: a client served right away sees a fully started node.
+        background.spawn(expire_streams(state.clone(), background_stop.clone()));
         let router = router(state.clone(), metrics_listener.is_none());
         let serve = tokio::spawn(serve_http(
             listener,
@@ -165,7 +167,6 @@ impl Server {
                 background_stop.clone(),
             ));
         }
-        background.spawn(expire_streams(state.clone(), background_stop.clone()));
         signal.await;
         shutdown(&state).await;
         background_stop.cancel();
@@ -260,6 +261,13 @@ pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
         .merge(api::api_router(state.clone()))
         .merge(api::probe_router(with_metrics))
         .fallback(|| async { api::ApiError::not_available("no such route") })
+        .method_not_allowed_fallback(|| async {
+            api::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                crate::protocol::ErrorCode::BadRequest,
+                "method not allowed on this route",
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::record_metrics,
@@ -298,7 +306,7 @@ async fn expire_streams(state: Arc<AppState>, stop: CancellationToken) {
         }
         let Broker::Memory(broker) = &state.broker else { return };
         let config = state.config();
-        broker.expire_streams(|channel| {
+        broker.expire(|channel| {
             let ns = config
                 .namespaces
                 .get(channel.namespace().unwrap_or(DEFAULT_NAMESPACE))?;

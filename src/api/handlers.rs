@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,12 +27,21 @@ use crate::state::AppState;
 type ApiResult = Result<Response, ApiError>;
 
 /// Answers `value` as JSON, or MessagePack when the client's `Accept` prefers it.
-fn respond<T: Serialize>(headers: &HeaderMap, value: &T) -> ApiResult {
+/// The encoding a response is written in: MessagePack when `Accept` asks for it.
+fn response_encoding(headers: &HeaderMap) -> Encoding {
     let wants_msgpack = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("msgpack"));
     if wants_msgpack {
+        Encoding::Msgpack
+    } else {
+        Encoding::Json
+    }
+}
+
+fn respond<T: Serialize>(headers: &HeaderMap, value: &T) -> ApiResult {
+    if response_encoding(headers) == Encoding::Msgpack {
         let bytes = rmp_serde::to_vec_named(value).map_err(|e| {
             ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -72,7 +82,11 @@ fn channel_and_namespace(
     Ok((channel, ns))
 }
 
+/// Checks a publication's data: deliverable in both encodings (400), not too big (413).
 fn check_size(state: &AppState, payload: &Payload) -> Result<(), ApiError> {
+    payload
+        .check_deliverable()
+        .map_err(|e| ApiError::bad_request(format!("data cannot be delivered: {e}")))?;
     let limit = state.config().api.max_publish_bytes;
     if payload.len() > limit {
         // Counted in `api::require_api_key`, with bodies over the limit.
@@ -108,7 +122,7 @@ pub async fn publish(
             request.idempotency_key.as_deref(),
         )
         .await?;
-    state.metrics.publications.with_label_values(&["api"]).inc();
+    state.metrics.published_api.inc();
     respond(&headers, &result)
 }
 
@@ -142,7 +156,7 @@ pub async fn broadcast(
         };
         results.push(match outcome {
             Ok(result) => {
-                state.metrics.publications.with_label_values(&["api"]).inc();
+                state.metrics.published_api.inc();
                 json!({ "channel": name, "offset": result.offset, "epoch": result.epoch })
             }
             Err(err) => json!({ "channel": name, "error": { "code": err.code.as_u16(), "message": err.message } }),
@@ -220,8 +234,9 @@ pub struct ChannelsQuery {
 pub async fn channels(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(query): Query<ChannelsQuery>,
+    query: Result<Query<ChannelsQuery>, QueryRejection>,
 ) -> ApiResult {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let channels = state.broker.channels(&state.hub, &query.prefix).await?;
     let list: Vec<_> = channels
         .iter()
@@ -252,8 +267,9 @@ fn required_channel(
 pub async fn presence(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(query): Query<ChannelQuery>,
+    query: Result<Query<ChannelQuery>, QueryRejection>,
 ) -> ApiResult {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (channel, ns) = required_channel(&state, &query)?;
     if !ns.presence {
         return Err(ApiError::not_available(format!(
@@ -267,8 +283,9 @@ pub async fn presence(
 pub async fn history(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(query): Query<ChannelQuery>,
+    query: Result<Query<ChannelQuery>, QueryRejection>,
 ) -> ApiResult {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let (channel, ns) = required_channel(&state, &query)?;
     if ns.history_size == 0 {
         return Err(ApiError::not_available(format!(
@@ -295,7 +312,7 @@ pub async fn history(
         .messages
         .iter()
         .map(|(offset, payload)| {
-            let (data, data_b64) = data_fields(Encoding::Json, payload);
+            let (data, data_b64) = data_fields(response_encoding(&headers), payload);
             HistoryItem {
                 offset: *offset,
                 data,

@@ -112,9 +112,14 @@ impl MemoryBroker {
             .clone()
     }
 
-    fn remembered(&self, key: Option<&str>) -> Option<PublishResult> {
-        let key = key?;
-        let entry = self.idempotency.get(key)?;
+    /// Idempotency keys are scoped per channel, as on the Redis broker.
+    fn idempotency_key(channel: &ChannelName, key: &str) -> String {
+        format!("{channel}\u{0}{key}")
+    }
+
+    fn remembered(&self, channel: &ChannelName, key: Option<&str>) -> Option<PublishResult> {
+        let key = Self::idempotency_key(channel, key?);
+        let entry = self.idempotency.get(&key)?;
         (entry.0.elapsed() < IDEMPOTENCY_WINDOW).then(|| entry.1.clone())
     }
 
@@ -125,10 +130,9 @@ impl MemoryBroker {
         ns: &NamespaceConfig,
         idempotency_key: Option<&str>,
     ) -> PublishResult {
-        self.expire_idle();
         if ns.history_size == 0 {
             let _order = self.stripe(channel).lock().await;
-            if let Some(result) = self.remembered(idempotency_key) {
+            if let Some(result) = self.remembered(channel, idempotency_key) {
                 return result;
             }
             let publication = Publication {
@@ -141,12 +145,12 @@ impl MemoryBroker {
                 offset: None,
                 epoch: None,
             };
-            self.remember(idempotency_key, &result);
+            self.remember(channel, idempotency_key, &result);
             return result;
         }
         let stream = self.stream(channel);
         let mut stream = stream.lock().await;
-        if let Some(result) = self.remembered(idempotency_key) {
+        if let Some(result) = self.remembered(channel, idempotency_key) {
             return result;
         }
         let now = Instant::now();
@@ -171,23 +175,16 @@ impl MemoryBroker {
         };
         self.hub.dispatch(publication).await;
         drop(stream);
-        self.remember(idempotency_key, &result);
+        self.remember(channel, idempotency_key, &result);
         result
     }
 
-    fn remember(&self, key: Option<&str>, result: &PublishResult) {
+    fn remember(&self, channel: &ChannelName, key: Option<&str>, result: &PublishResult) {
         if let Some(key) = key {
-            self.idempotency
-                .insert(key.to_owned(), (Instant::now(), result.clone()));
-        }
-    }
-
-    /// Drops idempotency keys past their window (cheap: only when the map is large or
-    /// every few thousand publications would be better; the map is small in practice).
-    fn expire_idle(&self) {
-        if self.idempotency.len() > 10_000 {
-            self.idempotency
-                .retain(|_, (at, _)| at.elapsed() < IDEMPOTENCY_WINDOW);
+            self.idempotency.insert(
+                Self::idempotency_key(channel, key),
+                (Instant::now(), result.clone()),
+            );
         }
     }
 
@@ -231,7 +228,10 @@ impl MemoryBroker {
                     }
                 }
                 Some(HubEvent::Released(channel)) => {
-                    self.join_leave.remove(&channel);
+                    // A new subscriber may have come since; it re-inserted the entry.
+                    if !self.hub.has_subscribers(&channel) {
+                        self.join_leave.remove(&channel);
+                    }
                 }
             }
         }
@@ -332,13 +332,18 @@ impl MemoryBroker {
             .collect()
     }
 
-    /// Drops streams untouched for longer than their namespace's history TTL.
-    pub fn expire_streams(&self, ttl_of: impl Fn(&ChannelName) -> Option<Duration>) {
+    /// Periodic upkeep: drops idempotency keys past their window, and streams untouched
+    /// for longer than their namespace's history TTL that no local client is subscribed
+    /// to (a subscribed client must keep its epoch: it missed nothing).
+    pub fn expire(&self, ttl_of: impl Fn(&ChannelName) -> Option<Duration>) {
+        self.idempotency
+            .retain(|_, (at, _)| at.elapsed() < IDEMPOTENCY_WINDOW);
         self.streams.retain(|name, stream| {
             let Ok(stream) = stream.try_lock() else {
                 return true;
             };
-            ttl_of(name).is_some_and(|ttl| stream.touched.elapsed() <= ttl)
+            self.hub.has_subscribers(name)
+                || ttl_of(name).is_some_and(|ttl| stream.touched.elapsed() <= ttl)
         });
     }
 }

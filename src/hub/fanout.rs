@@ -199,11 +199,7 @@ fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) {
     }
     metrics.deliveries.inc_by(delivered);
     if evicted > 0 {
-        metrics.slow_consumer_evictions.inc_by(evicted);
-        metrics
-            .limit_trips
-            .with_label_values(&["queue_overflow"])
-            .inc_by(evicted);
+        metrics.evicted(evicted);
     }
     if job.publication.shards_left.fetch_sub(1, Ordering::AcqRel) == 1 {
         metrics

@@ -305,7 +305,7 @@ impl Hub {
         let live = through.is_none();
         let push = |frame: Bytes| {
             if client.push(frame, limits) == Err(PushError::Overflow) {
-                self.shared.metrics.slow_consumer_evictions.inc();
+                self.shared.metrics.evicted(1);
             }
         };
         for frame in frames {

@@ -75,7 +75,7 @@ fn tick(hub: &Hub) {
                 if client.push(ping_frame(client.encoding), limits)
                     == Err(super::PushError::Overflow)
                 {
-                    metrics.slow_consumer_evictions.inc();
+                    metrics.evicted(1);
                 }
             }
             Some(Due::PongTimeout) => {

@@ -27,7 +27,7 @@ pub enum Payload {
 pub enum PayloadError {
     #[error("data is not valid JSON: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("data is not one valid MessagePack value")]
+    #[error("data is not one valid MessagePack value (or cannot become one)")]
     Msgpack,
 }
 
@@ -44,6 +44,19 @@ impl Payload {
     pub fn from_json_bytes(bytes: Bytes) -> Result<Self, PayloadError> {
         let _: &RawValue = serde_json::from_slice(&bytes)?;
         Ok(Payload::Json(bytes))
+    }
+
+    /// Checks that the data can be delivered to clients of both encodings (a JSON number
+    /// like `1e400` is valid JSON text but no number, so it cannot become MessagePack).
+    pub fn check_deliverable(&self) -> Result<(), PayloadError> {
+        match self {
+            Payload::Json(text) => {
+                let mut de = serde_json::Deserializer::from_slice(text);
+                let mut sink = rmp_serde::Serializer::new(std::io::sink());
+                serde_transcode::transcode(&mut de, &mut sink).map_err(|_| PayloadError::Msgpack)
+            }
+            Payload::Msgpack(_) => Ok(()),
+        }
     }
 
     pub fn from_msgpack_value(value: &rmpv::Value) -> Self {
@@ -87,11 +100,14 @@ impl Payload {
             0xc6 => (5, 4),
             _ => return None,
         };
-        let len = bytes[1..header]
+        // `get`, not indexing: a `Payload::Msgpack` built from unchecked bytes may be cut
+        // short (found by tests/codec_props.rs).
+        let len = bytes
+            .get(1..header)?
             .iter()
             .take(len_bytes)
             .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        bytes.get(header..header + len)
+        bytes.get(header..header.checked_add(len)?)
     }
 
     /// The base64 form a JSON client receives in `data_b64`, when `data` cannot carry it.
@@ -195,6 +211,31 @@ mod tests {
         let p = Payload::from_msgpack_value(&rmpv::Value::Map(vec![(key, 2.into())]));
         assert!(!p.fits_json());
         assert!(p.json_base64().is_some());
+    }
+
+    #[test]
+    fn truncated_binary_headers_are_not_binary() {
+        for bytes in [
+            &[0xc4][..],
+            &[0xc5, 0x00],
+            &[0xc6, 0, 0, 0],
+            &[0xc4, 0x05, 1],
+        ] {
+            let p = Payload::Msgpack(Bytes::copy_from_slice(bytes));
+            assert_eq!(p.top_level_binary(), None);
+            assert!(p.json_base64().is_some());
+        }
+    }
+
+    #[test]
+    fn numbers_out_of_range_are_not_deliverable() {
+        let p = Payload::Json(Bytes::from_static(b"[1e400]"));
+        assert!(p.check_deliverable().is_err());
+        assert!(
+            Payload::Json(Bytes::from_static(b"[1e300]"))
+                .check_deliverable()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -162,10 +162,9 @@ impl RelayContext {
             }
         };
         let metrics = self.hub.metrics();
-        metrics.relay_messages.with_label_values(&["in"]).inc();
+        metrics.relay_in.inc();
         let age_us = envelope::now_us().saturating_sub(relayed.envelope.ts_us);
         metrics.relay_latency_seconds.observe(age_us as f64 / 1e6);
-        metrics.publications.with_label_values(&["relay"]).inc();
         let payload = match relayed.envelope.body {
             envelope::Body::Join { client } => {
                 self.hub.dispatch_presence(&channel, true, &client).await;
@@ -180,6 +179,7 @@ impl RelayContext {
                 None => return,
             },
         };
+        metrics.published_relay.inc();
         if let Some(position) = &relayed.position {
             if !self.fill_gap(&channel, position).await {
                 return;
@@ -404,11 +404,7 @@ impl RedisBroker {
                 epoch: None,
             }
         };
-        ctx.hub
-            .metrics()
-            .relay_messages
-            .with_label_values(&["out"])
-            .inc();
+        ctx.hub.metrics().relay_out.inc();
         Ok(result)
     }
 

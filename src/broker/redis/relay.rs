@@ -54,8 +54,14 @@ pub(crate) async fn run_shard(
         let dropped = ctx.hub.metrics().relay_dropped.clone();
         let sender = move |info: PushInfo| {
             if tx.try_send(info).is_err() {
+                // Warn on the first drop and then every 10,000th: the counter has them all.
+                if dropped.get() % 10_000 == 0 {
+                    tracing::warn!(
+                        dropped_so_far = dropped.get(),
+                        "relay hand-off buffer full; dropping messages from Redis"
+                    );
+                }
                 dropped.inc();
-                tracing::warn!("relay hand-off buffer full; dropping a message from Redis");
             }
             Ok::<(), redis::aio::SendError>(())
         };
