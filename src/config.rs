@@ -364,7 +364,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        figment = figment.merge(Env::prefixed("PUSHWIRE_").split("__").ignore(&["config"]));
+        figment = figment.merge(env_overrides());
         if let Some(listen) = &overrides.listen {
             figment = figment.merge(Serialized::default("server.listen", listen));
         }
@@ -486,6 +486,18 @@ impl Config {
     }
 }
 
+/// `PUSHWIRE_<SECTION>__<KEY>` variables, plus the top-level keys (`PUSHWIRE_NODE_NAME`,
+/// `PUSHWIRE_ALLOW_ANONYMOUS`). Other `PUSHWIRE_*` variables (`PUSHWIRE_CONFIG`, or a
+/// deployment's own like `PUSHWIRE_BIN`) are not configuration and are left alone.
+fn env_overrides() -> Env {
+    Env::prefixed("PUSHWIRE_")
+        .filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            key.contains("__") || key == "node_name" || key == "allow_anonymous"
+        })
+        .split("__")
+}
+
 impl ClientConfig {
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
@@ -523,6 +535,24 @@ mod tests {
         assert_eq!(config.namespaces["chat"].allow_publish, PublishPolicy::All);
         assert_eq!(config.namespaces["chat"].history_ttl_secs, 300);
         Ok(())
+    }
+
+    #[test]
+    fn environment_overrides_sections_and_ignores_foreign_variables() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PUSHWIRE_CLIENT__PING_INTERVAL_SECS", "7");
+            jail.set_env("PUSHWIRE_API__KEYS", "[\"env-key-123\"]");
+            jail.set_env("PUSHWIRE_NODE_NAME", "from-env");
+            jail.set_env("PUSHWIRE_BIN", "/usr/bin/pushwire");
+            jail.set_env("PUSHWIRE_CONFIG", "ignored.toml");
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.client.ping_interval_secs, 7);
+            assert_eq!(config.api.keys, vec!["env-key-123".to_owned()]);
+            assert_eq!(config.node_name, "from-env");
+            jail.set_env("PUSHWIRE_CLIENT__PING_INTERVALL", "7");
+            assert!(Config::load(None, &Overrides::default()).is_err(), "typos in a section are still caught");
+            Ok(())
+        });
     }
 
     #[test]

@@ -99,28 +99,37 @@ fn check_size(state: &AppState, payload: &Payload) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Reads a body whose `data` stays in the encoding it came in.
+async fn read_with_data<J, M, R>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<R, ApiError>
+where
+    J: serde::de::DeserializeOwned + Into<R>,
+    M: serde::de::DeserializeOwned + Into<R>,
+{
+    let limit = state.config().api.max_publish_bytes;
+    let (kind, bytes) = body::read(headers, body, limit).await?;
+    body::decode_with_data::<J, M, R>(kind, &bytes, Into::into, Into::into)
+}
+
 pub async fn publish(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let limit = state.config().api.max_publish_bytes;
-    let (kind, bytes) = body::read(&headers, body, limit).await?;
-    let request: Publish = body::decode_with_data::<
-        PublishBody<Box<RawValue>>,
-        PublishBody<rmpv::Value>,
-        _,
-    >(kind, &bytes, Publish::from, Publish::from)?;
+    let request: Publish =
+        read_with_data::<PublishBody<Box<RawValue>>, PublishBody<rmpv::Value>, _>(
+            &state, &headers, body,
+        )
+        .await?;
     let (channel, ns) = channel_and_namespace(&state, &request.channel)?;
     check_size(&state, &request.payload)?;
+    let idempotency_key = request.idempotency_key.as_deref();
     let result = state
         .broker
-        .publish(
-            &channel,
-            request.payload,
-            &ns,
-            request.idempotency_key.as_deref(),
-        )
+        .publish(&channel, request.payload, &ns, idempotency_key)
         .await?;
     state.metrics.published_api.inc();
     respond(&headers, &result)
@@ -131,13 +140,11 @@ pub async fn broadcast(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let limit = state.config().api.max_publish_bytes;
-    let (kind, bytes) = body::read(&headers, body, limit).await?;
-    let request: Broadcast = body::decode_with_data::<
-        BroadcastBody<Box<RawValue>>,
-        BroadcastBody<rmpv::Value>,
-        _,
-    >(kind, &bytes, Broadcast::from, Broadcast::from)?;
+    let request: Broadcast =
+        read_with_data::<BroadcastBody<Box<RawValue>>, BroadcastBody<rmpv::Value>, _>(
+            &state, &headers, body,
+        )
+        .await?;
     if request.channels.is_empty() {
         return Err(ApiError::bad_request(
             "channels must list at least one channel",

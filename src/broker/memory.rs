@@ -7,7 +7,7 @@
 //! epoch at offset 1, so a client holding the old epoch learns it must reload.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,9 +99,8 @@ impl MemoryBroker {
     }
 
     fn stripe(&self, channel: &ChannelName) -> &Mutex<()> {
-        let mut hasher = self.streams.hasher().build_hasher();
-        channel.hash(&mut hasher);
-        &self.stripes[(hasher.finish() as usize) % STRIPES]
+        let hash = self.streams.hasher().hash_one(channel);
+        &self.stripes[(hash as usize) % STRIPES]
     }
 
     fn stream(&self, channel: &ChannelName) -> Arc<Mutex<Stream>> {

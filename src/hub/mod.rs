@@ -213,32 +213,14 @@ impl Hub {
         channel: &ChannelName,
         frames: Vec<Bytes>,
     ) -> bool {
-        let mut first_local = false;
-        let entry = self
-            .shared
-            .channels
-            .entry(channel.clone())
-            .or_insert_with(|| {
-                first_local = true;
-                Arc::new(ChannelEntry::new(self.shared.workers.len()))
-            });
-        let added = entry.insert_then(client, None, || {
-            client.channels.lock().push(channel.clone());
+        self.add_member(client, channel, None, || {
             for frame in frames {
                 if client.push_reserved(frame).is_err() {
                     break;
                 }
             }
-        });
-        drop(entry);
-        let m = &self.shared.metrics;
-        if first_local {
-            m.channels.inc();
-        }
-        if added {
-            m.subscriptions.inc();
-        }
-        added
+        })
+        .is_some()
     }
 
     /// Subscribes `client` to `channel` with live publications held back until
@@ -252,6 +234,24 @@ impl Hub {
         let buffer = Arc::new(parking_lot::Mutex::new(channel::Pending::Holding(
             Vec::new(),
         )));
+        let entry = self.add_member(client, channel, Some(buffer.clone()), || {})?;
+        Some(PendingSubscription {
+            client: client.clone(),
+            channel: channel.clone(),
+            entry,
+            buffer,
+        })
+    }
+
+    /// Adds a member to `channel` (creating it), running `then` under the channel lock;
+    /// returns the channel, or `None` if the client was already a member.
+    fn add_member(
+        &self,
+        client: &Arc<ClientHandle>,
+        channel: &ChannelName,
+        pending: Option<Arc<channel::PendingBuffer>>,
+        then: impl FnOnce(),
+    ) -> Option<Arc<ChannelEntry>> {
         let mut first_local = false;
         let entry = self
             .shared
@@ -261,8 +261,9 @@ impl Hub {
                 first_local = true;
                 Arc::new(ChannelEntry::new(self.shared.workers.len()))
             });
-        let added = entry.insert_then(client, Some(buffer.clone()), || {
+        let added = entry.insert_then(client, pending, || {
             client.channels.lock().push(channel.clone());
+            then();
         });
         let entry = entry.value().clone();
         let m = &self.shared.metrics;
@@ -273,12 +274,7 @@ impl Hub {
             return None;
         }
         m.subscriptions.inc();
-        Some(PendingSubscription {
-            client: client.clone(),
-            channel: channel.clone(),
-            entry,
-            buffer,
-        })
+        Some(entry)
     }
 
     /// Queues `frames` (the reply, then recovered messages), then the live publications
