@@ -5,12 +5,15 @@
 //! Architecture Invariant: tokens and keys never reach a log line or an error message.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use crate::config::{AuthConfig, NamespaceConfig, PublishPolicy, SubscribePolicy};
+use crate::limits::TokenBucket;
 use crate::protocol::ChannelName;
 
 /// Claims of a connection token.
@@ -30,6 +33,15 @@ pub struct SubscribeClaims {
     pub sub: String,
     pub channel: String,
     pub exp: u64,
+}
+
+/// A connection token as decoded: its claims plus the `channel` claim that marks a
+/// subscription token.
+#[derive(Deserialize)]
+struct ConnectToken {
+    #[serde(flatten)]
+    claims: ConnectClaims,
+    channel: Option<serde::de::IgnoredAny>,
 }
 
 /// Why a token was not accepted.
@@ -80,8 +92,16 @@ impl TokenVerifier {
         !self.keys.is_empty()
     }
 
+    /// Verifies a connection token. A subscription token (it has a `channel` claim) is
+    /// refused, so a token minted to open one channel cannot open a connection.
     pub fn verify_connect(&self, token: &str) -> Result<ConnectClaims, TokenError> {
-        self.verify(token)
+        let token: ConnectToken = self.verify(token)?;
+        if token.channel.is_some() {
+            return Err(TokenError::Invalid(
+                "a subscription token cannot open a connection".into(),
+            ));
+        }
+        Ok(token.claims)
     }
 
     pub fn verify_subscribe(&self, token: &str) -> Result<SubscribeClaims, TokenError> {
@@ -139,25 +159,60 @@ pub fn mint_hs256<T: Serialize>(
     )
 }
 
-/// The configured API keys.
+/// The configured API keys, each with its own publish rate bucket.
 pub struct ApiKeys {
     keys: Vec<Vec<u8>>,
+    /// Per key, in the same order: the rate its bucket was made for, and the bucket.
+    publish_buckets: Vec<Mutex<Option<(u32, TokenBucket)>>>,
 }
+
+/// Which configured key a request presented (an index, never the key itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyIndex(usize);
 
 impl ApiKeys {
     pub fn new(keys: &[String]) -> Self {
         ApiKeys {
             keys: keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            publish_buckets: keys.iter().map(|_| Mutex::new(None)).collect(),
         }
     }
 
     /// Checks a bearer key against every configured key in constant time.
     pub fn check(&self, presented: &[u8]) -> bool {
-        let mut ok = subtle::Choice::from(0);
-        for key in &self.keys {
-            ok |= key.as_slice().ct_eq(presented);
+        self.identify(presented).is_some()
+    }
+
+    /// Finds the presented key, comparing against every configured key in constant time
+    /// (only the length of a wrong key can show in the timing).
+    pub fn identify(&self, presented: &[u8]) -> Option<KeyIndex> {
+        let mut found = subtle::Choice::from(0);
+        let mut index = 0u64;
+        for (i, key) in self.keys.iter().enumerate() {
+            let equal = key.as_slice().ct_eq(presented);
+            index = u64::conditional_select(&index, &(i as u64), equal);
+            found |= equal;
         }
-        bool::from(ok)
+        bool::from(found).then(|| KeyIndex(usize::try_from(index).unwrap_or(usize::MAX)))
+    }
+
+    /// Takes one publish from `key`'s bucket, refilled at `per_sec` (0: unlimited) with a
+    /// burst of one second's worth. `Err` says how long until the next one is allowed.
+    pub fn take_publish(&self, key: KeyIndex, per_sec: u32, now: Instant) -> Result<(), Duration> {
+        if per_sec == 0 {
+            return Ok(());
+        }
+        let Some(slot) = self.publish_buckets.get(key.0) else {
+            return Ok(());
+        };
+        let mut slot = slot.lock();
+        if slot.as_ref().is_none_or(|(rate, _)| *rate != per_sec) {
+            *slot = Some((per_sec, TokenBucket::new(per_sec, per_sec, now)));
+        }
+        match slot.as_mut() {
+            Some((_, bucket)) => bucket.take(now),
+            None => Ok(()),
+        }
     }
 }
 
@@ -240,8 +295,42 @@ mod tests {
     fn api_keys_match_exactly() {
         let keys = ApiKeys::new(&["key-one-1".into(), "key-two-2".into()]);
         assert!(keys.check(b"key-two-2"));
+        assert_eq!(keys.identify(b"key-two-2"), Some(KeyIndex(1)));
+        assert_eq!(keys.identify(b"key-one-1"), Some(KeyIndex(0)));
         assert!(!keys.check(b"key-two-"));
         assert!(!keys.check(b""));
+    }
+
+    #[test]
+    fn publish_buckets_are_per_key() {
+        let keys = ApiKeys::new(&["key-one-1".into(), "key-two-2".into()]);
+        let now = Instant::now();
+        let (one, two) = (KeyIndex(0), KeyIndex(1));
+        assert!(keys.take_publish(one, 2, now).is_ok());
+        assert!(keys.take_publish(one, 2, now).is_ok());
+        assert!(keys.take_publish(one, 2, now).is_err());
+        assert!(keys.take_publish(two, 2, now).is_ok());
+        assert!(keys.take_publish(one, 0, now).is_ok());
+    }
+
+    #[test]
+    fn a_subscription_token_cannot_open_a_connection() -> Result<(), jsonwebtoken::errors::Error> {
+        let v = verifier("s3cret-s3cret");
+        let claims = SubscribeClaims {
+            sub: "alice".into(),
+            channel: "news".into(),
+            exp: unix_now() + 60,
+        };
+        let token = mint_hs256("s3cret-s3cret", &claims)?;
+        assert!(matches!(
+            v.verify_connect(&token),
+            Err(TokenError::Invalid(_))
+        ));
+        assert_eq!(
+            v.verify_subscribe(&token).map(|c| c.channel),
+            Ok("news".into())
+        );
+        Ok(())
     }
 
     #[test]

@@ -18,6 +18,8 @@
 //! - `session`: one WebSocket connection; one task reads requests and drains the queue.
 //!   Invariant: only the session maps endings to close codes.
 //! - `auth`: JWT verification, API keys (constant time), namespace permissions.
+//! - `limits`: connections per IP, per user and pending (not yet `connect`ed), counted
+//!   with slots released on drop; the token bucket of the rate limits.
 //! - `api`: the HTTP server API and probes. Invariant: only the API maps errors to
 //!   HTTP statuses.
 //! - `metrics`: the Prometheus registry. Invariant: at most an atomic add per delivery.
@@ -29,6 +31,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod hub;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;

@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig => {
             println!(
                 "{}",
-                toml::to_string_pretty(&config).context("printing configuration")?
+                toml::to_string_pretty(&redacted(config)).context("printing configuration")?
             );
             Ok(())
         }
@@ -98,6 +98,9 @@ fn serve(config: Config, common: Common, overrides: Overrides) -> anyhow::Result
             tracing::warn!(api_key = %key, "no api.keys configured; generated an API key for this run");
         }
         let state = server.state();
+        if pushwire::session::origins_open(&state.config().client) {
+            tracing::warn!("client.allowed_origins is open: WebSocket upgrades from any web origin are accepted (cross-site WebSocket hijacking); list your origins");
+        }
         tracing::info!(addr = %server.local_addr(), node = %state.node.name, broker = state.broker.kind(), "listening");
         println!("pushwire listening on {}", server.local_addr());
         reload_on_sighup(state, common.config, overrides);
@@ -154,6 +157,36 @@ fn reload_on_sighup(
             }
         }
     });
+}
+
+/// Shown instead of a secret by `check-config`, whose output ends up in CI logs.
+const REDACTED: &str = "<redacted>";
+
+/// The configuration with its secrets (token secret, API keys, Redis passwords) replaced.
+fn redacted(mut config: Config) -> Config {
+    if !config.auth.token_hmac_secret.is_empty() {
+        config.auth.token_hmac_secret = REDACTED.into();
+    }
+    for key in &mut config.api.keys {
+        *key = REDACTED.into();
+    }
+    config.redis.url = redact_url_password(&config.redis.url);
+    for node in &mut config.redis.cluster_nodes {
+        *node = redact_url_password(node);
+    }
+    config
+}
+
+/// `redis://user:secret@host` becomes `redis://user:<redacted>@host`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+    format!("{scheme}://{user}:{REDACTED}@{host}")
 }
 
 fn mint(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {

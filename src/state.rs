@@ -12,6 +12,7 @@ use crate::auth::{ApiKeys, TokenVerifier};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::hub::{Hub, HubSettings, QueueLimits};
+use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 
 /// Identity of this node in the cluster.
@@ -37,6 +38,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// Tracks every session task, so shutdown can wait for them.
     pub sessions: TaskTracker,
+    /// Connections per IP and per user, and pending (not yet `connect`ed) WebSockets.
+    pub limits: ConnectionLimits,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ impl AppState {
             node,
             shutdown,
             sessions: TaskTracker::new(),
+            limits: ConnectionLimits::new(),
         }
     }
 

@@ -6,17 +6,18 @@ mod error;
 mod handlers;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 pub use error::ApiError;
 
+use crate::auth::KeyIndex;
 use crate::protocol::ErrorCode;
 use crate::state::AppState;
 
@@ -65,21 +66,57 @@ async fn require_api_key(
                 .or_else(|| v.strip_prefix("bearer "))
         })
         .map(str::trim);
-    match presented {
-        Some(key) if state.api_keys.check(key.as_bytes()) => next.run(request).await,
-        Some(_) => ApiError::new(
+    let key = presented.and_then(|key| state.api_keys.identify(key.as_bytes()));
+    match (presented, key) {
+        (_, Some(key)) => {
+            if let Err(wait) = charge_publish(&state, key, request.uri().path()) {
+                return too_many_publishes(&state, wait);
+            }
+            let response = next.run(request).await;
+            if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                state.metrics.limit_tripped("publish_body_size");
+            }
+            response
+        }
+        (Some(_), None) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             "invalid API key",
         )
         .into_response(),
-        None => ApiError::new(
+        (None, _) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             ErrorCode::Unauthorized,
             "missing Authorization: Bearer <api key>",
         )
         .into_response(),
     }
+}
+
+/// Takes one publication from the key's `api.publish_rate_per_sec` bucket, for the routes
+/// that publish; `Err` is how long until the key may publish again.
+fn charge_publish(state: &AppState, key: KeyIndex, path: &str) -> Result<(), Duration> {
+    if !matches!(path, "/api/publish" | "/api/broadcast") {
+        return Ok(());
+    }
+    let per_sec = state.config().api.publish_rate_per_sec;
+    state.api_keys.take_publish(key, per_sec, Instant::now())
+}
+
+/// 429 with `Retry-After` in whole seconds, rounded up.
+fn too_many_publishes(state: &AppState, wait: Duration) -> Response {
+    state.metrics.limit_tripped("api_publish_rate");
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::TooManyRequests,
+        "publish rate limit of this API key exceeded",
+    )
+    .into_response();
+    let secs = wait.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64;
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
 }
 
 /// Counts every HTTP request by route and status, with its latency.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::Admission;
 use super::transport::{Inbound, Transport};
 use crate::auth::TokenError;
 use crate::hub::ClientHandle;
@@ -29,13 +30,18 @@ pub(super) async fn handshake<S>(
     transport: &mut Transport<S>,
     state: &Arc<AppState>,
     header_token: Option<String>,
+    admission: &mut Admission,
 ) -> Result<(Arc<ClientHandle>, Vec<Result<Request, RequestError>>), CloseCode>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let config = state.config();
-    let frame = match tokio::time::timeout(config.client.connect_timeout(), transport.next()).await
-    {
+    // A shutdown does not wait for clients that have not connected yet.
+    let first = tokio::select! {
+        first = tokio::time::timeout(config.client.connect_timeout(), transport.next()) => first,
+        _ = state.shutdown.cancelled() => return Err(CloseCode::GoingAway),
+    };
+    let frame = match first {
         Err(_) => {
             state.metrics.limit_tripped("connect_timeout");
             return Err(CloseCode::ConnectTimeout);
@@ -59,15 +65,27 @@ where
         return Err(CloseCode::Malformed);
     };
     let identity = authenticate(state, token.or(header_token))?;
+    let user: Arc<str> = Arc::from(identity.user.as_str());
+    let user_slot = if user.is_empty() {
+        None
+    } else {
+        let slot = state
+            .limits
+            .try_user(&user, config.client.max_connections_per_user);
+        if slot.is_none() {
+            state.metrics.limit_tripped("connections_per_user");
+            return Err(CloseCode::ConnectionLimit);
+        }
+        slot
+    };
     if state.hub.connection_count() >= config.server.max_connections {
         state.metrics.limit_tripped("connections_per_node");
         return Err(CloseCode::ConnectionLimit);
     }
-    let client = state.hub.register(
-        Arc::from(identity.user.as_str()),
-        transport.encoding(),
-        identity.info.map(Arc::new),
-    );
+    admission.connected(user_slot);
+    let client = state
+        .hub
+        .register(user, transport.encoding(), identity.info.map(Arc::new));
     if let Some(exp) = identity.expires_at {
         client.set_expires_at(exp);
     }

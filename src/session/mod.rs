@@ -12,13 +12,15 @@ mod requests;
 mod transport;
 mod upgrade;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub use upgrade::ws_handler;
+pub use upgrade::{origins_open, ws_handler};
 
 use crate::hub::ClientHandle;
+use crate::limits::LimitSlot;
 use crate::protocol::{CloseCode, Encoding, decode_frame, encode_error};
 use crate::state::AppState;
 use rate::RateLimiter;
@@ -40,20 +42,61 @@ struct Session<S> {
     state: Arc<AppState>,
     client: Arc<ClientHandle>,
     rate: RateLimiter,
+    /// Held for the session's life; dropping it releases the connection's limit slots.
+    _admission: Admission,
+}
+
+/// The limit slots one connection holds (see `crate::limits`); dropped with the session.
+struct Admission {
+    /// Held from the upgrade until `connect` succeeds.
+    pending: Option<LimitSlot>,
+    /// `None` when the address is unknown or over its limit. Held, never read.
+    _ip: Option<LimitSlot>,
+    /// The client's address is over `max_connections_per_ip`: close 4010 at once.
+    over_ip_limit: bool,
+    user: Option<LimitSlot>,
+}
+
+impl Admission {
+    fn new(state: &AppState, pending: LimitSlot, peer: Option<IpAddr>, max_per_ip: usize) -> Self {
+        let ip = peer.and_then(|ip| state.limits.try_ip(ip, max_per_ip));
+        let over_ip_limit = peer.is_some() && ip.is_none();
+        if over_ip_limit {
+            state.metrics.limit_tripped("connections_per_ip");
+        }
+        Admission {
+            pending: Some(pending),
+            _ip: ip,
+            over_ip_limit,
+            user: None,
+        }
+    }
+
+    /// The client completed `connect`: it is no longer pending.
+    fn connected(&mut self, user: Option<LimitSlot>) {
+        self.pending = None;
+        self.user = user;
+    }
 }
 
 /// Serves one upgraded connection to its end.
-pub async fn run<S>(
+async fn run<S>(
     socket: tokio_tungstenite::WebSocketStream<S>,
     state: Arc<AppState>,
     encoding: Encoding,
     header_token: Option<String>,
+    mut admission: Admission,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let config = state.config();
     let mut transport = Transport::new(socket, encoding, config.client.write_timeout());
-    let (client, rest) = match connect::handshake(&mut transport, &state, header_token).await {
+    let handshake = if admission.over_ip_limit {
+        Err(CloseCode::ConnectionLimit)
+    } else {
+        connect::handshake(&mut transport, &state, header_token, &mut admission).await
+    };
+    let (client, rest) = match handshake {
         Ok(connected) => connected,
         Err(code) => {
             if code != CloseCode::Normal {
@@ -77,6 +120,7 @@ pub async fn run<S>(
         rate: RateLimiter::new(&config.client),
         state,
         client,
+        _admission: admission,
     };
     let mut flow = Flow::Continue;
     for request in rest {

@@ -52,12 +52,14 @@ where
             }
             Verdict::Disconnect => {
                 self.state.metrics.limit_tripped("rate_limit");
+                // Not discarding: the client sees its replies and 110 errors, then
+                // `disconnect` and the close frame, which `flush` writes.
                 self.client.close(
                     CloseCode::RateLimited,
                     CloseCode::RateLimited.default_reason(),
-                    true,
+                    false,
                 );
-                return Flow::Stop;
+                return self.flush().await;
             }
         }
         let op = request.op();

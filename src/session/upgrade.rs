@@ -1,11 +1,13 @@
 //! The `GET /ws` upgrade (RFC 6455 handshake over hyper): subprotocol choice (PROTOCOL.md
-//! section 1), origin allowlist, WebSocket buffer sizes, and the hand-off to a tracked
-//! session task. Done here rather than through a framework extractor so the session owns
-//! the raw stream and can close with a proper lingering close.
+//! section 1), origin allowlist, the pending-connection and per-IP limits, WebSocket
+//! buffer sizes, and the hand-off to a tracked session task. Done here rather than through
+//! a framework extractor so the session owns the raw stream and can close with a proper
+//! lingering close.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
@@ -13,6 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
+use super::Admission;
 use crate::api::ApiError;
 use crate::config::ClientConfig;
 use crate::protocol::{Encoding, ErrorCode};
@@ -55,6 +58,23 @@ pub async fn ws_handler(State(state): State<Arc<AppState>>, mut request: Request
     }
     let header_token = bearer_token(headers);
     let offered_protocol = headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL);
+    let Some(pending) = state
+        .limits
+        .try_pending(config.server.max_pending_connections)
+    else {
+        state.metrics.limit_tripped("pending_connections");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::LimitExceeded,
+            "too many connections waiting to send connect; retry later",
+        )
+        .into_response();
+    };
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let admission = Admission::new(&state, pending, peer, config.client.max_connections_per_ip);
     let Some(on_upgrade) = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -70,7 +90,7 @@ pub async fn ws_handler(State(state): State<Arc<AppState>>, mut request: Request
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
-        super::run(socket, task_state, encoding, header_token).await;
+        super::run(socket, task_state, encoding, header_token, admission).await;
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let out = response.headers_mut();
@@ -146,8 +166,17 @@ fn choose_encoding(headers: &HeaderMap) -> Result<Encoding, String> {
         .ok_or_else(|| offered.join(", "))
 }
 
+/// Whether `client.allowed_origins` lets any web page open a WebSocket (startup warns).
+pub fn origins_open(client: &ClientConfig) -> bool {
+    any_origin(&client.allowed_origins)
+}
+
+fn any_origin(allowed: &[String]) -> bool {
+    allowed.is_empty() || allowed.iter().any(|a| a == "*")
+}
+
 fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    if allowed.is_empty() || allowed.iter().any(|a| a == "*") {
+    if any_origin(allowed) {
         return true;
     }
     // Non-browser clients send no Origin; the allowlist guards browsers.

@@ -2,10 +2,11 @@
 //! messages, and waits (bounded) for a given op or for the close frame.
 
 use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -43,19 +44,53 @@ pub struct WsClient {
 impl WsClient {
     /// Opens a WebSocket offering `encoding`'s subprotocol.
     pub async fn open(url: &str, encoding: Encoding) -> TestResult<WsClient> {
+        Self::open_with(url, encoding, &[], None).await
+    }
+
+    /// Opens a WebSocket with extra request headers (`Authorization`, `Origin`), from the
+    /// local address `source` when given (e.g. 127.0.0.2, to appear as another client IP).
+    pub async fn open_with(
+        url: &str,
+        encoding: Encoding,
+        headers: &[(&'static str, &str)],
+        source: Option<IpAddr>,
+    ) -> TestResult<WsClient> {
         let mut request = url.into_client_request()?;
         request.headers_mut().insert(
             "Sec-WebSocket-Protocol",
             HeaderValue::from_static(encoding.subprotocol()),
         );
+        for (name, value) in headers {
+            request
+                .headers_mut()
+                .insert(*name, HeaderValue::from_str(value)?);
+        }
         let config = WebSocketConfig::default()
             .read_buffer_size(16 * 1024)
             .max_message_size(Some(64 << 20));
-        let (socket, _) = tokio::time::timeout(
-            WAIT,
-            tokio_tungstenite::connect_async_with_config(request, Some(config), true),
-        )
-        .await??;
+        let handshake = async {
+            let Some(source) = source else {
+                return tokio_tungstenite::connect_async_with_config(request, Some(config), true)
+                    .await;
+            };
+            let host = request.uri().authority().map(|a| a.as_str()).unwrap_or("");
+            let addr: SocketAddr = host.parse().map_err(|_| {
+                tokio_tungstenite::tungstenite::Error::Url(
+                    tokio_tungstenite::tungstenite::error::UrlError::UnableToConnect(host.into()),
+                )
+            })?;
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(source, 0))?;
+            let stream = socket.connect(addr).await?;
+            stream.set_nodelay(true)?;
+            tokio_tungstenite::client_async_with_config(
+                request,
+                MaybeTlsStream::Plain(stream),
+                Some(config),
+            )
+            .await
+        };
+        let (socket, _) = tokio::time::timeout(WAIT, handshake).await??;
         Ok(WsClient {
             socket,
             encoding,

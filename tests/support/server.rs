@@ -114,7 +114,13 @@ impl TestServer {
     pub async fn wait_ready_is(&self, status: u16) -> TestResult {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let got = self.http.get(self.http_url("/ready")).send().await?.status().as_u16();
+            let got = self
+                .http
+                .get(self.http_url("/ready"))
+                .send()
+                .await?
+                .status()
+                .as_u16();
             if got == status {
                 return Ok(());
             }
