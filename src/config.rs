@@ -440,6 +440,14 @@ impl Config {
                 return invalid(key, "must be greater than 0");
             }
         }
+        if self.client.rate_limit_per_sec > 0
+            && (self.client.rate_limit_burst == 0 || self.client.rate_limit_strikes == 0)
+        {
+            return invalid(
+                "client.rate_limit_burst",
+                "rate_limit_burst and rate_limit_strikes must be at least 1 while rate_limit_per_sec > 0",
+            );
+        }
         if self.api.keys.iter().any(|k| k.len() < 8) {
             return invalid("api.keys", "every key must be at least 8 characters");
         }
@@ -550,7 +558,10 @@ mod tests {
             assert_eq!(config.api.keys, vec!["env-key-123".to_owned()]);
             assert_eq!(config.node_name, "from-env");
             jail.set_env("PUSHWIRE_CLIENT__PING_INTERVALL", "7");
-            assert!(Config::load(None, &Overrides::default()).is_err(), "typos in a section are still caught");
+            assert!(
+                Config::load(None, &Overrides::default()).is_err(),
+                "typos in a section are still caught"
+            );
             Ok(())
         });
     }

@@ -11,18 +11,24 @@
 //! - `hub`: the connection registry and fan-out. Channel -> subscribers in a `DashMap`,
 //!   a lazily rebuilt snapshot per channel, one fan-out worker per core, bounded
 //!   per-client queues, slow-consumer eviction (4008), and one shared ticker for pings.
-//!   Invariant: no lock is held while enqueueing or awaiting.
+//!   Invariant: fan-out holds no lock while enqueueing and nothing awaits under a lock;
+//!   the one deliberate exception is a subscribe, which queues its own reply (and
+//!   recovered history) under its channel's lock so nothing published later overtakes it.
 //! - `broker`: where publications go between publish and hub: offsets, epochs, history,
-//!   idempotency, presence. `memory` serves one node.
+//!   idempotency, presence. `memory` serves one node (a per-channel async lock orders
+//!   offset assignment and dispatch); `redis` relays between nodes through Redis
+//!   pub/sub, or Redis Cluster sharded pub/sub.
 //!   Invariant: a channel's publications reach the hub one at a time, in offset order.
 //! - `session`: one WebSocket connection; one task reads requests and drains the queue.
-//!   Invariant: only the session maps endings to close codes.
+//!   Invariant: only the session writes `disconnect` and close frames; the hub, the
+//!   ticker and the API only ask for a close (`ClientHandle::close`) with a code.
 //! - `auth`: JWT verification, API keys (constant time), namespace permissions.
 //! - `limits`: connections per IP, per user and pending (not yet `connect`ed), counted
 //!   with slots released on drop; the token bucket of the rate limits.
-//! - `api`: the HTTP server API and probes. Invariant: only the API maps errors to
-//!   HTTP statuses.
-//! - `metrics`: the Prometheus registry. Invariant: at most an atomic add per delivery.
+//! - `api`: the HTTP server API and probes. Invariant: errors become HTTP statuses
+//!   only through `ApiError` (the WebSocket upgrade uses it too).
+//! - `metrics`: the Prometheus registry. Invariant: at most an atomic add per delivery
+//!   (counts are added per publication, per shard job, or per 64 frames of a session).
 //! - `server`: listeners, routing, graceful shutdown; `state`: what they all share.
 //! - `logging`: tracing setup.
 

@@ -73,6 +73,9 @@ fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config, cli.common, overrides),
         Command::CheckConfig => {
+            // The public key files are part of the configuration: load them too.
+            pushwire::auth::TokenVerifier::from_config(&config.auth)
+                .context("loading auth.token_public_keys")?;
             println!(
                 "{}",
                 toml::to_string_pretty(&redacted(config)).context("printing configuration")?
@@ -148,8 +151,13 @@ fn reload_on_sighup(
         while hup.recv().await.is_some() {
             match Config::load(path.as_deref(), &overrides) {
                 Ok(next) => {
-                    state.reload(next);
-                    tracing::info!("configuration reloaded (limits and namespaces)");
+                    let ignored = state.reload(next);
+                    tracing::info!(
+                        "configuration reloaded (limits and namespaces)"
+                    );
+                    if !ignored.is_empty() {
+                        tracing::warn!(sections = ?ignored, "these changes need a restart and were not applied");
+                    }
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "configuration reload failed; keeping the old one")

@@ -73,10 +73,42 @@ impl AppState {
     }
 
     /// Applies the reloadable subset of `next` (limits and namespaces).
-    pub fn reload(&self, next: Config) {
-        self.hub.update_settings(hub_settings(&next));
-        *self.config.write() = Arc::new(next);
+    /// Keys that need a restart (listeners, keys, broker, logging) keep their old values;
+    /// returns the sections where such a change was ignored, for the log.
+    pub fn reload(&self, next: Config) -> Vec<&'static str> {
+        let current = self.config();
+        let mut applied = (*current).clone();
+        applied.allow_anonymous = next.allow_anonymous;
+        applied.client = next.client.clone();
+        applied.namespaces = next.namespaces.clone();
+        applied.api.max_publish_bytes = next.api.max_publish_bytes;
+        applied.api.publish_rate_per_sec = next.api.publish_rate_per_sec;
+        applied.auth.expiry_grace_secs = next.auth.expiry_grace_secs;
+        let mut ignored = Vec::new();
+        if differs(&applied.server, &next.server) {
+            ignored.push("server");
+        }
+        if differs(&applied.api, &next.api) {
+            ignored.push("api.keys");
+        }
+        if differs(&applied.auth, &next.auth) {
+            ignored.push("auth");
+        }
+        if differs(&applied.broker, &next.broker) || differs(&applied.redis, &next.redis) {
+            ignored.push("broker/redis");
+        }
+        if differs(&applied.log, &next.log) || applied.node_name != next.node_name {
+            ignored.push("log/node_name");
+        }
+        self.hub.update_settings(hub_settings(&applied));
+        *self.config.write() = Arc::new(applied);
+        ignored
     }
+}
+
+/// Whether two config sections differ (compared in their serialised form).
+fn differs<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    toml::to_string(a).ok() != toml::to_string(b).ok()
 }
 
 /// The hub's view of the configuration.

@@ -233,6 +233,10 @@ async fn request_errors_carry_the_documented_codes() -> TestResult {
         code(ask("publish", json!({"channel": "members:x", "data": 1})).await?),
         Some(103)
     );
+    assert_eq!(
+        code(ask("publish", json!({"channel": "chat:dm#alice", "data": 1})).await?),
+        Some(103)
+    );
     let big = "x".repeat(2_000);
     assert_eq!(
         code(ask("publish", json!({"channel": "chat:x", "data": big})).await?),

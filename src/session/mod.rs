@@ -15,6 +15,8 @@ mod upgrade;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use upgrade::{origins_open, ws_handler};
@@ -112,33 +114,42 @@ async fn run<S>(
             return;
         }
     };
-    let span = tracing::debug_span!("session", client_id = %client.id, user = %client.user);
-    let _enter = span.enter();
-    tracing::debug!(encoding = encoding.label(), "connected");
-    let mut session = Session {
+    // One span per session; instrumenting the future (not entering a guard) keeps it
+    // attached across awaits and thread hops.
+    let span = tracing::info_span!("session", client_id = %client.id, user = %client.user);
+    let session = Session {
         transport,
         rate: RateLimiter::new(&config.client),
         state,
         client,
         _admission: admission,
     };
-    let mut flow = Flow::Continue;
-    for request in rest {
-        flow = session.handle(request).await;
-        if flow == Flow::Stop {
-            break;
-        }
-    }
-    if flow == Flow::Continue {
-        session.serve().await;
-    }
-    session.finish().await;
+    session.run(rest).instrument(span).await;
 }
 
 impl<S> Session<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    /// Handles the rest of the `connect` frame, serves, and cleans up.
+    async fn run(
+        mut self,
+        rest: Vec<Result<crate::protocol::Request, crate::protocol::RequestError>>,
+    ) {
+        tracing::debug!(encoding = self.transport.encoding().label(), "connected");
+        let mut flow = Flow::Continue;
+        for request in rest {
+            flow = self.handle(request).await;
+            if flow == Flow::Stop {
+                break;
+            }
+        }
+        if flow == Flow::Continue {
+            self.serve().await;
+        }
+        self.finish().await;
+    }
+
     /// The main loop: write what the hub queued, read what the client sends.
     async fn serve(&mut self) {
         loop {
@@ -223,6 +234,7 @@ where
                 return Flow::Stop;
             }
             if batch.items.is_empty() {
+                self.transport.report_if_stale(&self.state.metrics);
                 return Flow::Continue;
             }
         }
@@ -241,7 +253,7 @@ where
         if self.client.push(bytes, self.state.hub.queue_limits())
             == Err(crate::hub::PushError::Overflow)
         {
-            self.state.metrics.slow_consumer_evictions.inc();
+            self.state.metrics.evicted(1);
         }
     }
 
@@ -256,5 +268,6 @@ where
             .inc();
         tracing::debug!(code = label, "disconnected");
         self.transport.shutdown().await;
+        self.transport.flush_metrics(&self.state.metrics);
     }
 }

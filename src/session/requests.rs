@@ -31,6 +31,11 @@ where
             Ok(request) => request,
             Err(err) => {
                 self.count("invalid", "error");
+                // Requests that fail to decode cost a token too: garbage is no way around
+                // the limit.
+                if self.rate.check(Instant::now()) == Verdict::Disconnect {
+                    return self.rate_limited().await;
+                }
                 self.reply_error(err.id, err.code, &err.message);
                 return Flow::Continue;
             }
@@ -50,17 +55,7 @@ where
                 );
                 return Flow::Continue;
             }
-            Verdict::Disconnect => {
-                self.state.metrics.limit_tripped("rate_limit");
-                // Not discarding: the client sees its replies and 110 errors, then
-                // `disconnect` and the close frame, which `flush` writes.
-                self.client.close(
-                    CloseCode::RateLimited,
-                    CloseCode::RateLimited.default_reason(),
-                    false,
-                );
-                return self.flush().await;
-            }
+            Verdict::Disconnect => return self.rate_limited().await,
         }
         let op = request.op();
         let id = request_id(&request);
@@ -95,6 +90,18 @@ where
             }
         }
         Flow::Continue
+    }
+
+    /// Ends a connection that kept exceeding its inbound rate (4009). Not discarding:
+    /// the client sees its replies and 110 errors, then `disconnect` and the close frame.
+    async fn rate_limited(&mut self) -> Flow {
+        self.state.metrics.limit_tripped("rate_limit");
+        self.client.close(
+            CloseCode::RateLimited,
+            CloseCode::RateLimited.default_reason(),
+            false,
+        );
+        self.flush().await
     }
 
     fn count(&self, op: &str, result: &str) {
@@ -231,7 +238,7 @@ where
 
     async fn publish(&mut self, id: u64, name: &str, data: Payload) -> Result<(), Refusal> {
         let (channel, ns) = self.channel(name)?;
-        if !may_publish(&ns, &self.client.user) {
+        if !may_publish(&ns, &self.client.user) || !channel.admits_user(&self.client.user) {
             return Err(refuse(
                 ErrorCode::PermissionDenied,
                 format!("publishing to {channel} is not allowed"),
@@ -250,11 +257,7 @@ where
             .publish(&channel, data, &ns, None)
             .await
             .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
-        self.state
-            .metrics
-            .publications
-            .with_label_values(&["client"])
-            .inc();
+        self.state.metrics.published_client.inc();
         self.send(&ServerMessage::Published {
             id,
             offset: result.offset,

@@ -18,6 +18,9 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use crate::metrics::Metrics;
 use crate::protocol::{CloseCode, Encoding, encode_disconnect};
 
+/// Frames written between two updates of the shared byte and frame counters.
+const METRICS_EVERY_FRAMES: u64 = 64;
+
 /// How long, and how much, to read and discard after our close frame.
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
@@ -39,6 +42,9 @@ pub(super) struct Transport<S> {
     socket: WebSocketStream<S>,
     encoding: Encoding,
     write_timeout: Duration,
+    unreported_bytes: u64,
+    unreported_frames: u64,
+    last_report: Option<std::time::Instant>,
 }
 
 impl<S> Transport<S>
@@ -54,6 +60,9 @@ where
             socket,
             encoding,
             write_timeout,
+            unreported_bytes: 0,
+            unreported_frames: 0,
+            last_report: None,
         }
     }
 
@@ -94,9 +103,37 @@ where
         if self.socket.send(message).await.is_err() {
             return false;
         }
-        metrics.bytes_sent.inc_by(len);
-        metrics.frames_sent.inc();
+        // Counted locally and added to the shared counters every few frames, so a
+        // delivery costs no shared atomic here.
+        self.unreported_bytes += len;
+        self.unreported_frames += 1;
+        if self.unreported_frames >= METRICS_EVERY_FRAMES {
+            self.flush_metrics(metrics);
+        }
         true
+    }
+
+    /// Reports what was written when the queue ran dry, if the last report is over a
+    /// second old (or there was none): counters stay fresh without a shared atomic per
+    /// frame.
+    pub(super) fn report_if_stale(&mut self, metrics: &Metrics) {
+        if self
+            .last_report
+            .is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1))
+        {
+            self.flush_metrics(metrics);
+        }
+    }
+
+    /// Adds what this session wrote since the last call to the shared counters.
+    pub(super) fn flush_metrics(&mut self, metrics: &Metrics) {
+        self.last_report = Some(std::time::Instant::now());
+        if self.unreported_frames > 0 {
+            metrics.bytes_sent.inc_by(self.unreported_bytes);
+            metrics.frames_sent.inc_by(self.unreported_frames);
+            self.unreported_bytes = 0;
+            self.unreported_frames = 0;
+        }
     }
 
     /// Sends `disconnect` and the close frame, then lingers (see the module doc).
