@@ -19,7 +19,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "==> cargo test (one debug build; dependencies are optimised, see Cargo.toml)"
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --no-fail-fast
 
 if [ -x scripts/test-client-js.sh ]; then
   echo "==> client-js"

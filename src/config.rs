@@ -440,13 +440,15 @@ impl Config {
                 return invalid(key, "must be greater than 0");
             }
         }
-        if self.client.rate_limit_per_sec > 0
-            && (self.client.rate_limit_burst == 0 || self.client.rate_limit_strikes == 0)
-        {
-            return invalid(
-                "client.rate_limit_burst",
-                "rate_limit_burst and rate_limit_strikes must be at least 1 while rate_limit_per_sec > 0",
-            );
+        if self.client.rate_limit_per_sec > 0 {
+            for (key, value) in [
+                ("client.rate_limit_burst", self.client.rate_limit_burst),
+                ("client.rate_limit_strikes", self.client.rate_limit_strikes),
+            ] {
+                if value == 0 {
+                    return invalid(key, "must be at least 1 while rate_limit_per_sec > 0");
+                }
+            }
         }
         if self.api.keys.iter().any(|k| k.len() < 8) {
             return invalid("api.keys", "every key must be at least 8 characters");

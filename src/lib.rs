@@ -24,7 +24,8 @@
 //!   ticker and the API only ask for a close (`ClientHandle::close`) with a code.
 //! - `auth`: JWT verification, API keys (constant time), namespace permissions.
 //! - `limits`: connections per IP, per user and pending (not yet `connect`ed), counted
-//!   with slots released on drop; the token bucket of the rate limits.
+//!   with slots released on drop; the per-API-key publish rate limit. (The per-connection
+//!   inbound limit lives in `session::rate`.)
 //! - `api`: the HTTP server API and probes. Invariant: errors become HTTP statuses
 //!   only through `ApiError` (the WebSocket upgrade uses it too).
 //! - `metrics`: the Prometheus registry. Invariant: at most an atomic add per delivery

@@ -258,6 +258,14 @@ async fn request_errors_carry_the_documented_codes() -> TestResult {
     let reply = ask("subscribe", json!({"channel": "nope:y"})).await?;
     assert_eq!(reply["op"], "error");
     assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()));
+    // Valid JSON that no MessagePack subscriber could receive is refused.
+    client
+        .send_raw(tokio_tungstenite::tungstenite::Message::text(
+            r#"{"op":"publish","id":77,"channel":"chat:x","data":[1e400]}"#,
+        ))
+        .await?;
+    let reply = client.recv_where(|m| m["id"] == 77).await?;
+    assert_eq!(reply["code"], 107, "{reply}");
     server.stop().await
 }
 

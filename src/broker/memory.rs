@@ -173,8 +173,9 @@ impl MemoryBroker {
             position: Some(position),
         };
         self.hub.dispatch(publication).await;
-        drop(stream);
+        // Remembered before the lock is released: a concurrent repeat waits for it.
         self.remember(channel, idempotency_key, &result);
+        drop(stream);
         result
     }
 

@@ -67,12 +67,18 @@ pub enum PushError {
     Overflow,
 }
 
+/// One queued frame, and whether it was queued with `push_reserved`.
+struct Queued {
+    bytes: Bytes,
+    reserved: bool,
+}
+
 #[derive(Default)]
 struct QueueState {
-    items: VecDeque<Bytes>,
+    items: VecDeque<Queued>,
     bytes: usize,
     /// Of `items` and `bytes`, what was queued as replies and recovered history
-    /// (`push_reserved`): it does not count against the limits. Drained first.
+    /// (`push_reserved`): it does not count against the limits.
     reserved_items: usize,
     reserved_bytes: usize,
     closing: Option<Closing>,
@@ -158,7 +164,10 @@ impl ClientHandle {
             return Err(PushError::Overflow);
         }
         state.bytes += message.len();
-        state.items.push_back(message);
+        state.items.push_back(Queued {
+            bytes: message,
+            reserved: false,
+        });
         let was_empty = state.items.len() == 1;
         drop(state);
         if was_empty {
@@ -179,7 +188,10 @@ impl ClientHandle {
         state.bytes += message.len();
         state.reserved_bytes += message.len();
         state.reserved_items += 1;
-        state.items.push_back(message);
+        state.items.push_back(Queued {
+            bytes: message,
+            reserved: true,
+        });
         let was_empty = state.items.len() == 1;
         drop(state);
         if was_empty {
@@ -239,17 +251,19 @@ impl ClientHandle {
         let mut batch = Batch::default();
         let mut taken = 0;
         while let Some(front) = state.items.front() {
-            if !batch.items.is_empty() && taken + front.len() > max_bytes {
+            if !batch.items.is_empty() && taken + front.bytes.len() > max_bytes {
                 break;
             }
-            taken += front.len();
+            taken += front.bytes.len();
             if let Some(item) = state.items.pop_front() {
-                batch.items.push(item);
+                if item.reserved {
+                    state.reserved_items -= 1;
+                    state.reserved_bytes -= item.bytes.len();
+                }
+                batch.items.push(item.bytes);
             }
         }
         state.bytes -= taken;
-        state.reserved_bytes = state.reserved_bytes.saturating_sub(taken);
-        state.reserved_items = state.reserved_items.saturating_sub(batch.items.len());
         if state.items.is_empty() {
             if state.items.capacity() > 64 {
                 state.items = VecDeque::new();
@@ -418,6 +432,18 @@ mod tests {
             c.push(Bytes::from_static(b"a"), LIMITS),
             Err(PushError::Overflow)
         );
+    }
+
+    #[test]
+    fn live_messages_ahead_of_a_recovery_are_counted_once() {
+        let c = client();
+        assert_eq!(c.push(Bytes::from_static(b"live-1"), LIMITS), Ok(()));
+        for _ in 0..5 {
+            assert_eq!(c.push_reserved(Bytes::from_static(b"0123456789")), Ok(()));
+        }
+        // Taking only the live message must not consume the reserved allowance.
+        assert_eq!(c.take_batch(1).items.len(), 1);
+        assert_eq!(c.push(Bytes::from_static(b"live-2"), LIMITS), Ok(()));
     }
 
     #[test]

@@ -33,8 +33,10 @@ where
                 self.count("invalid", "error");
                 // Requests that fail to decode cost a token too: garbage is no way around
                 // the limit.
-                if self.rate.check(Instant::now()) == Verdict::Disconnect {
-                    return self.rate_limited().await;
+                match self.rate.check(Instant::now()) {
+                    Verdict::Allow => {}
+                    Verdict::Refuse => self.state.metrics.limit_tripped("rate_limit"),
+                    Verdict::Disconnect => return self.rate_limited().await,
                 }
                 self.reply_error(err.id, err.code, &err.message);
                 return Flow::Continue;
@@ -101,7 +103,10 @@ where
             CloseCode::RateLimited.default_reason(),
             false,
         );
-        self.flush().await
+        // Write everything up to the close, however many turns that takes: the close is
+        // the end of this session, nothing else in the frame is handled.
+        while self.flush().await == Flow::Continue {}
+        Flow::Stop
     }
 
     fn count(&self, op: &str, result: &str) {
@@ -251,6 +256,12 @@ where
                 "data larger than max_publish_bytes",
             ));
         }
+        data.check_deliverable().map_err(|e| {
+            refuse(
+                ErrorCode::BadRequest,
+                format!("data cannot be delivered: {e}"),
+            )
+        })?;
         let result = self
             .state
             .broker
