@@ -1,0 +1,291 @@
+//! Command-line options every scenario shares, and the helpers that turn them into a fleet,
+//! a worker count, server memory samples and the end of a run (table, JSON, exit code).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::ensure;
+use clap::Args;
+use serde::Serialize;
+
+use crate::addrs::{SourceSpec, Target, resolve_targets};
+use crate::conn::Handshake;
+use crate::fleet::{Fleet, FleetSpec};
+use crate::host::{self, CpuMeter, MachineCpu, MachineMeter, Memory};
+use crate::report::{LoadtestProcess, Results, ServerProcess};
+use crate::wire::Encoding;
+
+/// Options of every scenario.
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct CommonArgs {
+    /// WebSocket URL(s) of the node(s), comma-separated or repeated; used round-robin.
+    #[arg(long, required = true, value_delimiter = ',')]
+    pub url: Vec<String>,
+    /// Wire encoding (subprotocol pushwire.v1.json or pushwire.v1.msgpack).
+    #[arg(long, value_enum, default_value = "json")]
+    pub encoding: Encoding,
+    /// Channel the connections subscribe to.
+    #[arg(long, default_value = "bench")]
+    pub channel: String,
+    /// Source addresses to bind before connecting: `A-B` range, a count (127.0.0.2 and up),
+    /// a comma list, `auto` (loopback pool for loopback targets) or `none`.
+    #[arg(long, default_value = "auto")]
+    pub source_ips: String,
+    /// New connections per second during the ramp.
+    #[arg(long, default_value_t = 2000.0)]
+    pub connect_rate: f64,
+    /// Handshakes in flight at once, all processes together. Keep it below the server's
+    /// listen backlog (`ss -ltn` shows it as Send-Q; 128 for tokio/std listeners), or the
+    /// accept queue overflows and those connects wait for a 1 s SYN retransmit.
+    #[arg(long, default_value_t = 64)]
+    pub max_pending: usize,
+    /// Bound on dial + upgrade + connect + subscribe of one connection.
+    #[arg(long, default_value_t = 10)]
+    pub connect_timeout_secs: u64,
+    /// Worker processes; 0 runs every connection in this process. Default: 0 when the
+    /// connections fit under the per-process socket limit, else as many as needed.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Server process id(s) whose RSS is sampled (comma-separated or repeated).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// WebSocket read buffer per connection (tungstenite allocates it up front).
+    #[arg(long, default_value_t = 4096)]
+    pub read_buffer_bytes: usize,
+    /// WebSocket write buffer threshold per connection (0 writes each message at once).
+    #[arg(long, default_value_t = 0)]
+    pub write_buffer_bytes: usize,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Exit 2 unless every connection stayed up and (when publishing) every ready subscriber
+    /// got every publication exactly once, in order.
+    #[arg(long)]
+    pub require_zero_loss: bool,
+    /// Hard bound on the whole run in seconds (default: derived from the other options).
+    #[arg(long)]
+    pub deadline_secs: Option<u64>,
+    /// Plain progress lines even on a terminal.
+    #[arg(long)]
+    pub no_bars: bool,
+}
+
+impl CommonArgs {
+    pub async fn targets(&self) -> anyhow::Result<Vec<Target>> {
+        resolve_targets(&self.url).await
+    }
+
+    /// The fleet of `connections` these options describe.
+    pub fn fleet_spec(
+        &self,
+        targets: Vec<Target>,
+        connections: usize,
+    ) -> anyhow::Result<FleetSpec> {
+        ensure!(self.connect_rate > 0.0, "--connect-rate must be positive");
+        ensure!(
+            self.read_buffer_bytes >= 256,
+            "--read-buffer-bytes must be at least 256"
+        );
+        let sources = self.source_ips.parse::<SourceSpec>()?.resolve(&targets)?;
+        Ok(FleetSpec {
+            targets,
+            sources,
+            encoding: self.encoding,
+            channel: self.channel.clone(),
+            handshake: Handshake::Subscribe,
+            first_index: 0,
+            connections,
+            connect_rate: self.connect_rate,
+            max_pending: self.max_pending.max(1),
+            connect_timeout_ms: self.connect_timeout_secs * 1000,
+            read_buffer_bytes: self.read_buffer_bytes,
+            write_buffer_bytes: self.write_buffer_bytes,
+        })
+    }
+
+    /// Worker processes for `connections`: as asked, or the fewest that keep each process
+    /// under its socket limit (0, in-process, when one process suffices).
+    pub fn workers(&self, connections: usize) -> anyhow::Result<usize> {
+        let per_process = host::sockets_per_process();
+        let needed = connections.div_ceil(per_process);
+        match self.workers {
+            Some(w) if w == 0 && needed > 1 => {
+                anyhow::bail!(
+                    "{connections} connections exceed {per_process} sockets per process; use --workers {needed} or more"
+                )
+            }
+            Some(w) if w > 0 && connections.div_ceil(w) > per_process => {
+                anyhow::bail!(
+                    "{w} workers would each hold more than {per_process} sockets; use --workers {needed} or more"
+                )
+            }
+            Some(w) => Ok(w),
+            None if needed <= 1 => Ok(0),
+            None => Ok(needed),
+        }
+    }
+
+    /// How long the ramp of `connections` may take before the run moves on regardless.
+    pub fn ramp_limit(&self, connections: usize) -> Duration {
+        let ramp = connections as f64 / self.connect_rate.max(0.001);
+        Duration::from_secs_f64(ramp * 2.0) + Duration::from_secs(self.connect_timeout_secs + 5)
+    }
+
+    /// The hard deadline: `--deadline-secs`, or `work` plus the ramp limit and a margin.
+    pub fn deadline(&self, connections: usize, work: Duration) -> Duration {
+        match self.deadline_secs {
+            Some(secs) => Duration::from_secs(secs),
+            None => self.ramp_limit(connections) + work + Duration::from_secs(60),
+        }
+    }
+
+    /// Samples the memory of every `--server-pid`.
+    pub fn server_memory(&self) -> Vec<Option<Memory>> {
+        self.server_pid
+            .iter()
+            .map(|&pid| host::memory(pid))
+            .collect()
+    }
+
+    /// Starts watching the `--server-pid` processes (takes the "before" sample).
+    pub fn watch_servers(&self) -> ProcessWatch {
+        ProcessWatch {
+            pids: self.server_pid.clone(),
+            before: self.server_memory(),
+            after_ramp: Vec::new(),
+            server_cpu: None,
+            own_cpu: None,
+            machine_cpu: None,
+        }
+    }
+
+    /// Prints the summary, writes the JSON file, and returns the process exit code.
+    pub fn finish(&self, results: &Results) -> anyhow::Result<i32> {
+        print!("{}", results.table());
+        if let Some(path) = &self.out {
+            results.write_json(path)?;
+            eprintln!("results written to {}", path.display());
+        }
+        Ok(if results.verdict.passed { 0 } else { 2 })
+    }
+}
+
+/// Memory and CPU samples of the servers and of the load generator over a run.
+#[derive(Debug)]
+pub struct ProcessWatch {
+    pids: Vec<u32>,
+    before: Vec<Option<Memory>>,
+    after_ramp: Vec<Option<Memory>>,
+    server_cpu: Option<CpuMeter>,
+    own_cpu: Option<CpuMeter>,
+    machine_cpu: Option<MachineMeter>,
+}
+
+/// Which sample RSS per connection is measured at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PerConnectionAt {
+    /// Right after the ramp (before traffic fills queues).
+    AfterRamp,
+    /// At the end of the run.
+    End,
+}
+
+impl ProcessWatch {
+    /// Takes the "after ramp" sample.
+    pub fn ramp_done(&mut self) {
+        self.after_ramp = self.pids.iter().map(|&pid| host::memory(pid)).collect();
+    }
+
+    /// Starts measuring CPU: the servers' and the load generator's (`fleet`'s processes).
+    pub fn start_cpu(&mut self, fleet: &Fleet) {
+        self.server_cpu = Some(CpuMeter::start(&self.pids));
+        self.own_cpu = Some(CpuMeter::start(&fleet.pids()));
+        self.machine_cpu = Some(MachineMeter::start());
+    }
+
+    /// Takes the "end" sample; call while the fleet is still up.
+    pub fn finish(self, fleet: &Fleet, ready: u64, at: PerConnectionAt) -> Watched {
+        let cpu = self.server_cpu.map(|m| m.read()).unwrap_or_default();
+        let servers = self.pids.len();
+        let processes = self
+            .pids
+            .iter()
+            .enumerate()
+            .map(|(i, &pid)| {
+                let (before, after_ramp, end) = (
+                    self.before[i],
+                    self.after_ramp.get(i).copied().flatten(),
+                    host::memory(pid),
+                );
+                let measured = if at == PerConnectionAt::AfterRamp {
+                    after_ramp
+                } else {
+                    end
+                };
+                ServerProcess {
+                    pid,
+                    cpu: cpu.get(i).copied().flatten(),
+                    before,
+                    after_ramp,
+                    end,
+                    rss_per_connection_bytes: rss_per_connection(before, measured, ready, servers),
+                }
+            })
+            .collect();
+        let pids = fleet.pids();
+        let own = LoadtestProcess {
+            processes: pids.len(),
+            rss_kib: pids
+                .iter()
+                .filter_map(|&p| host::memory(p))
+                .map(|m| m.rss_kib)
+                .sum(),
+            cpu: self.own_cpu.and_then(|m| m.total()),
+        };
+        Watched {
+            servers: processes,
+            loadtest: own,
+            machine: self.machine_cpu.and_then(|m| m.read()),
+        }
+    }
+}
+
+/// What a [`ProcessWatch`] saw.
+#[derive(Debug)]
+pub struct Watched {
+    pub servers: Vec<ServerProcess>,
+    pub loadtest: LoadtestProcess,
+    pub machine: Option<MachineCpu>,
+}
+
+/// Per-connection server RSS: growth between two samples divided over the ready
+/// connections, shared equally between the sampled servers.
+pub fn rss_per_connection(
+    before: Option<Memory>,
+    end: Option<Memory>,
+    ready: u64,
+    servers: usize,
+) -> Option<f64> {
+    let (before, end) = (before?, end?);
+    let per_server = ready as f64 / servers.max(1) as f64;
+    (per_server >= 1.0).then(|| (end.rss_kib as f64 - before.rss_kib as f64) * 1024.0 / per_server)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rss_growth_is_spread_over_ready_connections() {
+        let m = |rss_kib| {
+            Some(Memory {
+                rss_kib,
+                hwm_kib: 0,
+            })
+        };
+        assert_eq!(rss_per_connection(m(1000), m(1040), 10, 1), Some(4096.0));
+        assert_eq!(rss_per_connection(m(1000), m(1040), 20, 2), Some(4096.0));
+        assert_eq!(rss_per_connection(m(1000), None, 10, 1), None);
+        assert_eq!(rss_per_connection(m(1000), m(2000), 0, 1), None);
+    }
+}

@@ -1,0 +1,264 @@
+//! A fleet: the set of simulated connections of one run, opened at a controlled rate and
+//! stopped together.
+//!
+//! [`LocalFleet`] runs connections as tasks of this process. [`Fleet`] is what scenarios
+//! use: either one local fleet or several worker subprocesses (see `worker`), each holding
+//! a slice of the connections, with the same three operations: start, snapshot, stop.
+//!
+//! Ramp: connection `i` (global numbering across workers, which also picks its target and
+//! source address round-robin) starts at `i / connect_rate` seconds, and at most
+//! `max_pending` handshakes are in flight at once, so the listen backlog never overflows
+//! and a slow server slows the ramp instead of failing it.
+
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::addrs::Target;
+use crate::conn::{self, ConnContext, Handshake};
+use crate::stats::{Snapshot, Stats};
+use crate::wire::Encoding;
+use crate::worker::RemoteFleet;
+
+/// Everything needed to open a slice of connections; crosses to worker processes as JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetSpec {
+    pub targets: Vec<Target>,
+    pub sources: Vec<IpAddr>,
+    pub encoding: Encoding,
+    /// The channel every connection subscribes to.
+    pub channel: String,
+    /// How far each connection goes before it just listens.
+    pub handshake: Handshake,
+    /// Global index of this slice's first connection.
+    pub first_index: usize,
+    pub connections: usize,
+    /// New connections per second.
+    pub connect_rate: f64,
+    /// Handshakes in flight at once.
+    pub max_pending: usize,
+    pub connect_timeout_ms: u64,
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+}
+
+impl FleetSpec {
+    /// Splits into `parts` slices with consecutive indices and a share of rate and pending.
+    pub fn split(&self, parts: usize) -> Vec<FleetSpec> {
+        let parts = parts.max(1);
+        let mut first = self.first_index;
+        (0..parts)
+            .map(|p| {
+                let n = self.connections / parts + usize::from(p < self.connections % parts);
+                let spec = FleetSpec {
+                    first_index: first,
+                    connections: n,
+                    connect_rate: self.connect_rate / parts as f64,
+                    max_pending: (self.max_pending / parts).max(1),
+                    ..self.clone()
+                };
+                first += n;
+                spec
+            })
+            .collect()
+    }
+
+    fn ws_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_bytes)
+            .write_buffer_size(self.write_buffer_bytes)
+            .max_write_buffer_size(self.write_buffer_bytes.max(1) * 64 + 64 * 1024)
+            .max_message_size(Some(16 << 20))
+            .max_frame_size(Some(16 << 20))
+    }
+}
+
+/// Connections run as tasks of this process.
+#[derive(Debug)]
+pub struct LocalFleet {
+    ctx: Arc<ConnContext>,
+    tasks: TaskTracker,
+    ramp: JoinHandle<()>,
+}
+
+impl LocalFleet {
+    /// Starts ramping connections up; returns at once.
+    pub fn start(spec: FleetSpec) -> LocalFleet {
+        let ctx = Arc::new(ConnContext {
+            encoding: spec.encoding,
+            channel: spec.channel.clone(),
+            handshake: spec.handshake,
+            targets: spec.targets.clone(),
+            sources: spec.sources.clone(),
+            ws_config: spec.ws_config(),
+            connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
+            stats: Arc::new(Stats::default()),
+            stop: CancellationToken::new(),
+            published: OnceLock::new(),
+        });
+        let tasks = TaskTracker::new();
+        let ramp = tokio::spawn(ramp(Arc::clone(&ctx), spec, tasks.clone()));
+        LocalFleet { ctx, tasks, ramp }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.ctx.stats.snapshot()
+    }
+
+    /// Stops every connection; `published` (per publisher stream) lets them count losses.
+    /// Waits at most `grace` for connections to finish.
+    pub async fn stop(self, published: Option<Vec<u64>>, grace: Duration) -> Snapshot {
+        if let Some(published) = published {
+            let _ = self.ctx.published.set(published);
+        }
+        self.ctx.stop.cancel();
+        self.ramp.abort();
+        self.tasks.close();
+        let _ = timeout(grace, self.tasks.wait()).await;
+        self.ctx.stats.snapshot()
+    }
+}
+
+async fn ramp(ctx: Arc<ConnContext>, spec: FleetSpec, tasks: TaskTracker) {
+    let pending = Arc::new(Semaphore::new(spec.max_pending.max(1)));
+    let rate = spec.connect_rate.max(0.001);
+    let started = Instant::now();
+    let mut tick = interval(Duration::from_millis(5));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut launched = 0;
+    while launched < spec.connections {
+        tick.tick().await;
+        let due = ((started.elapsed().as_secs_f64() * rate) as usize + 1).min(spec.connections);
+        while launched < due {
+            let permit = tokio::select! {
+                p = Arc::clone(&pending).acquire_owned() => p,
+                () = ctx.stop.cancelled() => return,
+            };
+            let Ok(permit) = permit else { return };
+            tasks.spawn(conn::run(
+                Arc::clone(&ctx),
+                spec.first_index + launched,
+                permit,
+            ));
+            launched += 1;
+        }
+    }
+}
+
+/// The connections of a run, in this process or spread over worker processes.
+#[derive(Debug)]
+pub enum Fleet {
+    Local(LocalFleet),
+    Remote(RemoteFleet),
+}
+
+impl Fleet {
+    /// Starts `spec` in-process when `workers` is 0, else split over that many workers.
+    /// `deadline` bounds the life of worker processes, whatever happens to this one.
+    pub async fn start(
+        spec: FleetSpec,
+        workers: usize,
+        deadline: Duration,
+    ) -> anyhow::Result<Fleet> {
+        if workers == 0 {
+            return Ok(Fleet::Local(LocalFleet::start(spec)));
+        }
+        Ok(Fleet::Remote(
+            RemoteFleet::start(spec.split(workers), deadline).await?,
+        ))
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        match self {
+            Fleet::Local(local) => local.snapshot(),
+            Fleet::Remote(remote) => remote.snapshot(),
+        }
+    }
+
+    pub async fn stop(
+        self,
+        published: Option<Vec<u64>>,
+        grace: Duration,
+    ) -> anyhow::Result<Snapshot> {
+        match self {
+            Fleet::Local(local) => Ok(local.stop(published, grace).await),
+            Fleet::Remote(remote) => remote.stop(published, grace).await,
+        }
+    }
+
+    /// Process ids of the load generator: this process, then any workers.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![std::process::id()];
+        if let Fleet::Remote(remote) = self {
+            pids.extend(remote.pids());
+        }
+        pids
+    }
+
+    /// Waits until every connection is ready or failed, or until `limit`, calling `tick`
+    /// with a fresh snapshot every `every`. Returns the last snapshot.
+    pub async fn wait_settled(
+        &self,
+        total: u64,
+        limit: Duration,
+        every: Duration,
+        mut tick: impl FnMut(&Snapshot),
+    ) -> Snapshot {
+        let until = Instant::now() + limit;
+        loop {
+            let snap = self.snapshot();
+            tick(&snap);
+            if snap.settled() >= total || Instant::now() >= until {
+                return snap;
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn split_keeps_every_connection_once_with_consecutive_indices() {
+        let spec = FleetSpec {
+            targets: vec![],
+            sources: vec![],
+            encoding: Encoding::Json,
+            channel: "bench".into(),
+            handshake: Handshake::Subscribe,
+            first_index: 0,
+            connections: 10,
+            connect_rate: 900.0,
+            max_pending: 64,
+            connect_timeout_ms: 1000,
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 0,
+        };
+        let parts = spec.split(3);
+        assert_eq!(
+            parts.iter().map(|p| p.connections).collect::<Vec<_>>(),
+            [4, 3, 3]
+        );
+        assert_eq!(
+            parts.iter().map(|p| p.first_index).collect::<Vec<_>>(),
+            [0, 4, 7]
+        );
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.connect_rate == 300.0 && p.max_pending == 21)
+        );
+        spec.ws_config(); // must not panic: max_write_buffer_size > write_buffer_size
+    }
+}

@@ -1,0 +1,175 @@
+//! Scenario `idle`: many subscribed connections that do nothing but answer pings, to
+//! measure how fast a node accepts connections and how much memory each one costs it.
+//!
+//! Phases: sample server RSS; ramp N connections (connect + subscribe); let the server
+//! settle; sample RSS; hold; sample RSS; stop. RSS per connection is
+//! `(RSS at end of hold - RSS before) / ready connections`.
+
+use std::time::Duration;
+
+use clap::Args;
+use serde::Serialize;
+use tokio::time::{Instant, sleep};
+
+use crate::cli::{CommonArgs, PerConnectionAt};
+use crate::conn::Handshake;
+use crate::fleet::Fleet;
+use crate::host;
+use crate::progress::Progress;
+use crate::report::{ConnectionResults, LatencySummary, Results, ServerProcess, Traffic, Verdict};
+use crate::stats::Snapshot;
+
+const POLL: Duration = Duration::from_millis(50);
+
+#[derive(Debug, Clone, Args, Serialize)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Connections to open and hold.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// How long to hold the connections once they are all ready.
+    #[arg(long, default_value_t = 20)]
+    pub hold_secs: u64,
+    /// Pause between the end of the ramp and the first "after" RSS sample.
+    #[arg(long, default_value_t = 2)]
+    pub settle_secs: u64,
+    /// How far each connection goes: `upgrade` (WebSocket only; the server closes these
+    /// after its connect_timeout, so keep settle + hold below it), `connect`, or `subscribe`.
+    /// Comparing them splits the server's memory per connection by stage.
+    #[arg(long, value_enum, default_value = "subscribe")]
+    pub handshake: Handshake,
+    /// Fail the run if server RSS per connection exceeds this many bytes.
+    #[arg(long)]
+    pub max_rss_per_connection: Option<f64>,
+}
+
+impl IdleArgs {
+    pub fn deadline(&self) -> Duration {
+        let work = Duration::from_secs(self.hold_secs + self.settle_secs + 10);
+        self.common.deadline(self.connections, work)
+    }
+}
+
+/// Runs the scenario and returns its results.
+pub async fn run(args: &IdleArgs) -> anyhow::Result<Results> {
+    let c = &args.common;
+    let targets = c.targets().await?;
+    let mut spec = c.fleet_spec(targets, args.connections)?;
+    spec.handshake = args.handshake;
+    let workers = c.workers(args.connections)?;
+    let total = args.connections as u64;
+    let started_unix = host::unix_secs();
+    let mut watch = c.watch_servers();
+
+    let mut progress = Progress::new(total, !c.no_bars);
+    progress.phase("ramp");
+    let started = Instant::now();
+    let fleet = Fleet::start(spec, workers, args.deadline()).await?;
+    let ramped = fleet
+        .wait_settled(total, c.ramp_limit(args.connections), POLL, |s| {
+            progress.update(s, "")
+        })
+        .await;
+    let ramp_secs = started.elapsed().as_secs_f64();
+
+    progress.phase("settle");
+    show(
+        &fleet,
+        &mut progress,
+        Duration::from_secs(args.settle_secs),
+        c,
+    )
+    .await;
+    watch.ramp_done();
+    watch.start_cpu(&fleet);
+    progress.phase("hold");
+    show(
+        &fleet,
+        &mut progress,
+        Duration::from_secs(args.hold_secs),
+        c,
+    )
+    .await;
+    let ready = fleet.snapshot().counters.ready;
+    let watched = watch.finish(&fleet, ready, PerConnectionAt::End);
+
+    progress.phase("stop");
+    let snap = fleet.stop(None, Duration::from_secs(5)).await?;
+    progress.finish();
+
+    let connections = ConnectionResults {
+        target: total,
+        ready: ramped.counters.ready,
+        failed: snap.failed(),
+        dropped: snap.counters.dropped,
+        dead: snap.counters.dead,
+        ramp_secs,
+        connect_rate_per_sec: ramped.counters.ready as f64 / ramp_secs.max(1e-9),
+        connect_latency: LatencySummary::of(&snap.connect_latency),
+    };
+    let verdict = verdict(args, &snap, &watched.servers);
+    Ok(Results {
+        scenario: "idle".into(),
+        started_unix,
+        wall_secs: started.elapsed().as_secs_f64(),
+        params: serde_json::to_value(args)?,
+        connections,
+        servers: watched.servers,
+        loadtest: watched.loadtest,
+        machine: watched.machine,
+        delivery: None,
+        traffic: Traffic::from_snapshot(&snap),
+        codes: snap.codes.clone(),
+        verdict,
+    })
+}
+
+/// Keeps the display fresh for `how_long`, showing server RSS as it goes.
+async fn show(fleet: &Fleet, progress: &mut Progress, how_long: Duration, c: &CommonArgs) {
+    let until = Instant::now() + how_long;
+    while Instant::now() < until {
+        let rss: u64 = c.server_memory().iter().flatten().map(|m| m.rss_kib).sum();
+        let extra = if c.server_pid.is_empty() {
+            String::new()
+        } else {
+            format!("server rss {rss} KiB")
+        };
+        progress.update(&fleet.snapshot(), &extra);
+        sleep(Duration::from_millis(250).min(until - Instant::now())).await;
+    }
+}
+
+fn verdict(args: &IdleArgs, snap: &Snapshot, servers: &[ServerProcess]) -> Verdict {
+    let mut failures = Vec::new();
+    if args.common.require_zero_loss {
+        if snap.failed() > 0 {
+            failures.push(format!("{} connections failed", snap.failed()));
+        }
+        if snap.counters.ready < args.connections as u64 {
+            failures.push(format!(
+                "only {} of {} connections ready",
+                snap.counters.ready, args.connections
+            ));
+        }
+        if snap.counters.dropped > 0 {
+            failures.push(format!("{} connections dropped", snap.counters.dropped));
+        }
+    }
+    if let Some(max) = args.max_rss_per_connection {
+        for m in servers {
+            match m.rss_per_connection_bytes {
+                Some(bytes) if bytes > max => failures.push(format!(
+                    "server {} uses {bytes:.0} B per connection (max {max:.0})",
+                    m.pid
+                )),
+                None => failures.push(format!("server {} memory not measured", m.pid)),
+                Some(_) => {}
+            }
+        }
+    }
+    Verdict {
+        passed: failures.is_empty(),
+        failures,
+    }
+}

@@ -1,0 +1,276 @@
+//! The slice of the pushwire wire protocol (PROTOCOL.md) the load generator speaks, in both
+//! encodings, plus the benchmark payload it publishes and reads back.
+//!
+//! Pure: no I/O. Client messages are encoded as maps with named fields (MessagePack through
+//! `rmp_serde::to_vec_named`, never the positional array form). Server frames are decoded
+//! as batches: JSON values separated by `\n`, or MessagePack maps back to back.
+//!
+//! The benchmark payload is the `data` of each publication: `{"ts": <unix micros>, "seq": n,
+//! "s": stream, "pad": "xx.."}` padded so that its JSON text is exactly `--payload-bytes` long
+//! (when that is at least the size of the unpadded object).
+
+use std::io::Cursor;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
+
+/// The two encodings of PROTOCOL.md section 1, chosen by WebSocket subprotocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    Json,
+    Msgpack,
+}
+
+impl Encoding {
+    /// The `Sec-WebSocket-Protocol` value that selects this encoding.
+    pub fn subprotocol(self) -> &'static str {
+        match self {
+            Encoding::Json => "pushwire.v1.json",
+            Encoding::Msgpack => "pushwire.v1.msgpack",
+        }
+    }
+
+    /// Encodes one client message into the frame type this encoding uses.
+    pub fn encode(self, msg: &ClientMsg<'_>) -> anyhow::Result<Message> {
+        Ok(match self {
+            Encoding::Json => Message::text(serde_json::to_string(msg)?),
+            Encoding::Msgpack => Message::Binary(Bytes::from(rmp_serde::to_vec_named(msg)?)),
+        })
+    }
+}
+
+/// What the load generator sends. `op` is the serde tag, so both encodings carry it as a field.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum ClientMsg<'a> {
+    Connect { id: u64, client: &'a str },
+    Subscribe { id: u64, channel: &'a str },
+    Pong,
+}
+
+/// The server operations the load generator reacts to; everything else is `Other`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerOp {
+    Connected,
+    Subscribed,
+    Message,
+    Ping,
+    Error,
+    Disconnect,
+    #[serde(other)]
+    Other,
+}
+
+/// One server message, reduced to the fields the load generator uses. Unknown fields are
+/// skipped without allocating.
+#[derive(Debug, Deserialize)]
+pub struct ServerMsg {
+    pub op: ServerOp,
+    #[serde(default)]
+    pub id: Option<u64>,
+    #[serde(default)]
+    pub code: Option<u32>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub ping_interval: Option<f64>,
+    #[serde(default)]
+    pub pong_timeout: Option<f64>,
+    #[serde(default)]
+    pub data: Option<BenchProbe>,
+}
+
+/// The fields of a benchmark payload that matter on receipt; `pad` is skipped.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+pub struct BenchProbe {
+    #[serde(default)]
+    pub ts: Option<u64>,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub s: Option<u32>,
+}
+
+/// Decodes every message of one frame (a batch) into `out`. Empty frames yield nothing.
+pub fn decode_batch(enc: Encoding, frame: &[u8], out: &mut Vec<ServerMsg>) -> anyhow::Result<()> {
+    match enc {
+        Encoding::Json => {
+            // A `\n`-separated batch is a whitespace-separated stream of JSON values.
+            for msg in serde_json::Deserializer::from_slice(frame).into_iter::<ServerMsg>() {
+                out.push(msg.context("decoding JSON message")?);
+            }
+        }
+        Encoding::Msgpack => {
+            let len = frame.len() as u64;
+            let mut de = rmp_serde::Deserializer::new(Cursor::new(frame));
+            while de.position() < len {
+                let msg =
+                    ServerMsg::deserialize(&mut de).context("decoding MessagePack message")?;
+                out.push(msg);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Microseconds since the Unix epoch, the clock both publisher and receivers read.
+pub fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Builds the JSON `data` value of one publication, padded to `payload_bytes` where possible.
+pub fn bench_data(ts: u64, seq: u64, stream: u32, payload_bytes: usize) -> String {
+    let head = format!(r#"{{"ts":{ts},"seq":{seq},"s":{stream},"pad":""#);
+    let fixed = head.len() + 2; // the closing `"}`
+    let pad = payload_bytes.saturating_sub(fixed);
+    let mut out = String::with_capacity(fixed + pad);
+    out.push_str(&head);
+    out.extend(std::iter::repeat_n('x', pad));
+    out.push_str("\"}");
+    out
+}
+
+/// The body of `POST /api/publish` for one benchmark publication.
+pub fn publish_body(channel: &str, data: &str, idempotency_key: &str) -> anyhow::Result<String> {
+    let channel = serde_json::to_string(channel)?;
+    let key = serde_json::to_string(idempotency_key)?;
+    Ok(format!(
+        r#"{{"channel":{channel},"data":{data},"idempotency_key":{key}}}"#
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[derive(Serialize)]
+    struct Outgoing<'a> {
+        op: &'a str,
+        channel: &'a str,
+        data: serde_json::Value,
+    }
+
+    fn message_value(seq: u64) -> serde_json::Value {
+        serde_json::from_str(&bench_data(1_700_000_000_000_000, seq, 2, 100)).unwrap()
+    }
+
+    #[test]
+    fn bench_data_is_padded_to_the_exact_size() {
+        for size in [60, 100, 1000] {
+            let data = bench_data(1_700_000_000_123_456, 42, 3, size);
+            assert_eq!(data.len(), size);
+            let probe: BenchProbe = serde_json::from_str(&data).unwrap();
+            assert_eq!(probe.ts, Some(1_700_000_000_123_456));
+            assert_eq!(probe.seq, Some(42));
+            assert_eq!(probe.s, Some(3));
+        }
+        // Too small to pad: the unpadded object, still valid.
+        let small = bench_data(1, 2, 0, 5);
+        assert!(serde_json::from_str::<BenchProbe>(&small).is_ok());
+    }
+
+    #[test]
+    fn publish_body_is_valid_json() {
+        let body = publish_body("bench", &bench_data(5, 6, 0, 100), "s0-6").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["channel"], "bench");
+        assert_eq!(v["data"]["seq"], 6);
+        assert_eq!(v["idempotency_key"], "s0-6");
+    }
+
+    #[test]
+    fn json_batch_of_several_messages_decodes_in_order() {
+        let mut frame = String::new();
+        for seq in 0..3 {
+            let m = Outgoing {
+                op: "message",
+                channel: "bench",
+                data: message_value(seq),
+            };
+            frame.push_str(&serde_json::to_string(&m).unwrap());
+            frame.push('\n');
+        }
+        frame.push_str(r#"{"op":"ping"}"#);
+        let mut out = Vec::new();
+        decode_batch(Encoding::Json, frame.as_bytes(), &mut out).unwrap();
+        assert_eq!(out.len(), 4);
+        let seqs: Vec<_> = out[..3]
+            .iter()
+            .map(|m| m.data.unwrap().seq.unwrap())
+            .collect();
+        assert_eq!(seqs, [0, 1, 2]);
+        assert_eq!(out[3].op, ServerOp::Ping);
+    }
+
+    #[test]
+    fn msgpack_batch_of_concatenated_maps_decodes() {
+        let mut frame = Vec::new();
+        for seq in 0..2 {
+            let m = Outgoing {
+                op: "message",
+                channel: "bench",
+                data: message_value(seq),
+            };
+            frame.extend(rmp_serde::to_vec_named(&m).unwrap());
+        }
+        let err = serde_json::json!({"op": "error", "id": 7, "code": 106, "message": "limit"});
+        frame.extend(rmp_serde::to_vec_named(&err).unwrap());
+        let mut out = Vec::new();
+        decode_batch(Encoding::Msgpack, &frame, &mut out).unwrap();
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[1].data.unwrap().seq, Some(1));
+        assert_eq!(out[1].data.unwrap().ts, Some(1_700_000_000_000_000));
+        assert_eq!(
+            (out[2].op, out[2].id, out[2].code),
+            (ServerOp::Error, Some(7), Some(106))
+        );
+    }
+
+    #[test]
+    fn unknown_ops_and_fields_are_tolerated() {
+        let frame = br#"{"op":"join","channel":"c","client_id":"x","user":"","extra":[1,2]}"#;
+        let mut out = Vec::new();
+        decode_batch(Encoding::Json, frame, &mut out).unwrap();
+        assert_eq!(out[0].op, ServerOp::Other);
+        let connected = br#"{"op":"connected","id":1,"client_id":"a","node":"n","ping_interval":25,"pong_timeout":10}"#;
+        decode_batch(Encoding::Json, connected, &mut out).unwrap();
+        assert_eq!(out[1].ping_interval, Some(25.0));
+    }
+
+    #[test]
+    fn client_messages_carry_op_in_both_encodings() {
+        let msg = ClientMsg::Subscribe {
+            id: 2,
+            channel: "bench",
+        };
+        let Message::Text(text) = Encoding::Json.encode(&msg).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            text.as_str(),
+            r#"{"op":"subscribe","id":2,"channel":"bench"}"#
+        );
+        let Message::Binary(bin) = Encoding::Msgpack.encode(&ClientMsg::Pong).unwrap() else {
+            panic!()
+        };
+        let v: serde_json::Value = rmp_serde::from_slice(&bin).unwrap();
+        assert_eq!(v, serde_json::json!({"op": "pong"}));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut out = Vec::new();
+        assert!(decode_batch(Encoding::Json, b"{nope", &mut out).is_err());
+        assert!(decode_batch(Encoding::Msgpack, &[0xc1], &mut out).is_err());
+    }
+}
