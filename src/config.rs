@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// Time a client has to send its HTTP request headers (slowloris), and the longest an
     /// idle keep-alive HTTP connection stays open.
     pub handshake_timeout_secs: u64,
+    /// Pending-connection queue of the listener (the kernel caps it at
+    /// `net.core.somaxconn`); a burst of connects beyond it waits for SYN retries.
+    pub listen_backlog: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -236,6 +239,7 @@ impl Default for ServerConfig {
             max_connections: 100_000,
             max_pending_connections: 10_000,
             handshake_timeout_secs: 10,
+            listen_backlog: 4096,
         }
     }
 }
@@ -406,6 +410,10 @@ impl Config {
         }
         let positive = [
             ("server.max_connections", self.server.max_connections as u64),
+            (
+                "server.listen_backlog",
+                u64::from(self.server.listen_backlog),
+            ),
             (
                 "server.handshake_timeout_secs",
                 self.server.handshake_timeout_secs,

@@ -60,10 +60,11 @@ pub struct Server {
 impl Server {
     /// Binds the listeners and builds the node's state.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let listener = bind(&config.server.listen).await?;
+        let backlog = config.server.listen_backlog;
+        let listener = bind(&config.server.listen, backlog)?;
         let metrics_listener = match config.server.metrics_listen.as_str() {
             "" => None,
-            addr => Some(bind(addr).await?),
+            addr => Some(bind(addr, backlog)?),
         };
         let metrics = Arc::new(Metrics::new());
         let background = TaskTracker::new();
@@ -92,7 +93,13 @@ impl Server {
                     subscriptions: 0,
                     channels: 0,
                 };
-                let broker = RedisBroker::start(hub.clone(), &config.redis, stats, &background, background_stop.clone())?;
+                let broker = RedisBroker::start(
+                    hub.clone(),
+                    &config.redis,
+                    stats,
+                    &background,
+                    background_stop.clone(),
+                )?;
                 Broker::Redis(broker)
             }
         };
@@ -304,7 +311,9 @@ async fn expire_streams(state: Arc<AppState>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {}
         }
-        let Broker::Memory(broker) = &state.broker else { return };
+        let Broker::Memory(broker) = &state.broker else {
+            return;
+        };
         let config = state.config();
         broker.expire(|channel| {
             let ns = config
@@ -315,13 +324,27 @@ async fn expire_streams(state: Arc<AppState>, stop: CancellationToken) {
     }
 }
 
-async fn bind(addr: &str) -> Result<TcpListener, ServerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            addr: addr.to_owned(),
-            source,
-        })
+/// A listener with an explicit backlog (`TcpListener::bind` would leave it at 128).
+fn bind(addr: &str, backlog: u32) -> Result<TcpListener, ServerError> {
+    let failed = |source| ServerError::Bind {
+        addr: addr.to_owned(),
+        source,
+    };
+    let parsed: std::net::SocketAddr = addr.parse().map_err(|_| {
+        failed(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not an address",
+        ))
+    })?;
+    let socket = if parsed.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(failed)?;
+    socket.set_reuseaddr(true).map_err(failed)?;
+    socket.bind(parsed).map_err(failed)?;
+    socket.listen(backlog).map_err(failed)
 }
 
 fn random_key() -> String {

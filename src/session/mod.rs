@@ -96,15 +96,19 @@ async fn run<S>(
     let handshake = if admission.over_ip_limit {
         Err(CloseCode::ConnectionLimit)
     } else {
-        connect::handshake(&mut transport, &state, header_token, &mut admission).await
+        Box::pin(connect::handshake(
+            &mut transport,
+            &state,
+            header_token,
+            &mut admission,
+        ))
+        .await
     };
     let (client, rest) = match handshake {
         Ok(connected) => connected,
         Err(code) => {
             if code != CloseCode::Normal {
-                transport
-                    .close(code, code.default_reason(), code.reconnect())
-                    .await;
+                Box::pin(transport.close(code, code.default_reason(), code.reconnect())).await;
             }
             state
                 .metrics
@@ -139,7 +143,7 @@ where
         tracing::debug!(encoding = self.transport.encoding().label(), "connected");
         let mut flow = Flow::Continue;
         for request in rest {
-            flow = self.handle(request).await;
+            flow = Box::pin(self.handle(request)).await;
             if flow == Flow::Stop {
                 break;
             }
@@ -199,7 +203,9 @@ where
             }
         };
         for request in requests {
-            if self.handle(request).await == Flow::Stop {
+            // Boxed: request handling (down to broker round trips) is a large future;
+            // inlined, every idle session would carry its size.
+            if Box::pin(self.handle(request)).await == Flow::Stop {
                 return Flow::Stop;
             }
         }
@@ -227,9 +233,12 @@ where
             }
             if let Some(closing) = batch.closing {
                 if closing.code != CloseCode::Normal {
-                    self.transport
-                        .close(closing.code, &closing.reason, closing.reconnect)
-                        .await;
+                    Box::pin(self.transport.close(
+                        closing.code,
+                        &closing.reason,
+                        closing.reconnect,
+                    ))
+                    .await;
                 }
                 return Flow::Stop;
             }

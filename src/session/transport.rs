@@ -163,7 +163,8 @@ where
         let raw = self.socket.get_mut();
         let _ = tokio::time::timeout(self.write_timeout, raw.shutdown()).await;
         let drain = async {
-            let mut buf = [0u8; 4096];
+            // On the heap: a buffer in this future would sit in every session's task.
+            let mut buf = vec![0u8; 4096];
             let mut total = 0;
             while total < LINGER_BYTES {
                 match raw.read(&mut buf).await {
