@@ -255,7 +255,7 @@ impl Default for ClientConfig {
             max_frame_bytes: 64 * 1024,
             max_channels: 128,
             max_batch_bytes: 64 * 1024,
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 256,
             write_timeout_secs: 10,
             allowed_origins: Vec::new(),
             rate_limit_per_sec: 100,

@@ -49,7 +49,7 @@ struct Session<S> {
 }
 
 /// The limit slots one connection holds (see `crate::limits`); dropped with the session.
-struct Admission {
+pub(super) struct Admission {
     /// Held from the upgrade until `connect` succeeds.
     pending: Option<LimitSlot>,
     /// `None` when the address is unknown or over its limit. Held, never read.
@@ -81,14 +81,24 @@ impl Admission {
     }
 }
 
-/// Serves one upgraded connection to its end.
-async fn run<S>(
+/// A connection that completed `connect`, ready to be served.
+pub(super) struct Started<S> {
+    session: Session<S>,
+    rest: Vec<Result<crate::protocol::Request, crate::protocol::RequestError>>,
+    span: tracing::Span,
+}
+
+/// Runs the `connect` handshake of an upgraded connection. `None` when it ended there
+/// (closed with its code). Callers box this future: it is short-lived, and inlined it
+/// would enlarge every session's task for the connection's whole life.
+pub(super) async fn start<S>(
     socket: tokio_tungstenite::WebSocketStream<S>,
     state: Arc<AppState>,
     encoding: Encoding,
     header_token: Option<String>,
     mut admission: Admission,
-) where
+) -> Option<Started<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let config = state.config();
@@ -96,26 +106,22 @@ async fn run<S>(
     let handshake = if admission.over_ip_limit {
         Err(CloseCode::ConnectionLimit)
     } else {
-        Box::pin(connect::handshake(
-            &mut transport,
-            &state,
-            header_token,
-            &mut admission,
-        ))
-        .await
+        connect::handshake(&mut transport, &state, header_token, &mut admission).await
     };
     let (client, rest) = match handshake {
         Ok(connected) => connected,
         Err(code) => {
             if code != CloseCode::Normal {
-                Box::pin(transport.close(code, code.default_reason(), code.reconnect())).await;
+                transport
+                    .close(code, code.default_reason(), code.reconnect())
+                    .await;
             }
             state
                 .metrics
                 .disconnects
                 .with_label_values(&[code.label()])
                 .inc();
-            return;
+            return None;
         }
     };
     // One span per session; instrumenting the future (not entering a guard) keeps it
@@ -128,7 +134,26 @@ async fn run<S>(
         client,
         _admission: admission,
     };
-    session.run(rest).instrument(span).await;
+    Some(Started {
+        session,
+        rest,
+        span,
+    })
+}
+
+impl<S> Started<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// Serves the connection to its end.
+    pub(super) async fn serve(self) {
+        let Started {
+            session,
+            rest,
+            span,
+        } = self;
+        session.run(rest).instrument(span).await;
+    }
 }
 
 impl<S> Session<S>
@@ -151,7 +176,7 @@ where
         if flow == Flow::Continue {
             self.serve().await;
         }
-        self.finish().await;
+        Box::pin(self.finish()).await;
     }
 
     /// The main loop: write what the hub queued, read what the client sends.
@@ -182,7 +207,7 @@ where
                     CloseCode::FrameTooLarge.default_reason(),
                     true,
                 );
-                self.flush().await
+                Box::pin(self.flush()).await
             }
             Inbound::Broken => {
                 self.client
@@ -199,7 +224,7 @@ where
                 tracing::debug!(error = %err, "malformed frame");
                 self.client
                     .close(CloseCode::Malformed, &err.to_string(), true);
-                return self.flush().await;
+                return Box::pin(self.flush()).await;
             }
         };
         for request in requests {

@@ -83,14 +83,18 @@ pub async fn ws_handler(State(state): State<Arc<AppState>>, mut request: Request
     };
     let ws_config = websocket_config(&config.client);
     let task_state = state.clone();
+    // The task lives as long as the connection and its allocation is the largest state
+    // of its future: the short-lived upgrade is boxed so only the session stays.
     state.sessions.spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
-        super::run(socket, task_state, encoding, header_token, admission).await;
+        let started = Box::pin(async move {
+            let upgraded = on_upgrade.await.ok()?;
+            let io = TokioIo::new(upgraded);
+            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+            super::start(socket, task_state, encoding, header_token, admission).await
+        });
+        if let Some(started) = started.await {
+            started.serve().await;
+        }
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
     let out = response.headers_mut();
