@@ -439,3 +439,67 @@ async fn redis_cluster_mode_relays_over_sharded_pubsub() -> TestResult {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starts_while_redis_is_down_and_serves_once_it_is_up() -> TestResult {
+    let port = support::redis_server::free_port()?;
+    let config = format!(
+        "[broker]\nkind = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:{port}\"\nkey_prefix = \"late\"\nconnect_timeout_ms = 300\n"
+    );
+    let node = TestServer::start(&config).await?;
+    let response = node.http().get(node.http_url("/ready")).send().await?;
+    assert_eq!(response.status().as_u16(), 503);
+    let body: Value = response.json().await?;
+    assert!(
+        body["reason"].as_str().is_some_and(|r| r.contains("redis")),
+        "{body}"
+    );
+    let (status, body) = node
+        .post("/api/publish", &json!({"channel": "news", "data": 1}))
+        .await?;
+    assert_eq!((status, body["error"]["code"].clone()), (503, json!(100)));
+
+    let _redis = RedisServer::start_on(port).await?;
+    node.wait_ready().await?;
+    let (mut client, _) = WsClient::connect(&node.ws_url(), Encoding::Json).await?;
+    client
+        .request("subscribe", json!({"channel": "news"}))
+        .await?;
+    node.publish("news", json!("finally")).await?;
+    assert_eq!(client.recv_message().await?["data"], "finally");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_pubsub_connection_is_replaced_and_resubscribed() -> TestResult {
+    let redis = RedisServer::start().await?;
+    let nodes = start_nodes(&redis, "pskill", 1).await?;
+    let node = &nodes[0];
+    let (mut client, _) = WsClient::connect(&node.ws_url(), Encoding::Json).await?;
+    client
+        .request("subscribe", json!({"channel": "news"}))
+        .await?;
+    let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).await?;
+    assert!(
+        killed.trim().parse::<u32>().is_ok_and(|n| n >= 1),
+        "{killed}"
+    );
+    // Redis counts the replacement connection's subscriptions again once it is back.
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while redis
+        .cli(&["PUBSUB", "NUMSUB", "pskill:t:{news}"])
+        .await?
+        .lines()
+        .nth(1)
+        != Some("1")
+    {
+        if tokio::time::Instant::now() > deadline {
+            return fail("the topic was never subscribed again");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    node.publish("news", json!("after")).await?;
+    assert_eq!(client.recv_message().await?["data"], "after");
+    assert!(node.state.metrics.redis_reconnects.get() >= 1);
+    Ok(())
+}

@@ -25,6 +25,18 @@ impl RedisServer {
         Self::start_with(&[]).await
     }
 
+    /// Starts on a given port (one a node was already told to use).
+    pub async fn start_on(port: u16) -> TestResult<RedisServer> {
+        let mut server = RedisServer {
+            port,
+            child: None,
+            dir: tempfile::tempdir()?,
+            extra: Vec::new(),
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
     /// Starts with extra `redis-server` arguments (e.g. cluster mode).
     pub async fn start_with(extra: &[&str]) -> TestResult<RedisServer> {
         let mut server = RedisServer {
