@@ -9,6 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::addrs::{SourceSpec, Target, resolve_targets};
+use crate::cluster::{self, ClusterSpec, LocalCluster};
 use crate::conn::Handshake;
 use crate::fleet::{Fleet, FleetSpec};
 use crate::host::{self, CpuMeter, MachineCpu, MachineMeter, Memory};
@@ -19,8 +20,22 @@ use crate::wire::Encoding;
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct CommonArgs {
     /// WebSocket URL(s) of the node(s), comma-separated or repeated; used round-robin.
-    #[arg(long, required = true, value_delimiter = ',')]
+    /// Required unless --spawn-nodes starts the nodes.
+    #[arg(long, value_delimiter = ',')]
     pub url: Vec<String>,
+    /// Start a redis-server and this many pushwire nodes (Redis broker) on loopback, target
+    /// them round-robin, sample their RSS/CPU, and stop them at the end.
+    #[arg(long, default_value_t = 0)]
+    pub spawn_nodes: usize,
+    /// The pushwire binary for --spawn-nodes (default: `pushwire` next to this executable).
+    #[arg(long)]
+    pub pushwire_bin: Option<PathBuf>,
+    /// The redis-server binary for --spawn-nodes.
+    #[arg(long, default_value = "redis-server")]
+    pub redis_bin: String,
+    /// `history_size` of the spawned nodes' `hist` namespace (channels `hist:...`).
+    #[arg(long, default_value_t = 1000)]
+    pub spawn_history_size: usize,
     /// Wire encoding (subprotocol pushwire.v1.json or pushwire.v1.msgpack).
     #[arg(long, value_enum, default_value = "json")]
     pub encoding: Encoding,
@@ -72,7 +87,42 @@ pub struct CommonArgs {
 
 impl CommonArgs {
     pub async fn targets(&self) -> anyhow::Result<Vec<Target>> {
+        ensure!(
+            !self.url.is_empty(),
+            "give the nodes with --url, or start some with --spawn-nodes N"
+        );
         resolve_targets(&self.url).await
+    }
+
+    /// With `--spawn-nodes`, starts the cluster and points `--url` and `--server-pid` at
+    /// its nodes. The caller owns the cluster and shuts it down after the run.
+    pub async fn spawn_cluster(&mut self) -> anyhow::Result<Option<LocalCluster>> {
+        if self.spawn_nodes == 0 {
+            return Ok(None);
+        }
+        ensure!(
+            self.url.is_empty() && self.server_pid.is_empty(),
+            "--spawn-nodes picks the nodes itself; drop --url and --server-pid"
+        );
+        let spec = ClusterSpec {
+            nodes: self.spawn_nodes,
+            pushwire_bin: self
+                .pushwire_bin
+                .clone()
+                .unwrap_or_else(cluster::default_pushwire_bin),
+            redis_bin: self.redis_bin.clone(),
+            history_size: self.spawn_history_size,
+        };
+        let cluster = LocalCluster::start(&spec).await?;
+        eprintln!(
+            "spawned redis-server (pid {:?}) and {} nodes: {}",
+            cluster.redis_pid,
+            cluster.ws_urls.len(),
+            cluster.ws_urls.join(", ")
+        );
+        self.url = cluster.ws_urls.clone();
+        self.server_pid = cluster.node_pids.clone();
+        Ok(Some(cluster))
     }
 
     /// The fleet of `connections` these options describe.
@@ -92,6 +142,8 @@ impl CommonArgs {
             sources,
             encoding: self.encoding,
             channel: self.channel.clone(),
+            channels: 1,
+            slow_fraction: 0.0,
             handshake: Handshake::Subscribe,
             first_index: 0,
             connections,

@@ -30,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 use crate::addrs::{Target, source_for};
 use crate::seq::{SeqOutcome, SeqTracker};
 use crate::stats::Stats;
-use crate::wire::{ClientMsg, Encoding, ServerMsg, ServerOp, decode_batch, unix_micros};
+use crate::wire::{
+    ClientMsg, Encoding, ServerMsg, ServerOp, channel_for, decode_batch, unix_micros,
+};
 
 type Ws = WebSocketStream<TcpStream>;
 
@@ -50,6 +52,10 @@ const DEAD_SLACK: Duration = Duration::from_secs(5);
 pub struct ConnContext {
     pub encoding: Encoding,
     pub channel: String,
+    /// Channels the connections are spread over (see [`channel_for`]).
+    pub channels: usize,
+    /// Share of connections that stop reading once subscribed.
+    pub slow_fraction: f64,
     pub handshake: Handshake,
     pub targets: Vec<Target>,
     pub sources: Vec<IpAddr>,
@@ -83,6 +89,13 @@ pub async fn run(ctx: Arc<ConnContext>, index: usize, permit: OwnedSemaphorePerm
     Stats::bump(&stats.counters.ready);
     let micros = started.elapsed().as_micros() as u64;
     stats.connect_latency.record_all(index, &[micros]);
+    if is_slow(index, ctx.slow_fraction) {
+        // Never reads again: the kernel buffers fill and the server has to cope (queue,
+        // then evict with 4008). Dropped at the end without a close handshake.
+        Stats::bump(&stats.counters.slow);
+        ctx.stop.cancelled().await;
+        return Stats::bump(&stats.counters.finished);
+    }
 
     let end = session.listen().await;
     if end != End::Stopped {
@@ -103,6 +116,14 @@ pub async fn run(ctx: Arc<ConnContext>, index: usize, permit: OwnedSemaphorePerm
         let _ = timeout(Duration::from_secs(2), session.ws.close(None)).await;
     }
     Stats::bump(&stats.counters.finished);
+}
+
+/// Whether connection `index` is one of the `fraction` that stop reading: the first
+/// `round(fraction × 100)` of every 100 consecutive indices, so they are spread evenly
+/// over nodes, source addresses and worker processes.
+pub fn is_slow(index: usize, fraction: f64) -> bool {
+    let per_hundred = (fraction.clamp(0.0, 1.0) * 100.0).round() as usize;
+    index % 100 < per_hundred
 }
 
 /// How far each connection goes before it just listens: the WebSocket upgrade only (the
@@ -174,9 +195,10 @@ async fn establish(
         return Ok(session);
     }
     *stage = Stage::Subscribe;
+    let channel = channel_for(&ctx.channel, ctx.channels, index);
     let subscribe = ClientMsg::Subscribe {
         id: 2,
-        channel: &ctx.channel,
+        channel: &channel,
     };
     session.request(2, &subscribe).await?;
     Ok(session)
@@ -370,7 +392,11 @@ impl Session {
     fn outcome(&self, published: &[u64]) -> SeqOutcome {
         let mut sum = SeqOutcome::default();
         let empty = SeqTracker::default();
+        let channels = self.ctx.channels.max(1);
         for (stream, &count) in published.iter().enumerate() {
+            if stream % channels != self.index % channels {
+                continue; // that stream publishes to another channel
+            }
             sum.add(&self.trackers.get(stream).unwrap_or(&empty).outcome(count));
         }
         sum
@@ -381,4 +407,17 @@ impl Session {
 fn short(reason: &str) -> String {
     let line = reason.lines().next().unwrap_or(reason);
     line.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slow_connections_are_the_asked_share() {
+        let slow = (0..1000).filter(|&i| is_slow(i, 0.1)).count();
+        assert_eq!(slow, 100);
+        assert!(!(0..1000).any(|i| is_slow(i, 0.0)));
+        assert!((0..100).all(|i| is_slow(i, 1.0)));
+    }
 }

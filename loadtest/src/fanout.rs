@@ -1,4 +1,5 @@
-//! Scenario `fanout`: N subscribers on one channel, a publisher posting to the HTTP API at
+//! Scenario `fanout` (and the `channels` variant, `--channels C`): N subscribers on one
+//! channel or spread over C channels, a publisher posting to the HTTP API at
 //! a fixed rate, and every delivery checked for latency, loss, duplication and order.
 //!
 //! Phases: ramp the subscribers (publishing starts only once all are ready or failed, so
@@ -39,7 +40,8 @@ pub struct FanoutArgs {
     pub api_url: Option<String>,
     /// API key for `Authorization: Bearer`. The variable deliberately lacks the
     /// `PUSHWIRE_` prefix: the server refuses to start on unknown `PUSHWIRE_*` variables.
-    #[arg(long, env = "LOADTEST_API_KEY")]
+    /// Default with --spawn-nodes: the spawned nodes' key.
+    #[arg(long, env = "LOADTEST_API_KEY", default_value = "")]
     #[serde(skip)]
     pub api_key: String,
     /// Subscribers on the channel.
@@ -58,6 +60,16 @@ pub struct FanoutArgs {
     /// rate, so a stream has 40 ms per request).
     #[arg(long)]
     pub publish_streams: Option<usize>,
+    /// Spread the subscribers over this many channels (`CHANNEL.0`, `CHANNEL.1`, ...,
+    /// connection `i` on `i % N`); publisher stream `s` publishes to channel `s % N`, so
+    /// there are at least this many streams (at most 256).
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+    /// Share of subscribers (0 to 1) that stop reading once subscribed (the `slow`
+    /// scenario). They are left out of latency, loss and expected deliveries: compare the
+    /// healthy subscribers' latency with a run without them.
+    #[arg(long, default_value_t = 0.0)]
+    pub slow_fraction: f64,
     /// Longest wait for in-flight deliveries after the last publication.
     #[arg(long, default_value_t = 10)]
     pub drain_secs: u64,
@@ -71,7 +83,10 @@ impl FanoutArgs {
 
     fn streams(&self) -> usize {
         let auto = (self.rate / 25.0).ceil() as usize;
-        self.publish_streams.unwrap_or(auto).clamp(1, MAX_STREAMS)
+        self.publish_streams
+            .unwrap_or(auto)
+            .max(self.channels)
+            .clamp(1, MAX_STREAMS)
     }
 
     fn api_url(&self) -> anyhow::Result<String> {
@@ -98,9 +113,19 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Results> {
         args.rate > 0.0 && args.publish_streams != Some(0),
         "--rate and --publish-streams must be positive"
     );
+    anyhow::ensure!(
+        (1..=MAX_STREAMS).contains(&args.channels),
+        "--channels must be between 1 and {MAX_STREAMS}"
+    );
+    anyhow::ensure!(
+        (0.0..1.0).contains(&args.slow_fraction),
+        "--slow-fraction must be at least 0 and below 1"
+    );
     let c = &args.common;
     let targets = c.targets().await?;
-    let spec = c.fleet_spec(targets, args.subscribers)?;
+    let mut spec = c.fleet_spec(targets, args.subscribers)?;
+    spec.channels = args.channels;
+    spec.slow_fraction = args.slow_fraction;
     let workers = c.workers(args.subscribers)?;
     let total = args.subscribers as u64;
     let started_unix = host::unix_secs();
@@ -137,7 +162,16 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Results> {
     let publish_secs = publish_started.elapsed().as_secs_f64();
 
     progress.phase("drain");
-    let expected = ramped.counters.ready * pstats.total_published();
+    let expected = expected_deliveries(
+        &pstats.published(),
+        args.channels,
+        args.subscribers,
+        ramped.counters.ready,
+    );
+    // Slow subscribers owe nothing; with one channel that is exact, over several close.
+    let healthy = ramped.counters.ready.saturating_sub(ramped.counters.slow);
+    let expected =
+        (expected as f64 * healthy as f64 / ramped.counters.ready.max(1) as f64).round() as u64;
     let last_delivery = drain(
         &fleet,
         &mut progress,
@@ -178,6 +212,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Results> {
         failed: snap.failed(),
         dropped: snap.counters.dropped,
         dead: snap.counters.dead,
+        slow: snap.counters.slow,
         ramp_secs,
         connect_rate_per_sec: ramped.counters.ready as f64 / ramp_secs.max(1e-9),
         connect_latency: LatencySummary::of(&snap.connect_latency),
@@ -209,6 +244,7 @@ fn publisher_spec(args: &FanoutArgs) -> anyhow::Result<PublisherSpec> {
         api_url: args.api_url()?,
         api_key: args.api_key.clone(),
         channel: args.common.channel.clone(),
+        channels: args.channels,
         rate: args.rate,
         streams: args.streams(),
         payload_bytes: args.payload_bytes,
@@ -216,6 +252,30 @@ fn publisher_spec(args: &FanoutArgs) -> anyhow::Result<PublisherSpec> {
         request_timeout: Duration::from_secs(5),
         max_retries: 5,
     })
+}
+
+/// Deliveries owed: each stream's publications times the subscribers of its channel. With
+/// one channel that is `ready × published`; over several, subscribers are counted per
+/// channel from the round-robin placement, scaled by the share that became ready.
+pub fn expected_deliveries(
+    published: &[u64],
+    channels: usize,
+    subscribers: usize,
+    ready: u64,
+) -> u64 {
+    let channels = channels.max(1);
+    let on_channel =
+        |c: usize| (subscribers / channels + usize::from(c < subscribers % channels)) as u64;
+    let full: u64 = published
+        .iter()
+        .enumerate()
+        .map(|(s, &n)| n * on_channel(s % channels))
+        .sum();
+    if ready >= subscribers as u64 || subscribers == 0 {
+        full
+    } else {
+        (full as f64 * ready as f64 / subscribers as f64).round() as u64
+    }
 }
 
 /// Waits until `expected` messages arrived, deliveries went quiet, or `limit` passed.
@@ -268,5 +328,20 @@ fn verdict(zero_loss: bool, target: u64, snap: &Snapshot, d: &DeliveryResults) -
     Verdict {
         passed: failures.is_empty(),
         failures,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_deliveries_follow_each_streams_channel() {
+        // One channel: every ready subscriber gets every publication.
+        assert_eq!(expected_deliveries(&[3, 4], 1, 10, 10), 70);
+        // 10 subscribers over 3 channels: 4, 3, 3; streams 0..4 go to channels 0, 1, 2, 0.
+        assert_eq!(expected_deliveries(&[1, 1, 1, 1], 3, 10, 10), 4 + 3 + 3 + 4);
+        // Half ready: half the deliveries.
+        assert_eq!(expected_deliveries(&[2], 1, 10, 5), 10);
     }
 }

@@ -34,8 +34,14 @@ pub struct FleetSpec {
     pub targets: Vec<Target>,
     pub sources: Vec<IpAddr>,
     pub encoding: Encoding,
-    /// The channel every connection subscribes to.
+    /// The channel every connection subscribes to (with `channels` > 1, the base name).
     pub channel: String,
+    /// Connection `i` subscribes to `channel.(i % channels)` when this is above 1.
+    #[serde(default)]
+    pub channels: usize,
+    /// Share of connections that stop reading once subscribed (see `conn::is_slow`).
+    #[serde(default)]
+    pub slow_fraction: f64,
     /// How far each connection goes before it just listens.
     pub handshake: Handshake,
     /// Global index of this slice's first connection.
@@ -95,6 +101,8 @@ impl LocalFleet {
         let ctx = Arc::new(ConnContext {
             encoding: spec.encoding,
             channel: spec.channel.clone(),
+            channels: spec.channels,
+            slow_fraction: spec.slow_fraction,
             handshake: spec.handshake,
             targets: spec.targets.clone(),
             sources: spec.sources.clone(),
@@ -236,6 +244,8 @@ mod tests {
             sources: vec![],
             encoding: Encoding::Json,
             channel: "bench".into(),
+            channels: 1,
+            slow_fraction: 0.0,
             handshake: Handshake::Subscribe,
             first_index: 0,
             connections: 10,

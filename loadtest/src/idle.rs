@@ -104,6 +104,7 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Results> {
         failed: snap.failed(),
         dropped: snap.counters.dropped,
         dead: snap.counters.dead,
+        slow: snap.counters.slow,
         ramp_secs,
         connect_rate_per_sec: ramped.counters.ready as f64 / ramp_secs.max(1e-9),
         connect_latency: LatencySummary::of(&snap.connect_latency),

@@ -3,7 +3,10 @@
 //! Code map:
 //! - `main` (this file): the command line and the hard deadline around every run.
 //! - `cli`: options shared by every scenario; turning them into a fleet and an exit code.
-//! - `idle`, `fanout`: the scenarios, each a sequence of phases over a fleet.
+//! - `idle`, `fanout`: the scenarios, each a sequence of phases over a fleet; `fanout`
+//!   also covers many channels (`--channels`) and clients that stop reading (`--slow-fraction`).
+//! - `recover`: one client at a time catching up on missed messages with `recover`.
+//! - `cluster`: self-hosted mode, a redis-server and N nodes started and stopped by the run.
 //! - `fleet`: opening connections at a controlled rate, in-process or over workers.
 //! - `worker`: the `worker` subcommand and the coordinator's handle on worker processes
 //!   (JSON lines over stdin/stdout).
@@ -22,6 +25,7 @@
 
 mod addrs;
 mod cli;
+mod cluster;
 mod conn;
 mod fanout;
 mod fleet;
@@ -29,6 +33,7 @@ mod host;
 mod idle;
 mod progress;
 mod publisher;
+mod recover;
 mod report;
 mod seq;
 mod stats;
@@ -43,6 +48,8 @@ use crate::report::Results;
 
 /// Exit code when the hard deadline cuts a run short.
 const EXIT_DEADLINE: i32 = 3;
+/// Exit code when Ctrl-C (SIGINT) ends a run.
+const EXIT_INTERRUPTED: i32 = 130;
 
 /// Load generator for pushwire: many connections, fan-out latency, losses, server memory.
 #[derive(Debug, Parser)]
@@ -58,6 +65,8 @@ enum Command {
     Idle(idle::IdleArgs),
     /// Subscribers on one channel and a publisher at a fixed rate; report latency and losses.
     Fanout(fanout::FanoutArgs),
+    /// Time for a client to recover messages it missed (subscribe with `recover`).
+    Recover(recover::RecoverArgs),
     /// Internal: run a slice of connections for a coordinator (JSON lines on stdin/stdout).
     #[command(hide = true)]
     Worker,
@@ -83,8 +92,35 @@ fn main() {
 
 async fn dispatch(command: Command) -> i32 {
     let outcome = match command {
-        Command::Idle(args) => scenario(idle::run(&args), args.deadline(), &args.common).await,
-        Command::Fanout(args) => scenario(fanout::run(&args), args.deadline(), &args.common).await,
+        Command::Idle(mut args) => match args.common.spawn_cluster().await {
+            Ok(cluster) => {
+                let r = scenario(idle::run(&args), args.deadline(), &args.common).await;
+                teardown(cluster, r).await
+            }
+            Err(err) => Err(err),
+        },
+        Command::Fanout(mut args) => match args.common.spawn_cluster().await {
+            Ok(cluster) => {
+                if let Some(c) = &cluster {
+                    args.api_url.get_or_insert_with(|| c.api_urls[0].clone());
+                    if args.api_key.is_empty() {
+                        args.api_key = cluster::SPAWNED_API_KEY.to_string();
+                    }
+                }
+                let r = scenario(fanout::run(&args), args.deadline(), &args.common).await;
+                teardown(cluster, r).await
+            }
+            Err(err) => Err(err),
+        },
+        Command::Recover(args) => {
+            match tokio::time::timeout(args.deadline(), recover::run(&args)).await {
+                Ok(outcome) => outcome,
+                Err(_) => {
+                    eprintln!("error: hard deadline reached; aborting the run");
+                    Ok(EXIT_DEADLINE)
+                }
+            }
+        }
         Command::Worker => worker::serve().await.map(|()| 0),
     };
     outcome.unwrap_or_else(|err| {
@@ -93,20 +129,38 @@ async fn dispatch(command: Command) -> i32 {
     })
 }
 
-/// Runs a scenario under its hard deadline and reports it.
+/// Stops a spawned cluster (if any) once the run is over, whatever its outcome.
+async fn teardown(
+    cluster: Option<cluster::LocalCluster>,
+    outcome: anyhow::Result<i32>,
+) -> anyhow::Result<i32> {
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await;
+    }
+    outcome
+}
+
+/// Runs a scenario under its hard deadline and Ctrl-C, and reports it. Either cut-off drops
+/// the run, which kills its worker processes.
 async fn scenario(
     run: impl Future<Output = anyhow::Result<Results>>,
     deadline: Duration,
     common: &cli::CommonArgs,
 ) -> anyhow::Result<i32> {
-    match tokio::time::timeout(deadline, run).await {
-        Ok(results) => common.finish(&results?),
-        Err(_) => {
-            eprintln!(
-                "error: hard deadline of {}s reached; aborting the run",
-                deadline.as_secs()
-            );
-            Ok(EXIT_DEADLINE)
+    tokio::select! {
+        outcome = tokio::time::timeout(deadline, run) => match outcome {
+            Ok(results) => common.finish(&results?),
+            Err(_) => {
+                eprintln!(
+                    "error: hard deadline of {}s reached; aborting the run",
+                    deadline.as_secs()
+                );
+                Ok(EXIT_DEADLINE)
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted; stopping");
+            Ok(EXIT_INTERRUPTED)
         }
     }
 }

@@ -20,7 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::new_histogram;
-use crate::wire::{bench_data, publish_body, unix_micros};
+use crate::wire::{bench_data, channel_for, publish_body, unix_micros};
 
 /// What to publish, where, and how fast.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct PublisherSpec {
     pub api_url: String,
     pub api_key: String,
     pub channel: String,
+    /// Stream `s` publishes to `channel_for(channel, channels, s)`.
+    pub channels: usize,
     /// Publications per second, all streams together.
     pub rate: f64,
     pub streams: usize,
@@ -157,11 +159,9 @@ impl Stream {
     async fn publish(&self, seq: u64) {
         let ts = unix_micros();
         let data = bench_data(ts, seq, self.index as u32, self.spec.payload_bytes);
-        let Ok(body) = publish_body(
-            &self.spec.channel,
-            &data,
-            &format!("lt-{ts}-{}-{seq}", self.index),
-        ) else {
+        let channel = channel_for(&self.spec.channel, self.spec.channels, self.index);
+        let Ok(body) = publish_body(&channel, &data, &format!("lt-{ts}-{}-{seq}", self.index))
+        else {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             return;
         };

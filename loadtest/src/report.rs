@@ -49,6 +49,9 @@ pub struct ConnectionResults {
     /// Ready connections that ended before the run did.
     pub dropped: u64,
     pub dead: u64,
+    /// Ready connections that stopped reading on purpose (`--slow-fraction`).
+    #[serde(default)]
+    pub slow: u64,
     /// From the first attempt until the last connection was ready.
     pub ramp_secs: f64,
     /// Ready connections per second over the ramp.
@@ -230,8 +233,8 @@ impl Results {
         row(
             "connections",
             format!(
-                "{} ready of {}, {} failed, {} dropped, {} dead",
-                c.ready, c.target, c.failed, c.dropped, c.dead
+                "{} ready of {}, {} failed, {} dropped, {} dead, {} slow (not reading)",
+                c.ready, c.target, c.failed, c.dropped, c.dead, c.slow
             ),
         );
         row(

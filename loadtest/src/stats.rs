@@ -59,6 +59,8 @@ counters! {
     ready,
     /// Ready connections that ended before the run told them to (closed, reset, dead).
     dropped,
+    /// Ready connections that then stopped reading on purpose (`--slow-fraction`).
+    slow,
     /// Ready connections that heard nothing (no ping, no frame) for the ping deadline.
     dead,
     pings,

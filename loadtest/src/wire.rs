@@ -119,6 +119,16 @@ pub fn decode_batch(enc: Encoding, frame: &[u8], out: &mut Vec<ServerMsg>) -> an
     Ok(())
 }
 
+/// The channel of connection or publisher stream `index` when a run spreads over `channels`
+/// channels: `base` itself for one channel, else `base.K` with `K = index % channels`.
+pub fn channel_for(base: &str, channels: usize, index: usize) -> String {
+    if channels <= 1 {
+        base.to_string()
+    } else {
+        format!("{base}.{}", index % channels)
+    }
+}
+
 /// Microseconds since the Unix epoch, the clock both publisher and receivers read.
 pub fn unix_micros() -> u64 {
     SystemTime::now()
@@ -272,5 +282,12 @@ mod tests {
         let mut out = Vec::new();
         assert!(decode_batch(Encoding::Json, b"{nope", &mut out).is_err());
         assert!(decode_batch(Encoding::Msgpack, &[0xc1], &mut out).is_err());
+    }
+
+    #[test]
+    fn channel_for_spreads_round_robin() {
+        assert_eq!(channel_for("bench", 1, 7), "bench");
+        assert_eq!(channel_for("bench", 0, 7), "bench");
+        assert_eq!(channel_for("hist:c", 3, 7), "hist:c.1");
     }
 }

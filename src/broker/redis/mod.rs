@@ -100,10 +100,11 @@ impl RelayContext {
             .redis_errors
             .with_label_values(&[op])
             .inc();
-        if err.is_io_error()
-            || err.is_timeout()
-            || err.is_connection_dropped()
-            || err.is_connection_refusal()
+        // A lost connection fails everything fast until the health check sees Redis back;
+        // a timeout does not (under load it is one slow reply, not an outage: marking
+        // Redis down then turned a busy node's publishes into 503s).
+        if !err.is_timeout()
+            && (err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal())
         {
             self.commands_up.store(false, Ordering::Release);
             self.hub.metrics().redis_up.set(0);

@@ -1,0 +1,210 @@
+//! Self-hosted mode (`--spawn-nodes N`): a `redis-server` and N pushwire nodes with the
+//! Redis broker, all on loopback, started before a run and torn down after it.
+//!
+//! Each node gets a config file written to a private directory, listens on
+//! `127.0.0.1:0`, and is known to be up once it prints `pushwire listening on ADDR` on
+//! stdout and `GET /ready` answers 200 (its Redis connection is up); its stderr (logs) goes to `node-K.log` in the same directory, which is kept when
+//! a node fails to start so the cause can be read. Every child is spawned with
+//! `kill_on_drop`, so whichever way the run ends (result, hard deadline, Ctrl-C, error)
+//! dropping the [`LocalCluster`] kills them; [`LocalCluster::shutdown`] does the same and
+//! also reaps them.
+//!
+//! The nodes declare a namespace `hist` with history (`--spawn-history-size`), so the same
+//! cluster serves runs with history (channel `hist:…`) and without (any other channel).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+use tokio::time::{Instant, sleep, timeout};
+
+/// The API key the spawned nodes accept.
+pub const SPAWNED_API_KEY: &str = "loadtest-spawned-key";
+/// How long a node or Redis may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    pub nodes: usize,
+    pub pushwire_bin: PathBuf,
+    pub redis_bin: String,
+    /// `history_size` of the `hist` namespace.
+    pub history_size: usize,
+}
+
+/// A running redis-server and its pushwire nodes.
+#[derive(Debug)]
+pub struct LocalCluster {
+    redis: Child,
+    nodes: Vec<Child>,
+    /// `ws://127.0.0.1:PORT/ws` per node.
+    pub ws_urls: Vec<String>,
+    /// `http://127.0.0.1:PORT` per node.
+    pub api_urls: Vec<String>,
+    pub node_pids: Vec<u32>,
+    pub redis_pid: Option<u32>,
+    pub dir: PathBuf,
+}
+
+impl LocalCluster {
+    /// Starts Redis on a free port, then the nodes one after the other.
+    pub async fn start(spec: &ClusterSpec) -> anyhow::Result<LocalCluster> {
+        anyhow::ensure!(
+            spec.pushwire_bin.is_file(),
+            "--pushwire-bin {} does not exist (build it with `cargo build --release -p pushwire`)",
+            spec.pushwire_bin.display()
+        );
+        let dir = std::env::temp_dir().join(format!("pushwire-loadtest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let port = free_port()?;
+        let redis = start_redis(&spec.redis_bin, port).await?;
+        let config = dir.join("node.toml");
+        std::fs::write(&config, node_config(port, spec.history_size))?;
+        let mut cluster = LocalCluster {
+            redis_pid: redis.id(),
+            redis,
+            nodes: Vec::new(),
+            ws_urls: Vec::new(),
+            api_urls: Vec::new(),
+            node_pids: Vec::new(),
+            dir,
+        };
+        for k in 0..spec.nodes {
+            let log = cluster.dir.join(format!("node-{k}.log"));
+            let (child, addr) = start_node(&spec.pushwire_bin, &config, &log)
+                .await
+                .with_context(|| format!("node {k} (log: {})", log.display()))?;
+            cluster.node_pids.extend(child.id());
+            cluster.nodes.push(child);
+            cluster.ws_urls.push(format!("ws://{addr}/ws"));
+            cluster.api_urls.push(format!("http://{addr}"));
+        }
+        Ok(cluster)
+    }
+
+    /// Kills every node, then Redis, and waits for them; removes the directory.
+    pub async fn shutdown(mut self) {
+        for node in &mut self.nodes {
+            let _ = node.start_kill();
+        }
+        for node in &mut self.nodes {
+            let _ = timeout(Duration::from_secs(5), node.wait()).await;
+        }
+        let _ = self.redis.start_kill();
+        let _ = timeout(Duration::from_secs(5), self.redis.wait()).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The config every spawned node shares (`--listen` picks the port).
+pub fn node_config(redis_port: u16, history_size: usize) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\
+         [api]\nkeys = [\"{SPAWNED_API_KEY}\"]\n\
+         [broker]\nkind = \"redis\"\n\
+         [redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\nkey_prefix = \"loadtest\"\n\
+         [namespaces.hist]\nhistory_size = {history_size}\nhistory_ttl_secs = 600\n"
+    )
+}
+
+/// The `pushwire` binary next to this executable (both are built into the same target dir).
+pub fn default_pushwire_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("pushwire")))
+        .unwrap_or_else(|| PathBuf::from("pushwire"))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn start_redis(bin: &str, port: u16) -> anyhow::Result<Child> {
+    let child = Command::new(bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--maxclients", "10000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {bin} (is redis-server installed?)"))?;
+    let until = Instant::now() + START_TIMEOUT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if Instant::now() > until {
+            bail!("redis-server did not listen on port {port}");
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+    Ok(child)
+}
+
+async fn start_node(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<(Child, String)> {
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log)?)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let stdout = child.stdout.take().context("node stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = timeout(START_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(addr) = line.strip_prefix("pushwire listening on ") {
+                return Ok(addr.trim().to_string());
+            }
+        }
+        bail!("the node exited before listening")
+    })
+    .await
+    .context("the node did not print `pushwire listening on` in time")??;
+    // Keep reading stdout so the node never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    wait_ready(&addr).await?;
+    Ok((child, addr))
+}
+
+/// Waits for `GET /ready` to answer 200: a node listens before its Redis connection is up,
+/// and until then refuses subscriptions with error 100 ("broker unavailable").
+async fn wait_ready(addr: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/ready");
+    let until = Instant::now() + START_TIMEOUT;
+    loop {
+        let status = http.get(&url).send().await.map(|r| r.status().as_u16());
+        if let Ok(200) = status {
+            return Ok(());
+        }
+        if Instant::now() > until {
+            bail!("{url} did not answer 200 in time (last: {status:?})");
+        }
+        sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_config_names_redis_key_and_history_namespace() {
+        let toml = node_config(6400, 1000);
+        assert!(toml.contains("url = \"redis://127.0.0.1:6400\""));
+        assert!(toml.contains("kind = \"redis\""));
+        assert!(toml.contains("[namespaces.hist]\nhistory_size = 1000"));
+        assert!(SPAWNED_API_KEY.len() >= 8);
+    }
+}
