@@ -152,9 +152,7 @@ fn reload_on_sighup(
             match Config::load(path.as_deref(), &overrides) {
                 Ok(next) => {
                     let ignored = state.reload(next);
-                    tracing::info!(
-                        "configuration reloaded (limits and namespaces)"
-                    );
+                    tracing::info!("configuration reloaded (limits and namespaces)");
                     if !ignored.is_empty() {
                         tracing::warn!(sections = ?ignored, "these changes need a restart and were not applied");
                     }

@@ -70,8 +70,7 @@ fn assignments(text: &str) -> Vec<Assignment> {
     for line in text.lines().map(str::trim) {
         if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = header.trim().to_owned();
-        } else if let Some((key, value)) = line.split_once('=').filter(|_| !line.starts_with('#'))
-        {
+        } else if let Some((key, value)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
             let key = key.trim();
             out.push(Assignment {
                 path: if section.is_empty() {

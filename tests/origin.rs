@@ -18,10 +18,17 @@ async fn only_listed_origins_may_upgrade() -> TestResult {
     )
     .await?;
     let url = server.ws_url();
-    for origin in ["https://app.example", "HTTPS://APP.EXAMPLE", "http://localhost:3000"] {
+    for origin in [
+        "https://app.example",
+        "HTTPS://APP.EXAMPLE",
+        "http://localhost:3000",
+    ] {
         let headers = [("Origin", origin)];
         let mut client = WsClient::open_with(&url, Encoding::Json, &headers, None).await?;
-        assert_eq!(client.request("connect", json!({})).await?["op"], "connected");
+        assert_eq!(
+            client.request("connect", json!({})).await?["op"],
+            "connected"
+        );
     }
     let (_no_origin, _) = WsClient::connect(&url, Encoding::Json).await?;
     for origin in [
@@ -67,7 +74,10 @@ async fn startup_log(config: &str) -> TestResult<String> {
     let listening = tokio::time::timeout(WAIT, BufReader::new(stdout).lines().next_line())
         .await??
         .unwrap_or_default();
-    assert!(listening.starts_with("pushwire listening on"), "{listening}");
+    assert!(
+        listening.starts_with("pushwire listening on"),
+        "{listening}"
+    );
     child.start_kill()?;
     let mut stderr = child.stderr.take().ok_or("no stderr")?;
     let mut log = String::new();
