@@ -503,3 +503,109 @@ async fn a_killed_pubsub_connection_is_replaced_and_resubscribed() -> TestResult
     assert!(node.state.metrics.redis_reconnects.get() >= 1);
     Ok(())
 }
+
+/// A TCP proxy to Redis whose Redis-to-client direction can be stalled: connections
+/// stay open but nothing arrives, the way a pub/sub connection can go silent after a
+/// failover.
+struct SilentProxy {
+    port: u16,
+    silent: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilentProxy {
+    async fn start(upstream: u16) -> TestResult<SilentProxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = silent.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    continue;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                tokio::spawn(
+                    async move { tokio::io::copy(&mut client_read, &mut server_write).await },
+                );
+                let flag = flag.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let Ok(n) = server_read.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        // While silent, what Redis sends is held back (a stalled path,
+                        // not a broken one): the socket stays up and nothing arrives.
+                        while flag.load(std::sync::atomic::Ordering::SeqCst) {
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(SilentProxy { port, silent })
+    }
+
+    fn set_silent(&self, silent: bool) {
+        self.silent
+            .store(silent, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silently_stalled_pubsub_connection_is_detected_by_probes_and_replaced() -> TestResult {
+    let redis = RedisServer::start().await?;
+    let proxy = SilentProxy::start(redis.port).await?;
+    let config = format!(
+        "[broker]\nkind = \"redis\"\n[redis]\nurl = \"redis://127.0.0.1:{}\"\nkey_prefix = \"silent\"\npubsub_connections = 1\nprobe_interval_ms = 300\ncommand_timeout_ms = 500\nconnect_timeout_ms = 500\n",
+        proxy.port
+    );
+    let node = TestServer::start(&config).await?;
+    node.wait_ready().await?;
+    let (mut client, _) = WsClient::connect(&node.ws_url(), Encoding::Json).await?;
+    client
+        .request("subscribe", json!({"channel": "news"}))
+        .await?;
+    node.publish("news", json!("before")).await?;
+    assert_eq!(client.recv_message().await?["data"], "before");
+
+    proxy.set_silent(true);
+    // Nothing was closed; only the missing probe can tell. Wait for the node to notice.
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while node
+        .state
+        .metrics
+        .redis_errors
+        .with_label_values(&["pubsub"])
+        .get()
+        == 0
+    {
+        if tokio::time::Instant::now() > deadline {
+            return fail("the silent pub/sub connection was never detected");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    proxy.set_silent(false);
+    node.wait_ready().await?;
+    // A publication made directly on Redis (not through the node) must arrive: the
+    // replacement connection is subscribed.
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while node.state.metrics.redis_reconnects.get() == 0 {
+        if tokio::time::Instant::now() > deadline {
+            return fail("the pub/sub connection was never replaced");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    node.publish("news", json!("after")).await?;
+    assert_eq!(client.recv_message().await?["data"], "after");
+    Ok(())
+}

@@ -210,7 +210,10 @@ async fn serve(
                     tracing::warn!(shard = index, "redis pub/sub connection stopped delivering; reconnecting");
                     return Ended::Reconnect;
                 }
-                if probe_sent.is_none() && ctx.send_probe(&probe_topic).await {
+                if probe_sent.is_none() {
+                    // A probe Redis did not even accept counts as sent: if Redis has gone
+                    // silent, the missing echo is how this connection finds out.
+                    ctx.send_probe(&probe_topic).await;
                     probe_sent = Some(Instant::now());
                 }
             }
