@@ -19,6 +19,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "==> cargo test (one debug build; dependencies are optimised, see Cargo.toml)"
+# The loadtest smoke test drives the pushwire-loadtest executable, which cargo test
+# does not produce on its own.
+cargo build -p pushwire-loadtest
 cargo test --workspace --all-targets --no-fail-fast
 
 if [ -x scripts/test-client-js.sh ]; then
