@@ -16,8 +16,7 @@ use tokio::time::{Instant, sleep};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{CommonArgs, PerConnectionAt};
-use crate::fleet::Fleet;
-use crate::host;
+use crate::fleet::{Fleet, Ramped};
 use crate::progress::Progress;
 use crate::publisher::{self, PublisherSpec, PublisherStats};
 use crate::report::{
@@ -126,21 +125,16 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Results> {
     let mut spec = c.fleet_spec(targets, args.subscribers)?;
     spec.channels = args.channels;
     spec.slow_fraction = args.slow_fraction;
-    let workers = c.workers(args.subscribers)?;
     let total = args.subscribers as u64;
-    let started_unix = host::unix_secs();
-    let mut watch = c.watch_servers();
-
-    let mut progress = Progress::new(total, !c.no_bars);
-    progress.phase("ramp");
-    let started = Instant::now();
-    let fleet = Fleet::start(spec, workers, args.deadline()).await?;
-    let ramped = fleet
-        .wait_settled(total, c.ramp_limit(args.subscribers), POLL, |s| {
-            progress.update(s, "")
-        })
-        .await;
-    let ramp_secs = started.elapsed().as_secs_f64();
+    let Ramped {
+        fleet,
+        at_ramp: ramped,
+        ramp_secs,
+        started,
+        started_unix,
+        mut watch,
+        mut progress,
+    } = Ramped::start(c, spec, args.subscribers, args.deadline(), POLL).await?;
     watch.ramp_done();
     watch.start_cpu(&fleet);
 

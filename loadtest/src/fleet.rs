@@ -272,3 +272,53 @@ mod tests {
         spec.ws_config(); // must not panic: max_write_buffer_size > write_buffer_size
     }
 }
+
+/// A fleet started and ramped, with the clock, progress display and server watch the
+/// scenarios go on with.
+pub struct Ramped {
+    pub fleet: Fleet,
+    /// The snapshot when the ramp settled (or its time limit ran out).
+    pub at_ramp: Snapshot,
+    pub ramp_secs: f64,
+    /// When the fleet was started (the run's wall clock).
+    pub started: Instant,
+    pub started_unix: u64,
+    pub watch: crate::cli::ProcessWatch,
+    pub progress: crate::progress::Progress,
+}
+
+impl Ramped {
+    /// Starts `spec` (`connections` of them) and waits for it to settle, showing progress
+    /// every `poll`.
+    pub async fn start(
+        common: &crate::cli::CommonArgs,
+        spec: FleetSpec,
+        connections: usize,
+        deadline: Duration,
+        poll: Duration,
+    ) -> anyhow::Result<Ramped> {
+        let workers = common.workers(connections)?;
+        let total = connections as u64;
+        let started_unix = crate::host::unix_secs();
+        let watch = common.watch_servers();
+        let mut progress = crate::progress::Progress::new(total, !common.no_bars);
+        progress.phase("ramp");
+        let started = Instant::now();
+        let fleet = Fleet::start(spec, workers, deadline).await?;
+        let at_ramp = fleet
+            .wait_settled(total, common.ramp_limit(connections), poll, |s| {
+                progress.update(s, "")
+            })
+            .await;
+        let ramp_secs = started.elapsed().as_secs_f64();
+        Ok(Ramped {
+            fleet,
+            at_ramp,
+            ramp_secs,
+            started,
+            started_unix,
+            watch,
+            progress,
+        })
+    }
+}

@@ -13,8 +13,7 @@ use tokio::time::{Instant, sleep};
 
 use crate::cli::{CommonArgs, PerConnectionAt};
 use crate::conn::Handshake;
-use crate::fleet::Fleet;
-use crate::host;
+use crate::fleet::{Fleet, Ramped};
 use crate::progress::Progress;
 use crate::report::{ConnectionResults, LatencySummary, Results, ServerProcess, Traffic, Verdict};
 use crate::stats::Snapshot;
@@ -57,21 +56,16 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Results> {
     let targets = c.targets().await?;
     let mut spec = c.fleet_spec(targets, args.connections)?;
     spec.handshake = args.handshake;
-    let workers = c.workers(args.connections)?;
     let total = args.connections as u64;
-    let started_unix = host::unix_secs();
-    let mut watch = c.watch_servers();
-
-    let mut progress = Progress::new(total, !c.no_bars);
-    progress.phase("ramp");
-    let started = Instant::now();
-    let fleet = Fleet::start(spec, workers, args.deadline()).await?;
-    let ramped = fleet
-        .wait_settled(total, c.ramp_limit(args.connections), POLL, |s| {
-            progress.update(s, "")
-        })
-        .await;
-    let ramp_secs = started.elapsed().as_secs_f64();
+    let Ramped {
+        fleet,
+        at_ramp: ramped,
+        ramp_secs,
+        started,
+        started_unix,
+        mut watch,
+        mut progress,
+    } = Ramped::start(c, spec, args.connections, args.deadline(), POLL).await?;
 
     progress.phase("settle");
     show(
