@@ -42,8 +42,6 @@ pub enum ServerError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("server failed: {0}")]
-    Serve(#[source] std::io::Error),
 }
 
 /// A bound, not yet running, node.

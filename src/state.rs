@@ -122,5 +122,6 @@ pub fn hub_settings(config: &Config) -> HubSettings {
         pong_timeout_ms: config.client.pong_timeout_secs * 1000,
         write_timeout_ms: config.client.write_timeout_secs * 1000,
         expiry_grace_secs: config.auth.expiry_grace_secs,
+        max_batch_bytes: config.client.max_batch_bytes,
     }
 }

@@ -240,10 +240,6 @@ impl ClientHandle {
         self.queue.lock().closing.clone()
     }
 
-    pub fn is_closing(&self) -> bool {
-        self.queue.lock().closing.is_some()
-    }
-
     /// Takes queued messages up to `max_bytes` (at least one). The close, if any, is
     /// reported only once everything queued before it was taken.
     pub fn take_batch(&self, max_bytes: usize) -> Batch {

@@ -17,7 +17,7 @@ mod fanout;
 mod ticker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -43,6 +43,8 @@ pub struct HubSettings {
     pub write_timeout_ms: u64,
     /// Seconds a connection may outlive its token before close 4002.
     pub expiry_grace_secs: u64,
+    /// Largest outbound batch frame a session writes.
+    pub max_batch_bytes: usize,
 }
 
 /// Handle to the hub; clones share it.
@@ -57,6 +59,8 @@ struct Shared {
     workers: Vec<mpsc::Sender<FanoutSender>>,
     settings: RwLock<HubSettings>,
     queue_limits: Arc<RwLock<QueueLimits>>,
+    /// Read by every session write: an atomic, not a lock or an `Arc` clone.
+    max_batch_bytes: AtomicUsize,
     metrics: Arc<Metrics>,
     started: Instant,
     id_prefix: u64,
@@ -122,6 +126,7 @@ impl Hub {
                 clients: DashMap::new(),
                 channels: DashMap::new(),
                 workers,
+                max_batch_bytes: AtomicUsize::new(settings.max_batch_bytes),
                 settings: RwLock::new(settings),
                 queue_limits,
                 metrics,
@@ -147,7 +152,14 @@ impl Hub {
     /// Applies new limits (config reload).
     pub fn update_settings(&self, settings: HubSettings) {
         *self.shared.queue_limits.write() = settings.queue;
+        self.shared
+            .max_batch_bytes
+            .store(settings.max_batch_bytes, Ordering::Relaxed);
         *self.shared.settings.write() = settings;
+    }
+
+    pub fn max_batch_bytes(&self) -> usize {
+        self.shared.max_batch_bytes.load(Ordering::Relaxed)
     }
 
     pub fn queue_limits(&self) -> QueueLimits {
@@ -473,10 +485,6 @@ impl Hub {
 
     /// Channels with local subscribers whose name starts with `prefix`, with counts.
     pub fn channel_counts(&self, prefix: &str) -> Vec<(ChannelName, usize)> {
-        self.local_channel_counts(prefix)
-    }
-
-    fn local_channel_counts(&self, prefix: &str) -> Vec<(ChannelName, usize)> {
         let entries: Vec<(ChannelName, Arc<ChannelEntry>)> = self
             .shared
             .channels

@@ -239,7 +239,7 @@ where
 
     /// Writes queued messages as batch frames; performs the close once the queue says so.
     async fn flush(&mut self) -> Flow {
-        let max_batch = self.state.config().client.max_batch_bytes;
+        let max_batch = self.state.hub.max_batch_bytes();
         for _ in 0..BATCHES_PER_TURN {
             let batch = self.client.take_batch(max_batch);
             if !batch.items.is_empty() {
