@@ -82,8 +82,11 @@ impl Admission {
 }
 
 /// A connection that completed `connect`, ready to be served.
+///
+/// The session sits in its own allocation so the connection's task future holds only a
+/// pointer to it and the state of the await it is parked at (see [`Session::run`]).
 pub(super) struct Started<S> {
-    session: Session<S>,
+    session: Box<Session<S>>,
     rest: Vec<Result<crate::protocol::Request, crate::protocol::RequestError>>,
     span: tracing::Span,
 }
@@ -127,13 +130,13 @@ where
     // One span per session; instrumenting the future (not entering a guard) keeps it
     // attached across awaits and thread hops.
     let span = tracing::info_span!("session", client_id = %client.id, user = %client.user);
-    let session = Session {
+    let session = Box::new(Session {
         transport,
         rate: RateLimiter::new(&config.client),
         state,
         client,
         _admission: admission,
-    };
+    });
     Some(Started {
         session,
         rest,
@@ -161,31 +164,44 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     /// Handles the rest of the `connect` frame, serves, and cleans up.
+    ///
+    /// This future lives as long as the connection, so it holds the boxed session and,
+    /// while idle, only the serve loop's state: everything short-lived is boxed.
     async fn run(
-        mut self,
+        mut self: Box<Self>,
         rest: Vec<Result<crate::protocol::Request, crate::protocol::RequestError>>,
     ) {
         tracing::debug!(encoding = self.transport.encoding().label(), "connected");
-        let mut flow = Flow::Continue;
-        for request in rest {
-            flow = Box::pin(self.handle(request)).await;
-            if flow == Flow::Stop {
-                break;
-            }
-        }
-        if flow == Flow::Continue {
+        if Box::pin(self.handle_all(rest)).await == Flow::Continue {
             self.serve().await;
         }
         Box::pin(self.finish()).await;
     }
 
+    /// Handles requests in order until one stops the session.
+    async fn handle_all(
+        &mut self,
+        requests: Vec<Result<crate::protocol::Request, crate::protocol::RequestError>>,
+    ) -> Flow {
+        for request in requests {
+            if self.handle(request).await == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+
     /// The main loop: write what the hub queued, read what the client sends.
+    ///
+    /// While idle, a session's memory is mostly this loop's future, so the handlers are
+    /// boxed: one small allocation per wake-up buys a future of a few hundred bytes less
+    /// for every connection.
     async fn serve(&mut self) {
         loop {
             let flow = tokio::select! {
                 biased;
-                _ = self.client.wait_for_work() => self.flush().await,
-                inbound = self.transport.next() => self.on_inbound(inbound).await,
+                _ = self.client.wait_for_work() => Box::pin(self.flush()).await,
+                inbound = self.transport.next() => Box::pin(self.on_inbound(inbound)).await,
             };
             if flow == Flow::Stop {
                 return;
@@ -227,14 +243,9 @@ where
                 return Box::pin(self.flush()).await;
             }
         };
-        for request in requests {
-            // Boxed: request handling (down to broker round trips) is a large future;
-            // inlined, every idle session would carry its size.
-            if Box::pin(self.handle(request)).await == Flow::Stop {
-                return Flow::Stop;
-            }
-        }
-        Flow::Continue
+        // Boxed: request handling (down to broker round trips) is a large future;
+        // inlined, every idle session would carry its size.
+        Box::pin(self.handle_all(requests)).await
     }
 
     /// Writes queued messages as batch frames; performs the close once the queue says so.
