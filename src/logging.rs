@@ -1,5 +1,8 @@
-//! Structured logs with tracing: human-readable on a terminal, JSON when configured, on
-//! stderr (stdout carries only the "listening" line). `RUST_LOG` overrides the level.
+//! Structured logs with tracing: human-readable text (coloured on a terminal), JSON when
+//! configured, on stderr (stdout carries only the "listening" line). `RUST_LOG` overrides
+//! the level.
+
+use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
@@ -13,7 +16,8 @@ pub fn init(config: &LogConfig) {
     let filter = cap_payload_logging(filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colors_wanted());
     let _ = match config.format {
         LogFormat::Json => builder
             .json()
@@ -22,6 +26,12 @@ pub fn init(config: &LogConfig) {
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Colours only on a terminal, and never when `NO_COLOR` is set (no-color.org): logs
+/// redirected to a file or a collector stay free of escape codes.
+fn colors_wanted() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// tungstenite logs every frame it receives at trace level, tokens included; capping it

@@ -152,3 +152,54 @@ async fn json_logs_carry_session_identity_and_never_secrets() -> TestResult {
     }
     Ok(())
 }
+
+/// Text logs written to a pipe (a file, a log collector) carry no terminal colour codes,
+/// and session events still name their session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_logs_to_a_pipe_have_no_escape_codes() -> TestResult {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pushwire"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "pushwire=debug,info")
+        .env("PUSHWIRE_API__KEYS", format!("[\"{API_KEY}\"]"))
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().ok_or("no pid")?;
+    let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+    let line = tokio::time::timeout(WAIT, stdout.next_line())
+        .await??
+        .ok_or("exited before listening")?;
+    let addr = line
+        .strip_prefix("pushwire listening on ")
+        .ok_or_else(|| format!("unexpected first line {line:?}"))?
+        .to_owned();
+    let mut stderr = child.stderr.take().ok_or("no stderr")?;
+    let collected = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    let (mut client, connected) =
+        WsClient::connect_with(&format!("ws://{addr}/ws"), Encoding::Json, json!({})).await?;
+    let client_id = connected["client_id"]
+        .as_str()
+        .ok_or("no client_id")?
+        .to_owned();
+    client
+        .request("subscribe", json!({ "channel": "news" }))
+        .await?;
+    send_signal(pid, "TERM")?;
+    let _ = client.expect_close().await;
+    let status = tokio::time::timeout(WAIT * 2, child.wait()).await??;
+    assert!(status.success(), "exit status {status}");
+    let text = tokio::time::timeout(WAIT, collected).await??;
+    assert!(!text.contains('\u{1b}'), "escape codes in piped logs:\n{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("session{") && l.contains(&client_id)),
+        "no event inside the session span:\n{text}"
+    );
+    Ok(())
+}
