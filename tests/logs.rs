@@ -195,7 +195,10 @@ async fn text_logs_to_a_pipe_have_no_escape_codes() -> TestResult {
     let status = tokio::time::timeout(WAIT * 2, child.wait()).await??;
     assert!(status.success(), "exit status {status}");
     let text = tokio::time::timeout(WAIT, collected).await??;
-    assert!(!text.contains('\u{1b}'), "escape codes in piped logs:\n{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes in piped logs:\n{text}"
+    );
     assert!(
         text.lines()
             .any(|l| l.contains("session{") && l.contains(&client_id)),
