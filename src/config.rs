@@ -53,6 +53,9 @@ pub struct ServerConfig {
     /// Pending-connection queue of the listener (the kernel caps it at
     /// `net.core.somaxconn`); a burst of connects beyond it waits for SYN retries.
     pub listen_backlog: u32,
+    /// Runtime worker threads, which is also the number of fan-out shards; 0: one per
+    /// CPU core. Lower it when several nodes share a machine.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,8 +230,21 @@ impl Default for Config {
     }
 }
 
+/// Upper bound of `server.worker_threads`.
+const MAX_WORKER_THREADS: usize = 256;
+
 /// The key under `[namespaces]` that holds channels without `:`.
 pub const DEFAULT_NAMESPACE: &str = "default";
+
+impl ServerConfig {
+    /// Worker threads (and fan-out shards) to run: `worker_threads`, or one per CPU core.
+    pub fn threads(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+}
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -240,6 +256,7 @@ impl Default for ServerConfig {
             max_pending_connections: 10_000,
             handshake_timeout_secs: 10,
             listen_backlog: 4096,
+            worker_threads: 0,
         }
     }
 }
@@ -406,6 +423,12 @@ impl Config {
             return invalid(
                 "server.metrics_listen",
                 "expected an address like 0.0.0.0:9090",
+            );
+        }
+        if self.server.worker_threads > MAX_WORKER_THREADS {
+            return invalid(
+                "server.worker_threads",
+                &format!("at most {MAX_WORKER_THREADS} (0: one per CPU core)"),
             );
         }
         let positive = [
@@ -594,5 +617,17 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("allow_publish")));
+        let err = Config::from_toml("[server]\nworker_threads = 100000\n")
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("server.worker_threads")));
+    }
+
+    #[test]
+    fn worker_threads_default_to_the_cores() -> Result<(), ConfigError> {
+        let config = Config::from_toml("[server]\nworker_threads = 1\n")?;
+        assert_eq!(config.server.threads(), 1);
+        assert!(Config::default().server.threads() >= 1);
+        Ok(())
     }
 }

@@ -92,6 +92,7 @@ fn main() -> anyhow::Result<()> {
 fn serve(config: Config, common: Common, overrides: Overrides) -> anyhow::Result<()> {
     pushwire::logging::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.server.threads())
         .enable_all()
         .build()
         .context("starting the runtime")?;

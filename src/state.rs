@@ -123,5 +123,6 @@ pub fn hub_settings(config: &Config) -> HubSettings {
         write_timeout_ms: config.client.write_timeout_secs * 1000,
         expiry_grace_secs: config.auth.expiry_grace_secs,
         max_batch_bytes: config.client.max_batch_bytes,
+        shards: config.server.threads(),
     }
 }

@@ -45,6 +45,8 @@ pub struct HubSettings {
     pub expiry_grace_secs: u64,
     /// Largest outbound batch frame a session writes.
     pub max_batch_bytes: usize,
+    /// Fan-out workers, each owning a slice of the clients.
+    pub shards: usize,
 }
 
 /// Handle to the hub; clones share it.
@@ -106,9 +108,7 @@ impl Hub {
         tracker: &TaskTracker,
         shutdown: CancellationToken,
     ) -> Hub {
-        let shards = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .clamp(1, 64);
+        let shards = settings.shards.clamp(1, 64);
         let queue_limits = Arc::new(RwLock::new(settings.queue));
         let mut workers = Vec::with_capacity(shards);
         for _ in 0..shards {
