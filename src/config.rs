@@ -579,6 +579,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment::Jail's closure returns figment::Error"
+    )]
     fn environment_overrides_sections_and_ignores_foreign_variables() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("PUSHWIRE_CLIENT__PING_INTERVAL_SECS", "7");

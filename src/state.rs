@@ -43,6 +43,10 @@ pub struct AppState {
 }
 
 impl AppState {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "built once, by the server, from services it created one by one"
+    )]
     pub fn new(
         config: Arc<Config>,
         hub: Hub,

@@ -79,11 +79,12 @@ fn tick(hub: &Hub) {
                 }
             }
             Some(Due::PongTimeout) => {
-                if client.close(
+                let closed_now = client.close(
                     CloseCode::PongTimeout,
                     CloseCode::PongTimeout.default_reason(),
                     true,
-                ) {
+                );
+                if closed_now {
                     metrics.limit_tripped("pong_timeout");
                 }
             }
