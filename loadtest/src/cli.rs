@@ -39,9 +39,10 @@ pub struct CommonArgs {
     /// Wire encoding (subprotocol pushwire.v1.json or pushwire.v1.msgpack).
     #[arg(long, value_enum, default_value = "json")]
     pub encoding: Encoding,
-    /// Channel the connections subscribe to.
-    #[arg(long, default_value = "bench")]
-    pub channel: String,
+    /// Channel the connections subscribe to (default: `bench`; `hist:bench` for `churn`,
+    /// which needs history).
+    #[arg(long)]
+    pub channel: Option<String>,
     /// Source addresses to bind before connecting: `A-B` range, a count (127.0.0.2 and up),
     /// a comma list, `auto` (loopback pool for loopback targets) or `none`.
     #[arg(long, default_value = "auto")]
@@ -85,7 +86,15 @@ pub struct CommonArgs {
     pub no_bars: bool,
 }
 
+/// The channel of scenarios that need no history.
+pub const DEFAULT_CHANNEL: &str = "bench";
+
 impl CommonArgs {
+    /// `--channel`, or `default`.
+    pub fn channel_or(&self, default: &str) -> String {
+        self.channel.clone().unwrap_or_else(|| default.to_string())
+    }
+
     pub async fn targets(&self) -> anyhow::Result<Vec<Target>> {
         ensure!(
             !self.url.is_empty(),
@@ -141,9 +150,13 @@ impl CommonArgs {
             targets,
             sources,
             encoding: self.encoding,
-            channel: self.channel.clone(),
+            channel: self.channel_or(DEFAULT_CHANNEL),
             channels: 1,
+            random_channels: false,
             slow_fraction: 0.0,
+            slow_mode: crate::conn::SlowMode::FromStart,
+            slow_recv_buffer: 0,
+            durable: false,
             handshake: Handshake::Subscribe,
             first_index: 0,
             connections,

@@ -7,7 +7,12 @@
 //! a node fails to start so the cause can be read. Every child is spawned with
 //! `kill_on_drop`, so whichever way the run ends (result, hard deadline, Ctrl-C, error)
 //! dropping the [`LocalCluster`] kills them; [`LocalCluster::shutdown`] does the same and
-//! also reaps them.
+//! also reaps them. They are also started through `spawn::command`, so a SIGKILL of the
+//! load generator takes them down too.
+//!
+//! The `churn` scenario kills one node with SIGKILL mid-run ([`LocalCluster::kill_node`])
+//! and may start it again on the same address ([`LocalCluster::restart_node`]), so the
+//! clients' target list stays valid.
 //!
 //! The nodes declare a namespace `hist` with history (`--spawn-history-size`), so the same
 //! cluster serves runs with history (channel `hist:…`) and without (any other channel).
@@ -18,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tokio::time::{Instant, sleep, timeout};
 
 /// The API key the spawned nodes accept.
@@ -48,6 +53,10 @@ pub struct LocalCluster {
     pub node_pids: Vec<u32>,
     pub redis_pid: Option<u32>,
     pub dir: PathBuf,
+    pushwire_bin: PathBuf,
+    config: PathBuf,
+    /// `127.0.0.1:PORT` per node.
+    addrs: Vec<String>,
 }
 
 impl LocalCluster {
@@ -72,18 +81,55 @@ impl LocalCluster {
             api_urls: Vec::new(),
             node_pids: Vec::new(),
             dir,
+            pushwire_bin: spec.pushwire_bin.clone(),
+            config,
+            addrs: Vec::new(),
         };
         for k in 0..spec.nodes {
             let log = cluster.dir.join(format!("node-{k}.log"));
-            let (child, addr) = start_node(&spec.pushwire_bin, &config, &log)
-                .await
-                .with_context(|| format!("node {k} (log: {})", log.display()))?;
-            cluster.node_pids.extend(child.id());
+            let (child, addr) =
+                start_node(&spec.pushwire_bin, &cluster.config, &log, "127.0.0.1:0")
+                    .await
+                    .with_context(|| format!("node {k} (log: {})", log.display()))?;
+            cluster.node_pids.push(child.id().unwrap_or(0));
             cluster.nodes.push(child);
             cluster.ws_urls.push(format!("ws://{addr}/ws"));
             cluster.api_urls.push(format!("http://{addr}"));
+            cluster.addrs.push(addr);
         }
         Ok(cluster)
+    }
+
+    /// Kills node `k` with SIGKILL (no drain, no close frames: its clients see their
+    /// connections reset) and reaps it. Returns its pid.
+    pub async fn kill_node(&mut self, k: usize) -> anyhow::Result<u32> {
+        let node = self
+            .nodes
+            .get_mut(k)
+            .with_context(|| format!("there is no node {k}"))?;
+        let pid = node.id().context("the node has already exited")?;
+        node.start_kill().context("sending SIGKILL")?;
+        timeout(Duration::from_secs(5), node.wait())
+            .await
+            .context("the node did not die within 5 s of SIGKILL")??;
+        Ok(pid)
+    }
+
+    /// Starts node `k` again, on the address it had. Returns the new pid.
+    pub async fn restart_node(&mut self, k: usize) -> anyhow::Result<u32> {
+        let addr = self
+            .addrs
+            .get(k)
+            .with_context(|| format!("there is no node {k}"))?
+            .clone();
+        let log = self.dir.join(format!("node-{k}-restarted.log"));
+        let (child, _) = start_node(&self.pushwire_bin, &self.config, &log, &addr)
+            .await
+            .with_context(|| format!("restarting node {k} (log: {})", log.display()))?;
+        let pid = child.id().unwrap_or(0);
+        self.nodes[k] = child;
+        self.node_pids[k] = pid;
+        Ok(pid)
     }
 
     /// Kills every node, then Redis, and waits for them; removes the directory.
@@ -126,7 +172,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 async fn start_redis(bin: &str, port: u16) -> anyhow::Result<Child> {
-    let child = Command::new(bin)
+    let child = crate::spawn::command(bin)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no", "--maxclients", "10000"])
         .stdout(Stdio::null())
@@ -147,12 +193,18 @@ async fn start_redis(bin: &str, port: u16) -> anyhow::Result<Child> {
     Ok(child)
 }
 
-async fn start_node(bin: &Path, config: &Path, log: &Path) -> anyhow::Result<(Child, String)> {
-    let mut child = Command::new(bin)
+/// Starts a node listening on `listen` and waits until it is ready; returns its address.
+async fn start_node(
+    bin: &Path,
+    config: &Path,
+    log: &Path,
+    listen: &str,
+) -> anyhow::Result<(Child, String)> {
+    let mut child = crate::spawn::command(bin)
         .arg("serve")
         .arg("--config")
         .arg(config)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", listen])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(log)?)

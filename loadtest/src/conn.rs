@@ -1,51 +1,49 @@
-//! One simulated client: dial from a source address, upgrade, `connect`, `subscribe`, then
-//! listen until told to stop.
+//! One simulated client that connects once: dial from a source address, upgrade,
+//! `connect`, `subscribe`, then listen (see `session`) until told to stop. The dial and
+//! handshake here are shared with the reconnecting clients of `durable`.
 //!
-//! While listening it answers `ping` with `pong`, records the publish-to-deliver latency and
-//! the per-stream sequence of every benchmark `message`, and notices when the server goes
-//! quiet for longer than `ping_interval + pong_timeout` (a dead connection). A connection
-//! that ends early still waits for the stop signal, because its losses are only known once
-//! the publisher's final counts are (they arrive with the stop, see [`ConnContext`]).
+//! A connection that ends early still waits for the stop signal, because its losses are
+//! only known once the publisher's final counts are (they arrive with the stop, see
+//! [`ConnContext`]).
+//!
+//! Slow clients (`is_slow`) stop reading, either as soon as they are subscribed
+//! ([`SlowMode::FromStart`], `fanout --slow-fraction`) or when the run says so
+//! ([`SlowMode::OnSignal`], the `slow` scenario). Their socket's receive buffer can be made
+//! small before connecting, so the server's bounded queue, not the kernel, absorbs what
+//! they do not read. At the end they read again, without decoding, to learn whether the
+//! server evicted them (close 4008) or cut them off otherwise.
 //!
 //! Memory per connection is kept small on purpose: tungstenite allocates its read buffer up
 //! front, so the WebSocket config asks for a few KiB instead of the 128 KiB default.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::{SinkExt as _, StreamExt as _};
 use serde::{Deserialize, Serialize};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::net::TcpSocket;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, timeout};
+use tokio_tungstenite::client_async_with_config;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header::SEC_WEBSOCKET_PROTOCOL};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 use tokio_util::sync::CancellationToken;
 
 use crate::addrs::{Target, source_for};
-use crate::seq::{SeqOutcome, SeqTracker};
+use crate::durable::Kick;
+use crate::session::{DEAD_SLACK, End, Receipts, Session, Ws, short};
 use crate::stats::Stats;
-use crate::wire::{
-    ClientMsg, Encoding, ServerMsg, ServerOp, channel_for, decode_batch, unix_micros,
-};
-
-type Ws = WebSocketStream<TcpStream>;
+use crate::wire::{ClientMsg, Encoding, RecoverFrom, channel_for};
 
 /// Sent as `client` in `connect`.
 const CLIENT_NAME: &str = concat!("pushwire-loadtest/", env!("CARGO_PKG_VERSION"));
-/// Publisher streams a subscriber keeps trackers for; higher `s` values are ignored.
-const MAX_STREAMS: usize = 256;
-/// Used until `connected` tells the real values (the PROTOCOL.md defaults).
-const DEFAULT_PING_INTERVAL: f64 = 25.0;
-const DEFAULT_PONG_TIMEOUT: f64 = 10.0;
-/// Extra quiet time tolerated on top of `ping_interval + pong_timeout` before calling a
-/// connection dead: the load generator itself may be slow to read under load.
-const DEAD_SLACK: Duration = Duration::from_secs(5);
+/// How long a slow client reads at the end to find out how its connection ended: the
+/// stale data in the socket buffers (up to a few MiB per client) comes first. Below the
+/// 10 s grace the run gives its connections to finish.
+const SKIM_LIMIT: Duration = Duration::from_secs(8);
 
 /// What every connection of one process shares.
 #[derive(Debug)]
@@ -54,19 +52,45 @@ pub struct ConnContext {
     pub channel: String,
     /// Channels the connections are spread over (see [`channel_for`]).
     pub channels: usize,
-    /// Share of connections that stop reading once subscribed.
+    /// Publications go to random channels; published counts are per (stream, channel).
+    pub random_channels: bool,
+    /// Share of connections that stop reading (see [`is_slow`]).
     pub slow_fraction: f64,
+    pub slow_mode: SlowMode,
+    /// `SO_RCVBUF` of slow clients' sockets, set before connecting; 0 leaves the default.
+    pub slow_recv_buffer: usize,
     pub handshake: Handshake,
     pub targets: Vec<Target>,
     pub sources: Vec<IpAddr>,
     pub ws_config: WebSocketConfig,
     /// Bound on dial + upgrade + connect + subscribe.
     pub connect_timeout: Duration,
+    /// Handshakes in flight, first connects and reconnects alike.
+    pub pending: Arc<Semaphore>,
     pub stats: Arc<Stats>,
     /// Cancelled when the run ends.
     pub stop: CancellationToken,
     /// Seqs published per stream, set just before `stop` when the run published anything.
     pub published: OnceLock<Vec<u64>>,
+    /// Unix micros from which deliveries also count in `marked_latency` (0: not yet).
+    pub mark: AtomicU64,
+    /// Cancelled when slow clients in [`SlowMode::OnSignal`] should stop reading.
+    pub slow_now: CancellationToken,
+    /// Global index of this process's first connection.
+    pub first_index: usize,
+    /// One per connection of a fleet of reconnecting clients (`durable`); else empty.
+    pub kicks: Vec<Kick>,
+}
+
+/// When slow clients stop reading.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SlowMode {
+    /// As soon as they are subscribed.
+    #[default]
+    FromStart,
+    /// When [`ConnContext::slow_now`] is cancelled.
+    OnSignal,
 }
 
 /// Runs connection number `index` to the end. `permit` bounds concurrent handshakes and is
@@ -76,8 +100,11 @@ pub async fn run(ctx: Arc<ConnContext>, index: usize, permit: OwnedSemaphorePerm
     Stats::bump(&stats.counters.attempts);
     let started = Instant::now();
     let mut stage = Stage::Dial;
+    let mut receipts = Receipts::default();
+    let node = index % ctx.targets.len();
+    let establishing = establish(&ctx, index, node, &mut stage, &mut receipts, false);
     let established = tokio::select! {
-        r = timeout(ctx.connect_timeout, establish(&ctx, index, &mut stage)) => r,
+        r = timeout(ctx.connect_timeout, establishing) => r,
         () = ctx.stop.cancelled() => return,
     };
     drop(permit);
@@ -90,32 +117,67 @@ pub async fn run(ctx: Arc<ConnContext>, index: usize, permit: OwnedSemaphorePerm
     let micros = started.elapsed().as_micros() as u64;
     stats.connect_latency.record_all(index, &[micros]);
     if is_slow(index, ctx.slow_fraction) {
-        // Never reads again: the kernel buffers fill and the server has to cope (queue,
-        // then evict with 4008). Dropped at the end without a close handshake.
-        Stats::bump(&stats.counters.slow);
-        ctx.stop.cancelled().await;
-        return Stats::bump(&stats.counters.finished);
+        return slow(&ctx, session, &mut receipts).await;
     }
 
-    let end = session.listen().await;
+    let end = session.listen(&mut receipts, std::future::pending()).await;
     if end != End::Stopped {
+        count_end(&stats, &end);
         Stats::bump(&stats.counters.dropped);
-        match &end {
-            End::Dead => Stats::bump(&stats.counters.dead),
-            End::Closed(code) => stats.code("close", code.map_or("none".into(), |c| c.to_string())),
-            End::Failed(err) => stats.code("io", short(err)),
-            End::Stopped => {}
-        }
         ctx.stop.cancelled().await;
     }
     if let Some(published) = ctx.published.get() {
-        stats.add_seq(&session.outcome(published));
+        stats.add_seq(&receipts.outcome(&ctx, index, published));
     }
     if end == End::Stopped {
         // The reply to our close is not awaited: thousands of connections end at once.
         let _ = timeout(Duration::from_secs(2), session.ws.close(None)).await;
     }
     Stats::bump(&stats.counters.finished);
+}
+
+/// A slow client: stops reading (at once, or on the signal), holds the socket until the
+/// run ends, then reads what is left to learn how the server ended it.
+async fn slow(ctx: &ConnContext, mut session: Session, receipts: &mut Receipts) {
+    let stats = &ctx.stats;
+    if ctx.slow_mode == SlowMode::OnSignal {
+        let end = session.listen(receipts, ctx.slow_now.cancelled()).await;
+        if end != End::Interrupted {
+            if end != End::Stopped {
+                count_end(stats, &end);
+                Stats::bump(&stats.counters.dropped);
+            }
+            return Stats::bump(&stats.counters.finished);
+        }
+    }
+    // Never reads until the run stops: the kernel buffers fill and the server has to
+    // cope (queue, then evict with 4008).
+    Stats::bump(&stats.counters.slow);
+    ctx.stop.cancelled().await;
+    if ctx.slow_mode == SlowMode::OnSignal {
+        match timeout(SKIM_LIMIT, session.skim()).await {
+            Ok(Some(4008)) => Stats::bump(&stats.counters.slow_evicted),
+            Ok(code) => {
+                Stats::bump(&stats.counters.slow_cut);
+                stats.code(
+                    "slow_end",
+                    code.map_or("no close frame".into(), |c| c.to_string()),
+                );
+            }
+            Err(_) => stats.code("slow_end", "not ended within the skim limit"),
+        }
+    }
+    Stats::bump(&stats.counters.finished);
+}
+
+/// Counts how a session ended before the run told it to.
+pub fn count_end(stats: &Stats, end: &End) {
+    match end {
+        End::Dead => Stats::bump(&stats.counters.dead),
+        End::Closed(code) => stats.code("close", code.map_or("none".into(), |c| c.to_string())),
+        End::Failed(err) => stats.code("io", short(err)),
+        End::Stopped | End::Interrupted => {}
+    }
 }
 
 /// Whether connection `index` is one of the `fraction` that stop reading: the first
@@ -138,14 +200,15 @@ pub enum Handshake {
 
 /// How far a connection got, to name what failed when it fails.
 #[derive(Debug, Clone, Copy)]
-enum Stage {
+pub enum Stage {
     Dial,
     Connect,
     Subscribe,
 }
 
 impl Stage {
-    fn fail(self, stats: &Stats, reason: &str) {
+    /// Counts a first connection that failed; the client is finished.
+    pub fn fail(self, stats: &Stats, reason: &str) {
         let (counter, kind) = match self {
             Stage::Dial => (&stats.counters.dial_failed, "dial"),
             Stage::Connect => (&stats.counters.connect_failed, "connect"),
@@ -155,62 +218,89 @@ impl Stage {
         stats.code(kind, short(reason));
         Stats::bump(&stats.counters.finished);
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Dial => "dial",
+            Stage::Connect => "connect",
+            Stage::Subscribe => "subscribe",
+        }
+    }
 }
 
-/// Why listening ended.
-#[derive(Debug, PartialEq, Eq)]
-enum End {
-    Stopped,
-    Dead,
-    Closed(Option<u16>),
-    Failed(String),
-}
-
-async fn establish(
+/// Dials target `node` and goes as far as the handshake says. With `recover` and a known
+/// history position, the `subscribe` carries `recover` {offset, epoch}.
+pub async fn establish(
     ctx: &Arc<ConnContext>,
     index: usize,
+    node: usize,
     stage: &mut Stage,
+    receipts: &mut Receipts,
+    recover: bool,
 ) -> anyhow::Result<Session> {
-    let target = &ctx.targets[index % ctx.targets.len()];
-    let ws = dial(ctx, target, source_for(&ctx.sources, index)).await?;
-    let mut session = Session::new(Arc::clone(ctx), index, ws);
+    let target = &ctx.targets[node % ctx.targets.len()];
+    let slow = is_slow(index, ctx.slow_fraction);
+    let recv_buffer = if slow { ctx.slow_recv_buffer } else { 0 };
+    let source = source_for(&ctx.sources, index);
+    let ws = dial(ctx, target, source, recv_buffer).await?;
+    let mut session = Session::new(Arc::clone(ctx), index, ws, !slow);
     if ctx.handshake == Handshake::Upgrade {
         return Ok(session);
     }
     *stage = Stage::Connect;
-    let connected = session
-        .request(
-            1,
-            &ClientMsg::Connect {
-                id: 1,
-                client: CLIENT_NAME,
-            },
-        )
-        .await?;
+    let connect = ClientMsg::Connect {
+        id: 1,
+        client: CLIENT_NAME,
+    };
+    let connected = session.request(receipts, 1, &connect).await?;
     Stats::bump(&ctx.stats.counters.connected);
-    let interval = connected.ping_interval.unwrap_or(DEFAULT_PING_INTERVAL);
-    let pong = connected.pong_timeout.unwrap_or(DEFAULT_PONG_TIMEOUT);
+    let interval = connected
+        .ping_interval
+        .unwrap_or(crate::session::DEFAULT_PING_INTERVAL);
+    let pong = connected
+        .pong_timeout
+        .unwrap_or(crate::session::DEFAULT_PONG_TIMEOUT);
     session.dead_after = Duration::from_secs_f64((interval + pong).clamp(1.0, 3600.0)) + DEAD_SLACK;
     if ctx.handshake == Handshake::Connect {
         return Ok(session);
     }
     *stage = Stage::Subscribe;
     let channel = channel_for(&ctx.channel, ctx.channels, index);
+    let position = receipts.position.clone();
+    let from = match (&position.epoch, position.offset) {
+        (Some(epoch), Some(offset)) if recover => Some(RecoverFrom {
+            offset,
+            epoch: epoch.as_str(),
+        }),
+        _ => None,
+    };
     let subscribe = ClientMsg::Subscribe {
         id: 2,
         channel: &channel,
+        recover: from,
     };
-    session.request(2, &subscribe).await?;
+    let reply = session.request(receipts, 2, &subscribe).await?;
+    session.on_subscribed(receipts, &reply, from.map(|f| f.offset));
     Ok(session)
 }
 
 /// TCP connect from `source` (bound before connecting), then the WebSocket upgrade.
-async fn dial(ctx: &ConnContext, target: &Target, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+/// `recv_buffer` > 0 sets `SO_RCVBUF` first, which also caps the window the client offers.
+async fn dial(
+    ctx: &ConnContext,
+    target: &Target,
+    source: Option<IpAddr>,
+    recv_buffer: usize,
+) -> anyhow::Result<Ws> {
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
     .context("socket")?;
+    if recv_buffer > 0 {
+        let bytes = u32::try_from(recv_buffer).unwrap_or(u32::MAX);
+        socket.set_recv_buffer_size(bytes).context("SO_RCVBUF")?;
+    }
     if let Some(ip) = source {
         socket
             .bind(SocketAddr::new(ip, 0))
@@ -231,182 +321,6 @@ async fn dial(ctx: &ConnContext, target: &Target, source: Option<IpAddr>) -> any
         .await
         .context("upgrade")?;
     Ok(ws)
-}
-
-/// A connected client and what it has seen.
-struct Session {
-    ctx: Arc<ConnContext>,
-    index: usize,
-    ws: Ws,
-    trackers: Vec<SeqTracker>,
-    /// Replies (`connected`, `subscribed`, `error` with an id) not yet claimed.
-    replies: Vec<ServerMsg>,
-    /// Scratch buffers reused frame after frame.
-    inbox: Vec<ServerMsg>,
-    latencies: Vec<u64>,
-    dead_after: Duration,
-    last_heard: Instant,
-}
-
-impl Session {
-    fn new(ctx: Arc<ConnContext>, index: usize, ws: Ws) -> Session {
-        let dead_after =
-            Duration::from_secs_f64(DEFAULT_PING_INTERVAL + DEFAULT_PONG_TIMEOUT) + DEAD_SLACK;
-        Session {
-            ctx,
-            index,
-            ws,
-            trackers: Vec::new(),
-            replies: Vec::new(),
-            inbox: Vec::new(),
-            latencies: Vec::new(),
-            dead_after,
-            last_heard: Instant::now(),
-        }
-    }
-
-    /// Sends a request and reads until its reply; an `error` reply is an `Err`.
-    async fn request(&mut self, id: u64, msg: &ClientMsg<'_>) -> anyhow::Result<ServerMsg> {
-        self.ws
-            .send(self.ctx.encoding.encode(msg)?)
-            .await
-            .context("send")?;
-        loop {
-            if let Some(pos) = self.replies.iter().position(|r| r.id == Some(id)) {
-                let reply = self.replies.swap_remove(pos);
-                if reply.op == ServerOp::Error {
-                    let code = reply.code.unwrap_or(0);
-                    anyhow::bail!("error {code}: {}", reply.message.unwrap_or_default());
-                }
-                return Ok(reply);
-            }
-            match self.ws.next().await {
-                Some(frame) => {
-                    if let Some(end) = self.on_frame(frame).await {
-                        anyhow::bail!("ended before reply: {end:?}");
-                    }
-                }
-                None => anyhow::bail!("closed before reply"),
-            }
-        }
-    }
-
-    /// Reads until the run stops or the connection ends.
-    async fn listen(&mut self) -> End {
-        loop {
-            let deadline = self.last_heard + self.dead_after;
-            tokio::select! {
-                biased;
-                () = self.ctx.stop.cancelled() => return End::Stopped,
-                () = sleep_until(deadline) => return End::Dead,
-                frame = self.ws.next() => match frame {
-                    Some(frame) => if let Some(end) = self.on_frame(frame).await { return end },
-                    None => return End::Closed(None),
-                },
-            }
-        }
-    }
-
-    /// Handles one WebSocket read; `Some` when the connection is over.
-    async fn on_frame(&mut self, frame: Result<Message, tungstenite::Error>) -> Option<End> {
-        let stats = Arc::clone(&self.ctx.stats);
-        let payload = match frame {
-            Ok(Message::Text(text)) => text.into(),
-            Ok(Message::Binary(bin)) => bin,
-            Ok(Message::Close(close)) => return Some(End::Closed(close.map(|c| c.code.into()))),
-            Ok(_) => return None, // control frames; tungstenite answers pings itself
-            Err(err) => return Some(End::Failed(err.to_string())),
-        };
-        self.last_heard = Instant::now();
-        Stats::bump(&stats.counters.frames);
-        stats
-            .counters
-            .frame_bytes
-            .fetch_add(payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        let mut batch = std::mem::take(&mut self.inbox);
-        let mut latencies = std::mem::take(&mut self.latencies);
-        if decode_batch(self.ctx.encoding, &payload, &mut batch).is_err() {
-            Stats::bump(&stats.counters.decode_errors);
-        }
-        let now = unix_micros();
-        let mut pongs = 0;
-        for msg in batch.drain(..) {
-            match msg.op {
-                ServerOp::Message => self.on_message(&msg, now, &mut latencies),
-                ServerOp::Ping => pongs += 1,
-                ServerOp::Connected | ServerOp::Subscribed => self.replies.push(msg),
-                ServerOp::Error => {
-                    Stats::bump(&stats.counters.errors);
-                    stats.code("error", msg.code.unwrap_or(0));
-                    self.replies.push(msg);
-                }
-                ServerOp::Disconnect => {
-                    Stats::bump(&stats.counters.disconnects);
-                    let reason = msg.reason.as_deref().unwrap_or("");
-                    stats.code(
-                        "disconnect",
-                        format!("{} {}", msg.code.unwrap_or(0), short(reason)),
-                    );
-                }
-                ServerOp::Other => {}
-            }
-        }
-        stats.delivery_latency.record_all(self.index, &latencies);
-        latencies.clear();
-        (self.inbox, self.latencies) = (batch, latencies);
-        for _ in 0..pongs {
-            Stats::bump(&stats.counters.pings);
-            let pong = match self.ctx.encoding.encode(&ClientMsg::Pong) {
-                Ok(pong) => pong,
-                Err(err) => return Some(End::Failed(err.to_string())),
-            };
-            if let Err(err) = self.ws.send(pong).await {
-                return Some(End::Failed(err.to_string()));
-            }
-            Stats::bump(&stats.counters.pongs);
-        }
-        None
-    }
-
-    fn on_message(&mut self, msg: &ServerMsg, now: u64, latencies: &mut Vec<u64>) {
-        let counters = &self.ctx.stats.counters;
-        Stats::bump(&counters.messages);
-        let Some(probe) = msg.data else {
-            return Stats::bump(&counters.foreign_messages);
-        };
-        let (Some(ts), Some(seq), Some(stream)) = (probe.ts, probe.seq, probe.s) else {
-            return Stats::bump(&counters.foreign_messages);
-        };
-        let stream = stream as usize;
-        if stream >= MAX_STREAMS {
-            return Stats::bump(&counters.foreign_messages);
-        }
-        latencies.push(now.saturating_sub(ts));
-        if self.trackers.len() <= stream {
-            self.trackers.resize_with(stream + 1, SeqTracker::default);
-        }
-        self.trackers[stream].observe(seq);
-    }
-
-    /// Sums this connection's verdict over every stream the publisher ran.
-    fn outcome(&self, published: &[u64]) -> SeqOutcome {
-        let mut sum = SeqOutcome::default();
-        let empty = SeqTracker::default();
-        let channels = self.ctx.channels.max(1);
-        for (stream, &count) in published.iter().enumerate() {
-            if stream % channels != self.index % channels {
-                continue; // that stream publishes to another channel
-            }
-            sum.add(&self.trackers.get(stream).unwrap_or(&empty).outcome(count));
-        }
-        sum
-    }
-}
-
-/// The first line of an error, cut short, as a code-table key.
-fn short(reason: &str) -> String {
-    let line = reason.lines().next().unwrap_or(reason);
-    line.chars().take(80).collect()
 }
 
 #[cfg(test)]

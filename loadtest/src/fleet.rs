@@ -5,17 +5,22 @@
 //! use: either one local fleet or several worker subprocesses (see `worker`), each holding
 //! a slice of the connections, with the same three operations: start, snapshot, stop.
 //!
+//! Durable fleets (`durable: true`) run reconnecting clients (see `durable`) and a churn
+//! ticker whose rate the run sets through [`Fleet::set_churn`]; [`Fleet::slow_down`] tells
+//! slow clients to stop reading and marks the publications from then on (see `conn`).
+//!
 //! Ramp: connection `i` (global numbering across workers, which also picks its target and
 //! source address round-robin) starts at `i / connect_rate` seconds, and at most
 //! `max_pending` handshakes are in flight at once, so the listen backlog never overflows
 //! and a slow server slows the ramp instead of failing it.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior, interval, timeout};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -23,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::addrs::Target;
-use crate::conn::{self, ConnContext, Handshake};
+use crate::conn::{self, ConnContext, Handshake, SlowMode};
+use crate::durable::{self, Kick};
 use crate::stats::{Snapshot, Stats};
 use crate::wire::Encoding;
 use crate::worker::RemoteFleet;
@@ -39,9 +45,20 @@ pub struct FleetSpec {
     /// Connection `i` subscribes to `channel.(i % channels)` when this is above 1.
     #[serde(default)]
     pub channels: usize,
-    /// Share of connections that stop reading once subscribed (see `conn::is_slow`).
+    /// Each publication goes to a random channel (the `channels` scenario).
+    #[serde(default)]
+    pub random_channels: bool,
+    /// Share of connections that stop reading (see `conn::is_slow`), and when.
     #[serde(default)]
     pub slow_fraction: f64,
+    #[serde(default)]
+    pub slow_mode: SlowMode,
+    /// `SO_RCVBUF` of the slow connections' sockets (0: the system default).
+    #[serde(default)]
+    pub slow_recv_buffer: usize,
+    /// Clients reconnect with recovery whenever their session ends (see `durable`).
+    #[serde(default)]
+    pub durable: bool,
     /// How far each connection goes before it just listens.
     pub handshake: Handshake,
     /// Global index of this slice's first connection.
@@ -93,32 +110,67 @@ pub struct LocalFleet {
     ctx: Arc<ConnContext>,
     tasks: TaskTracker,
     ramp: JoinHandle<()>,
+    churn: watch::Sender<f64>,
 }
 
 impl LocalFleet {
     /// Starts ramping connections up; returns at once.
     pub fn start(spec: FleetSpec) -> LocalFleet {
+        let kicks = if spec.durable {
+            (0..spec.connections).map(|_| Kick::default()).collect()
+        } else {
+            Vec::new()
+        };
         let ctx = Arc::new(ConnContext {
             encoding: spec.encoding,
             channel: spec.channel.clone(),
             channels: spec.channels,
+            random_channels: spec.random_channels,
             slow_fraction: spec.slow_fraction,
+            slow_mode: spec.slow_mode,
+            slow_recv_buffer: spec.slow_recv_buffer,
             handshake: spec.handshake,
             targets: spec.targets.clone(),
             sources: spec.sources.clone(),
             ws_config: spec.ws_config(),
             connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
+            pending: Arc::new(Semaphore::new(spec.max_pending.max(1))),
             stats: Arc::new(Stats::default()),
             stop: CancellationToken::new(),
             published: OnceLock::new(),
+            mark: AtomicU64::new(0),
+            slow_now: CancellationToken::new(),
+            first_index: spec.first_index,
+            kicks,
         });
         let tasks = TaskTracker::new();
+        let (churn, churn_rate) = watch::channel(0.0);
+        if spec.durable {
+            tasks.spawn(durable::churn(Arc::clone(&ctx), churn_rate));
+        }
         let ramp = tokio::spawn(ramp(Arc::clone(&ctx), spec, tasks.clone()));
-        LocalFleet { ctx, tasks, ramp }
+        LocalFleet {
+            ctx,
+            tasks,
+            ramp,
+            churn,
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
         self.ctx.stats.snapshot()
+    }
+
+    /// Sets how many durable clients per second the churn ticker closes (0 pauses it).
+    pub fn set_churn(&self, per_sec: f64) {
+        self.churn.send_replace(per_sec);
+    }
+
+    /// Marks publications from `mark_unix_us` on (`marked_latency`) and tells slow clients
+    /// in [`SlowMode::OnSignal`] to stop reading.
+    pub fn slow_down(&self, mark_unix_us: u64) {
+        self.ctx.mark.store(mark_unix_us, Ordering::Relaxed);
+        self.ctx.slow_now.cancel();
     }
 
     /// Stops every connection; `published` (per publisher stream) lets them count losses.
@@ -136,7 +188,7 @@ impl LocalFleet {
 }
 
 async fn ramp(ctx: Arc<ConnContext>, spec: FleetSpec, tasks: TaskTracker) {
-    let pending = Arc::new(Semaphore::new(spec.max_pending.max(1)));
+    let pending = Arc::clone(&ctx.pending);
     let rate = spec.connect_rate.max(0.001);
     let started = Instant::now();
     let mut tick = interval(Duration::from_millis(5));
@@ -151,11 +203,12 @@ async fn ramp(ctx: Arc<ConnContext>, spec: FleetSpec, tasks: TaskTracker) {
                 () = ctx.stop.cancelled() => return,
             };
             let Ok(permit) = permit else { return };
-            tasks.spawn(conn::run(
-                Arc::clone(&ctx),
-                spec.first_index + launched,
-                permit,
-            ));
+            let (ctx, index) = (Arc::clone(&ctx), spec.first_index + launched);
+            if spec.durable {
+                tasks.spawn(durable::run(ctx, index, permit));
+            } else {
+                tasks.spawn(conn::run(ctx, index, permit));
+            }
             launched += 1;
         }
     }
@@ -202,6 +255,28 @@ impl Fleet {
         }
     }
 
+    /// Sets the churn rate of the whole fleet (durable fleets), split over the workers.
+    pub async fn set_churn(&mut self, per_sec: f64) -> anyhow::Result<()> {
+        match self {
+            Fleet::Local(local) => {
+                local.set_churn(per_sec);
+                Ok(())
+            }
+            Fleet::Remote(remote) => remote.set_churn(per_sec).await,
+        }
+    }
+
+    /// See [`LocalFleet::slow_down`]; the same mark goes to every worker.
+    pub async fn slow_down(&mut self, mark_unix_us: u64) -> anyhow::Result<()> {
+        match self {
+            Fleet::Local(local) => {
+                local.slow_down(mark_unix_us);
+                Ok(())
+            }
+            Fleet::Remote(remote) => remote.slow_down(mark_unix_us).await,
+        }
+    }
+
     /// Process ids of the load generator: this process, then any workers.
     pub fn pids(&self) -> Vec<u32> {
         let mut pids = vec![std::process::id()];
@@ -229,47 +304,6 @@ impl Fleet {
             }
             tokio::time::sleep(every).await;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn split_keeps_every_connection_once_with_consecutive_indices() {
-        let spec = FleetSpec {
-            targets: vec![],
-            sources: vec![],
-            encoding: Encoding::Json,
-            channel: "bench".into(),
-            channels: 1,
-            slow_fraction: 0.0,
-            handshake: Handshake::Subscribe,
-            first_index: 0,
-            connections: 10,
-            connect_rate: 900.0,
-            max_pending: 64,
-            connect_timeout_ms: 1000,
-            read_buffer_bytes: 4096,
-            write_buffer_bytes: 0,
-        };
-        let parts = spec.split(3);
-        assert_eq!(
-            parts.iter().map(|p| p.connections).collect::<Vec<_>>(),
-            [4, 3, 3]
-        );
-        assert_eq!(
-            parts.iter().map(|p| p.first_index).collect::<Vec<_>>(),
-            [0, 4, 7]
-        );
-        assert!(
-            parts
-                .iter()
-                .all(|p| p.connect_rate == 300.0 && p.max_pending == 21)
-        );
-        spec.ws_config(); // must not panic: max_write_buffer_size > write_buffer_size
     }
 }
 
@@ -320,5 +354,50 @@ impl Ramped {
             watch,
             progress,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn split_keeps_every_connection_once_with_consecutive_indices() {
+        let spec = FleetSpec {
+            targets: vec![],
+            sources: vec![],
+            encoding: Encoding::Json,
+            channel: "bench".into(),
+            channels: 1,
+            random_channels: false,
+            slow_fraction: 0.0,
+            slow_mode: SlowMode::FromStart,
+            slow_recv_buffer: 0,
+            durable: false,
+            handshake: Handshake::Subscribe,
+            first_index: 0,
+            connections: 10,
+            connect_rate: 900.0,
+            max_pending: 64,
+            connect_timeout_ms: 1000,
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 0,
+        };
+        let parts = spec.split(3);
+        assert_eq!(
+            parts.iter().map(|p| p.connections).collect::<Vec<_>>(),
+            [4, 3, 3]
+        );
+        assert_eq!(
+            parts.iter().map(|p| p.first_index).collect::<Vec<_>>(),
+            [0, 4, 7]
+        );
+        assert!(
+            parts
+                .iter()
+                .all(|p| p.connect_rate == 300.0 && p.max_pending == 21)
+        );
+        spec.ws_config(); // must not panic: max_write_buffer_size > write_buffer_size
     }
 }

@@ -15,7 +15,7 @@ use crate::cli::{CommonArgs, PerConnectionAt};
 use crate::conn::Handshake;
 use crate::fleet::{Fleet, Ramped};
 use crate::progress::Progress;
-use crate::report::{ConnectionResults, LatencySummary, Results, ServerProcess, Traffic, Verdict};
+use crate::report::{ConnectionResults, Results, ServerProcess, Traffic, Verdict};
 use crate::stats::Snapshot;
 
 const POLL: Duration = Duration::from_millis(50);
@@ -56,7 +56,6 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Results> {
     let targets = c.targets().await?;
     let mut spec = c.fleet_spec(targets, args.connections)?;
     spec.handshake = args.handshake;
-    let total = args.connections as u64;
     let Ramped {
         fleet,
         at_ramp: ramped,
@@ -92,17 +91,7 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Results> {
     let snap = fleet.stop(None, Duration::from_secs(5)).await?;
     progress.finish();
 
-    let connections = ConnectionResults {
-        target: total,
-        ready: ramped.counters.ready,
-        failed: snap.failed(),
-        dropped: snap.counters.dropped,
-        dead: snap.counters.dead,
-        slow: snap.counters.slow,
-        ramp_secs,
-        connect_rate_per_sec: ramped.counters.ready as f64 / ramp_secs.max(1e-9),
-        connect_latency: LatencySummary::of(&snap.connect_latency),
-    };
+    let connections = ConnectionResults::new(args.connections, &ramped, ramp_secs, &snap);
     let verdict = verdict(args, &snap, &watched.servers);
     Ok(Results {
         scenario: "idle".into(),
@@ -114,6 +103,8 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Results> {
         loadtest: watched.loadtest,
         machine: watched.machine,
         delivery: None,
+        churn: None,
+        slow: None,
         traffic: Traffic::from_snapshot(&snap),
         codes: snap.codes.clone(),
         verdict,

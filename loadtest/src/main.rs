@@ -3,17 +3,35 @@
 //! Code map:
 //! - `main` (this file): the command line and the hard deadline around every run.
 //! - `cli`: options shared by every scenario; turning them into a fleet and an exit code.
-//! - `idle`, `fanout`: the scenarios, each a sequence of phases over a fleet; `fanout`
-//!   also covers many channels (`--channels`) and clients that stop reading (`--slow-fraction`).
-//! - `recover`: one client at a time catching up on missed messages with `recover`.
-//! - `cluster`: self-hosted mode, a redis-server and N nodes started and stopped by the run.
-//! - `fleet`: opening connections at a controlled rate, in-process or over workers.
+//! - The scenarios, each a sequence of phases over a fleet:
+//!   - `idle`: hold connections; connect rate and server memory per connection.
+//!   - `fanout`: subscribers on one channel (or C channels, `--channels`), a publisher at a
+//!     rate; latency, loss, duplicates, order. `--slow-fraction` adds clients that never read.
+//!   - `channels`: the same over C channels with publications to random channels.
+//!   - `churn`: durable clients on a history channel closed and reconnected at a rate, a
+//!     spawned node SIGKILLed mid-run; every client must still get everything, once, in order.
+//!   - `slow`: a baseline phase, then a share of clients stops reading; healthy clients'
+//!     latency in both phases, and the server's evictions.
+//!   - `recover`: one client at a time catching up on missed messages with `recover`.
+//! - `publish_phase`: the API options, publisher loop, drain and delivery results the
+//!   publishing scenarios share.
+//! - `cluster`: self-hosted mode, a redis-server and N nodes started and stopped by the run
+//!   (and one killed or restarted by `churn`).
+//! - `spawn`: child processes that get SIGKILL when the load generator dies.
+//! - `fleet`: opening connections at a controlled rate, in-process or over workers, and
+//!   steering them (churn rate, slow-down mark).
 //! - `worker`: the `worker` subcommand and the coordinator's handle on worker processes
 //!   (JSON lines over stdin/stdout).
-//! - `conn`: one simulated client: dial from a source address, handshake, listen.
+//! - `conn`: a client that connects once: dial from a source address, handshake, listen;
+//!   slow clients.
+//! - `durable`: a client that reconnects with `recover` whenever its session ends, and the
+//!   churn ticker.
+//! - `session`: one open connection: reading, pings, latency, sequence and offset tracking.
 //! - `publisher`: `POST /api/publish` at a rate, in sequential streams.
+//! - `scrape`: counters from the nodes' `/metrics`.
 //! - `wire`: the protocol messages and the benchmark payload (pure).
 //! - `seq`: per-connection loss/duplicate/reorder tracking (pure).
+//! - `rng`: a small seeded random number generator.
 //! - `addrs`: target URLs and the source address pool (pure but for DNS).
 //! - `stats`: shared counters and latency histograms, and their serialisable snapshot.
 //! - `progress`, `report`: live display, summary table, JSON results.
@@ -22,20 +40,33 @@
 //! Invariant: every run ends by itself. Each phase has its own time bound, and the whole run
 //! sits under a hard deadline after which the process exits with code 3; worker processes
 //! exit when their deadline passes or their stdin closes.
+//!
+//! Invariant: nothing the run started outlives it. Spawned nodes, redis-server and workers
+//! are killed when the run ends (`kill_on_drop`, teardown) and, through `spawn`, when this
+//! process is killed with SIGKILL.
 
 mod addrs;
+mod channels;
+mod churn;
 mod cli;
 mod cluster;
 mod conn;
+mod durable;
 mod fanout;
 mod fleet;
 mod host;
 mod idle;
 mod progress;
+mod publish_phase;
 mod publisher;
 mod recover;
 mod report;
+mod rng;
+mod scrape;
 mod seq;
+mod session;
+mod slow;
+mod spawn;
 mod stats;
 mod wire;
 mod worker;
@@ -65,6 +96,14 @@ enum Command {
     Idle(idle::IdleArgs),
     /// Subscribers on one channel and a publisher at a fixed rate; report latency and losses.
     Fanout(fanout::FanoutArgs),
+    /// Subscribers over many channels, publications to random channels.
+    Channels(channels::ChannelsArgs),
+    /// Clients closing and reconnecting with recovery while publishing, a node killed
+    /// mid-run; every client must get every publication once, in order.
+    Churn(churn::ChurnArgs),
+    /// A baseline phase, then a share of clients stops reading: healthy latency before and
+    /// after, and evictions.
+    Slow(slow::SlowArgs),
     /// Time for a client to recover messages it missed (subscribe with `recover`).
     Recover(recover::RecoverArgs),
     /// Internal: run a slice of connections for a coordinator (JSON lines on stdin/stdout).
@@ -99,15 +138,31 @@ async fn dispatch(command: Command) -> i32 {
             }
             Err(err) => Err(err),
         },
-        Command::Fanout(mut args) => match args.common.spawn_cluster().await {
+        Command::Fanout(mut args) => match spawn(&mut args.common, &mut args.api).await {
             Ok(cluster) => {
-                if let Some(c) = &cluster {
-                    args.api_url.get_or_insert_with(|| c.api_urls[0].clone());
-                    if args.api_key.is_empty() {
-                        args.api_key = cluster::SPAWNED_API_KEY.to_string();
-                    }
-                }
                 let r = scenario(fanout::run(&args), args.deadline(), &args.common).await;
+                teardown(cluster, r).await
+            }
+            Err(err) => Err(err),
+        },
+        Command::Channels(mut args) => match spawn(&mut args.common, &mut args.api).await {
+            Ok(cluster) => {
+                let r = scenario(channels::run(&args), args.deadline(), &args.common).await;
+                teardown(cluster, r).await
+            }
+            Err(err) => Err(err),
+        },
+        Command::Churn(mut args) => match spawn(&mut args.common, &mut args.api).await {
+            Ok(mut cluster) => {
+                let run = churn::run(&args, cluster.as_mut());
+                let r = scenario(run, args.deadline(), &args.common).await;
+                teardown(cluster, r).await
+            }
+            Err(err) => Err(err),
+        },
+        Command::Slow(mut args) => match spawn(&mut args.common, &mut args.api).await {
+            Ok(cluster) => {
+                let r = scenario(slow::run(&args), args.deadline(), &args.common).await;
                 teardown(cluster, r).await
             }
             Err(err) => Err(err),
@@ -127,6 +182,18 @@ async fn dispatch(command: Command) -> i32 {
         eprintln!("error: {err:#}");
         1
     })
+}
+
+/// Starts the cluster of `--spawn-nodes` (if asked) and points the publisher at it.
+async fn spawn(
+    common: &mut cli::CommonArgs,
+    api: &mut publish_phase::ApiArgs,
+) -> anyhow::Result<Option<cluster::LocalCluster>> {
+    let cluster = common.spawn_cluster().await?;
+    if let Some(c) = &cluster {
+        api.use_cluster(c);
+    }
+    Ok(cluster)
 }
 
 /// Stops a spawned cluster (if any) once the run is over, whatever its outcome.

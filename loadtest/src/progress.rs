@@ -10,6 +10,8 @@ use tokio::time::Instant;
 
 use crate::stats::Snapshot;
 
+/// The shortest interval rates are computed over.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// How often plain-text mode prints a line.
 const PLAIN_EVERY: Duration = Duration::from_secs(2);
 
@@ -20,6 +22,8 @@ pub struct Progress {
     phase: String,
     started: Instant,
     last: Option<(Instant, u64, u64)>,
+    /// Connections and messages per second over the last rate window.
+    rates: (f64, f64),
     last_plain: Option<Instant>,
 }
 
@@ -57,6 +61,7 @@ impl Progress {
             phase: String::new(),
             started: Instant::now(),
             last: None,
+            rates: (0.0, 0.0),
             last_plain: None,
         }
     }
@@ -79,17 +84,21 @@ impl Progress {
     pub fn update(&mut self, snap: &Snapshot, extra: &str) {
         let now = Instant::now();
         let c = &snap.counters;
-        let (conn_rate, msg_rate) = match self.last {
-            Some((at, ready, msgs)) if now > at => {
+        // Rates over at least RATE_WINDOW: worker processes report every 500 ms, so rates
+        // between two closer updates would mostly read 0.
+        match self.last {
+            Some((at, ready, msgs)) if now - at >= RATE_WINDOW => {
                 let secs = (now - at).as_secs_f64();
-                (
+                self.rates = (
                     (c.ready.saturating_sub(ready)) as f64 / secs,
                     (c.messages.saturating_sub(msgs)) as f64 / secs,
-                )
+                );
+                self.last = Some((now, c.ready, c.messages));
             }
-            _ => (0.0, 0.0),
-        };
-        self.last = Some((now, c.ready, c.messages));
+            Some(_) => {}
+            None => self.last = Some((now, c.ready, c.messages)),
+        }
+        let (conn_rate, msg_rate) = self.rates;
         let p99 = snap.delivery_latency.value_at_quantile(0.99);
         let conns = format!(
             "failed {} dropped {} | {:.0} conn/s",

@@ -8,6 +8,11 @@
 //! can never publish twice; after `max_retries` the seq is given up and counted as failed
 //! (subscribers will then report it lost too). The `ts` of a publication is taken at its
 //! first attempt, so latency includes retries.
+//!
+//! Channels: stream `s` publishes to channel `s mod C`, or, with `random_channels`, each
+//! publication to a channel drawn at random. Then seqs are counted per (stream, channel),
+//! so a subscriber of one channel still sees each stream's seqs as 0, 1, 2, ... with no
+//! gaps, and [`PublisherStats::published`] holds one count per pair, stream-major.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -19,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep};
 use tokio_util::sync::CancellationToken;
 
+use crate::rng::Rng;
 use crate::stats::new_histogram;
 use crate::wire::{bench_data, channel_for, publish_body, unix_micros};
 
@@ -31,6 +37,8 @@ pub struct PublisherSpec {
     pub channel: String,
     /// Stream `s` publishes to `channel_for(channel, channels, s)`.
     pub channels: usize,
+    /// Each publication goes to a random one of the `channels` instead.
+    pub random_channels: bool,
     /// Publications per second, all streams together.
     pub rate: f64,
     pub streams: usize,
@@ -43,8 +51,11 @@ pub struct PublisherSpec {
 /// Live publisher counters.
 #[derive(Debug)]
 pub struct PublisherStats {
-    /// Seqs issued per stream: stream `k` published seqs `0..attempted[k]`.
+    /// Seqs issued per stream, or per (stream, channel) with random channels: counter `k`
+    /// published seqs `0..attempted[k]`.
     attempted: Vec<AtomicU64>,
+    /// Counters per stream: the number of channels with random channels, else 1.
+    slots: usize,
     pub ok: AtomicU64,
     pub retries: AtomicU64,
     pub failed: AtomicU64,
@@ -55,9 +66,12 @@ pub struct PublisherStats {
 }
 
 impl PublisherStats {
-    pub fn new(streams: usize) -> PublisherStats {
+    /// Stats for `streams` streams with `slots` counters each (see `attempted`).
+    pub fn new(streams: usize, slots: usize) -> PublisherStats {
+        let slots = slots.max(1);
         PublisherStats {
-            attempted: (0..streams).map(|_| AtomicU64::new(0)).collect(),
+            attempted: (0..streams * slots).map(|_| AtomicU64::new(0)).collect(),
+            slots,
             ok: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -66,7 +80,8 @@ impl PublisherStats {
         }
     }
 
-    /// Seqs issued per stream, what subscribers should each have received.
+    /// Seqs issued per counter (stream, or stream × channel), what subscribers should each
+    /// have received.
     pub fn published(&self) -> Vec<u64> {
         self.attempted
             .iter()
@@ -142,6 +157,8 @@ impl Stream {
     async fn run(self, first: Instant, period: Duration, end: Instant, stop: CancellationToken) {
         let mut tick = interval_at(first, period);
         tick.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let mut rng = Rng::from_clock(self.index as u64);
+        let channels = self.spec.channels.max(1);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
@@ -150,16 +167,22 @@ impl Stream {
             if Instant::now() >= end || stop.is_cancelled() {
                 return;
             }
-            let seq = self.stats.attempted[self.index].fetch_add(1, Ordering::Relaxed);
-            self.publish(seq).await;
+            let (channel, counter) = if self.spec.random_channels {
+                let c = rng.below(channels as u64) as usize;
+                (c, self.index * self.stats.slots + c)
+            } else {
+                (self.index, self.index)
+            };
+            let seq = self.stats.attempted[counter].fetch_add(1, Ordering::Relaxed);
+            self.publish(seq, channel).await;
         }
     }
 
-    /// One publication with its retries.
-    async fn publish(&self, seq: u64) {
+    /// One publication to channel number `channel` (see `channel_for`), with its retries.
+    async fn publish(&self, seq: u64, channel: usize) {
         let ts = unix_micros();
         let data = bench_data(ts, seq, self.index as u32, self.spec.payload_bytes);
-        let channel = channel_for(&self.spec.channel, self.spec.channels, self.index);
+        let channel = channel_for(&self.spec.channel, self.spec.channels, channel);
         let Ok(body) = publish_body(&channel, &data, &format!("lt-{ts}-{}-{seq}", self.index))
         else {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);

@@ -35,6 +35,10 @@ pub struct Results {
     pub machine: Option<MachineCpu>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delivery: Option<DeliveryResults>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<crate::churn::ChurnResults>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slow: Option<crate::slow::SlowResults>,
     pub traffic: Traffic,
     /// Close, error, disconnect and failure reasons with their counts.
     pub codes: BTreeMap<String, u64>,
@@ -58,6 +62,28 @@ pub struct ConnectionResults {
     pub connect_rate_per_sec: f64,
     /// Dial start to ready (`subscribed`, or `connected` with `--no-subscribe`).
     pub connect_latency: LatencySummary,
+}
+
+impl ConnectionResults {
+    /// From the snapshot when the ramp settled and the final one.
+    pub fn new(
+        target: usize,
+        at_ramp: &Snapshot,
+        ramp_secs: f64,
+        end: &Snapshot,
+    ) -> ConnectionResults {
+        ConnectionResults {
+            target: target as u64,
+            ready: at_ramp.counters.ready,
+            failed: end.failed(),
+            dropped: end.counters.dropped,
+            dead: end.counters.dead,
+            slow: end.counters.slow,
+            ramp_secs,
+            connect_rate_per_sec: at_ramp.counters.ready as f64 / ramp_secs.max(1e-9),
+            connect_latency: LatencySummary::of(&end.connect_latency),
+        }
+    }
 }
 
 /// One server process over the run.
@@ -184,7 +210,7 @@ impl LatencySummary {
         }
     }
 
-    fn row(&self) -> String {
+    pub fn row(&self) -> String {
         format!(
             "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n={})",
             fmt_micros(self.p50_us),
@@ -308,6 +334,12 @@ impl Results {
             for (reason, n) in &d.publish_errors {
                 row("  publish error", format!("{reason} x{n}"));
             }
+        }
+        if let Some(churn) = &self.churn {
+            churn.rows(&mut row);
+        }
+        if let Some(slow) = &self.slow {
+            slow.rows(&mut row);
         }
         let t = &self.traffic;
         row(

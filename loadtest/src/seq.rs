@@ -58,11 +58,11 @@ impl SeqOutcome {
 }
 
 impl SeqTracker {
-    /// Records one received seq.
-    pub fn observe(&mut self, seq: u64) {
+    /// Records one received seq; true if it is its first receipt (not a duplicate).
+    pub fn observe(&mut self, seq: u64) -> bool {
         if self.ahead.contains(&seq) || (seq < self.next && !self.take_written_off(seq)) {
             self.duplicates += 1;
-            return;
+            return false;
         }
         self.unique += 1;
         if self.max_seen.is_some_and(|max| seq < max) {
@@ -70,13 +70,14 @@ impl SeqTracker {
         }
         self.max_seen = Some(self.max_seen.map_or(seq, |max| max.max(seq)));
         if seq < self.next {
-            return; // a late arrival from a written-off gap, already accounted above
+            return true; // a late arrival from a written-off gap, already accounted above
         }
         self.ahead.insert(seq);
         self.advance();
         if self.ahead.len() > WINDOW {
             self.write_off_first_gap();
         }
+        true
     }
 
     /// The verdict, given that the stream published seqs `0..published`.
@@ -163,6 +164,9 @@ mod tests {
     #[test]
     fn duplicates_are_counted_once_each_and_not_as_received() {
         let t = feed(&[0, 1, 1, 2, 0, 2]);
+        let mut fresh = SeqTracker::default();
+        let firsts: Vec<bool> = [0, 1, 1, 0].iter().map(|&s| fresh.observe(s)).collect();
+        assert_eq!(firsts, [true, true, false, false]);
         let o = t.outcome(3);
         assert_eq!((o.received, o.duplicates, o.lost), (3, 3, 0));
         // A duplicate above the watermark is caught too.

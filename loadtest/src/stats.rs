@@ -79,6 +79,36 @@ counters! {
     decode_errors,
     /// Connection tasks that have fully finished.
     finished,
+    /// First receipts of benchmark publications by measured clients (slow ones excluded).
+    fresh,
+    /// Durable clients connected and subscribed right now (a gauge: up minus down).
+    up,
+    /// Sessions of durable clients opened after their first one.
+    reconnects,
+    /// Reconnect attempts that failed (dial, `connect`, `subscribe` or timeout).
+    reconnect_failures,
+    /// Sessions the client closed on purpose (`--churn-rate`).
+    churn_closes,
+    /// Sessions of durable clients ended by the server or the network (any close code,
+    /// reset, silence).
+    interrupted,
+    /// `subscribe` with `recover` answered `recovered: true`.
+    recoveries,
+    /// `subscribe` with `recover` answered `recovered: false` (or without the field).
+    recovery_failed,
+    /// Messages missed while away, as announced by recovering `subscribed` replies.
+    recovered_messages,
+    /// Offsets skipped over (a gap of k messages counts k).
+    offset_gaps,
+    /// Messages whose offset was not above the last one seen.
+    offset_repeats,
+    /// Messages or replies carrying another epoch than the one the client knew.
+    epoch_changes,
+    /// Clients that stopped reading and, reading again at the end, found close 4008.
+    slow_evicted,
+    /// Clients that stopped reading whose connection ended some other way (reset, end of
+    /// stream, another code) by the end of the run.
+    slow_cut,
 }
 
 /// Everything one process measures; shared by its connection tasks through an `Arc`.
@@ -89,6 +119,11 @@ pub struct Stats {
     pub connect_latency: ShardedHistogram,
     /// Publish (`ts`) to receipt.
     pub delivery_latency: ShardedHistogram,
+    /// The same, for publications made at or after the mark (`--slow` phase 2).
+    pub marked_latency: ShardedHistogram,
+    /// From losing a session to having every message up to the offset the recovering
+    /// `subscribed` announced.
+    pub recovery_latency: ShardedHistogram,
     /// Close codes, `error` codes and `disconnect` codes, keyed like `close:4008`.
     codes: Mutex<BTreeMap<String, u64>>,
     /// Per-connection sequence verdicts, summed as connections finish.
@@ -101,6 +136,8 @@ impl Default for Stats {
             counters: Counters::default(),
             connect_latency: ShardedHistogram::new(),
             delivery_latency: ShardedHistogram::new(),
+            marked_latency: ShardedHistogram::new(),
+            recovery_latency: ShardedHistogram::new(),
             codes: Mutex::default(),
             seq: Mutex::default(),
         }
@@ -110,6 +147,15 @@ impl Default for Stats {
 impl Stats {
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Takes one off a gauge kept in a counter (`up`).
+    pub fn drop_one(counter: &AtomicU64) {
+        counter.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Counts one occurrence of a code, such as `("close", 4008)`.
@@ -130,6 +176,8 @@ impl Stats {
             counters: self.counters.snapshot(),
             connect_latency: self.connect_latency.merged(),
             delivery_latency: self.delivery_latency.merged(),
+            marked_latency: self.marked_latency.merged(),
+            recovery_latency: self.recovery_latency.merged(),
             codes: self.codes.lock().map(|c| c.clone()).unwrap_or_default(),
             seq: self.seq.lock().map(|s| *s).unwrap_or_default(),
         }
@@ -186,6 +234,10 @@ pub struct Snapshot {
     pub connect_latency: Histogram<u64>,
     #[serde(with = "histogram_serde")]
     pub delivery_latency: Histogram<u64>,
+    #[serde(with = "histogram_serde", default = "new_histogram")]
+    pub marked_latency: Histogram<u64>,
+    #[serde(with = "histogram_serde", default = "new_histogram")]
+    pub recovery_latency: Histogram<u64>,
     pub codes: BTreeMap<String, u64>,
     pub seq: SeqOutcome,
 }
@@ -196,6 +248,8 @@ impl Default for Snapshot {
             counters: CounterSnapshot::default(),
             connect_latency: new_histogram(),
             delivery_latency: new_histogram(),
+            marked_latency: new_histogram(),
+            recovery_latency: new_histogram(),
             codes: BTreeMap::new(),
             seq: SeqOutcome::default(),
         }
@@ -208,6 +262,8 @@ impl Snapshot {
         self.counters.add(&other.counters);
         let _ = self.connect_latency.add(&other.connect_latency);
         let _ = self.delivery_latency.add(&other.delivery_latency);
+        let _ = self.marked_latency.add(&other.marked_latency);
+        let _ = self.recovery_latency.add(&other.recovery_latency);
         for (code, n) in &other.codes {
             *self.codes.entry(code.clone()).or_default() += n;
         }
@@ -218,6 +274,15 @@ impl Snapshot {
     pub fn settled(&self) -> u64 {
         let c = &self.counters;
         c.ready + c.dial_failed + c.connect_failed + c.subscribe_failed
+    }
+
+    /// Delivery latency of publications made before the mark: everything minus the
+    /// marked part.
+    pub fn unmarked_latency(&self) -> Histogram<u64> {
+        let mut before = self.delivery_latency.clone();
+        // Same bounds, and `marked` is a subset of the whole: cannot fail.
+        let _ = before.subtract(&self.marked_latency);
+        before
     }
 
     /// Connections that failed before becoming ready.

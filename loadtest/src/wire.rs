@@ -5,6 +5,9 @@
 //! `rmp_serde::to_vec_named`, never the positional array form). Server frames are decoded
 //! as batches: JSON values separated by `\n`, or MessagePack maps back to back.
 //!
+//! On history channels each `message` carries `offset` and `epoch` (PROTOCOL.md section 4);
+//! the epoch is kept inline (see [`Epoch`]) so reading it costs no allocation per message.
+//!
 //! The benchmark payload is the `data` of each publication: `{"ts": <unix micros>, "seq": n,
 //! "s": stream, "pad": "xx.."}` padded so that its JSON text is exactly `--payload-bytes` long
 //! (when that is at least the size of the unpadded object).
@@ -46,9 +49,24 @@ impl Encoding {
 #[derive(Debug, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum ClientMsg<'a> {
-    Connect { id: u64, client: &'a str },
-    Subscribe { id: u64, channel: &'a str },
+    Connect {
+        id: u64,
+        client: &'a str,
+    },
+    Subscribe {
+        id: u64,
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recover: Option<RecoverFrom<'a>>,
+    },
     Pong,
+}
+
+/// The `recover` field of `subscribe`: the last offset the client saw, and its epoch.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RecoverFrom<'a> {
+    pub offset: u64,
+    pub epoch: &'a str,
 }
 
 /// The server operations the load generator reacts to; everything else is `Other`.
@@ -84,6 +102,71 @@ pub struct ServerMsg {
     pub pong_timeout: Option<f64>,
     #[serde(default)]
     pub data: Option<BenchProbe>,
+    /// Of a `message` on a history channel, or of `subscribed` (the latest offset).
+    #[serde(default)]
+    pub offset: Option<u64>,
+    #[serde(default)]
+    pub epoch: Option<Epoch>,
+    /// Of `subscribed` after a `recover`.
+    #[serde(default)]
+    pub recovered: Option<bool>,
+}
+
+/// A history epoch as the server sent it. pushwire's epochs are 16 hex characters, so they
+/// are kept inline; anything longer than [`Epoch::INLINE`] bytes goes to the heap.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Epoch {
+    Inline { len: u8, bytes: [u8; Epoch::INLINE] },
+    Heap(Box<str>),
+}
+
+impl Epoch {
+    pub const INLINE: usize = 32;
+
+    pub fn new(text: &str) -> Epoch {
+        if text.len() <= Epoch::INLINE {
+            let mut bytes = [0; Epoch::INLINE];
+            bytes[..text.len()].copy_from_slice(text.as_bytes());
+            Epoch::Inline {
+                len: text.len() as u8,
+                bytes,
+            }
+        } else {
+            Epoch::Heap(text.into())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Built from a `&str` cut at its own length, so always valid UTF-8.
+            Epoch::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..*len as usize]).unwrap_or_default()
+            }
+            Epoch::Heap(text) => text,
+        }
+    }
+}
+
+impl std::fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Epoch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Epoch, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Epoch;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an epoch string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Epoch, E> {
+                Ok(Epoch::new(v))
+            }
+        }
+        d.deserialize_str(Visitor)
+    }
 }
 
 /// The fields of a benchmark payload that matter on receipt; `pad` is skipped.
@@ -262,6 +345,7 @@ mod tests {
         let msg = ClientMsg::Subscribe {
             id: 2,
             channel: "bench",
+            recover: None,
         };
         let Message::Text(text) = Encoding::Json.encode(&msg).unwrap() else {
             panic!()
@@ -275,6 +359,43 @@ mod tests {
         };
         let v: serde_json::Value = rmp_serde::from_slice(&bin).unwrap();
         assert_eq!(v, serde_json::json!({"op": "pong"}));
+    }
+
+    #[test]
+    fn offsets_epochs_and_recover_round_trip() {
+        let frame = br#"{"op":"subscribed","id":2,"channel":"hist:a","epoch":"00ab12cd34ef5678","offset":41,"recovered":true}
+{"op":"message","channel":"hist:a","data":{"ts":1,"seq":0,"s":0},"offset":42,"epoch":"00ab12cd34ef5678"}"#;
+        let mut out = Vec::new();
+        decode_batch(Encoding::Json, frame, &mut out).unwrap();
+        assert_eq!((out[0].offset, out[0].recovered), (Some(41), Some(true)));
+        assert_eq!(out[1].epoch, Some(Epoch::new("00ab12cd34ef5678")));
+        assert_eq!(out[1].epoch.as_ref().unwrap().as_str(), "00ab12cd34ef5678");
+        let long = "e".repeat(40);
+        assert_eq!(Epoch::new(&long).as_str(), long);
+        let msg = ClientMsg::Subscribe {
+            id: 3,
+            channel: "hist:a",
+            recover: Some(RecoverFrom {
+                offset: 42,
+                epoch: "00ab",
+            }),
+        };
+        let bin = match Encoding::Msgpack.encode(&msg).unwrap() {
+            Message::Binary(bin) => bin,
+            other => panic!("{other:?}"),
+        };
+        let v: serde_json::Value = rmp_serde::from_slice(&bin).unwrap();
+        assert_eq!(
+            v["recover"],
+            serde_json::json!({"offset": 42, "epoch": "00ab"})
+        );
+        let mut out = Vec::new();
+        let reply = rmp_serde::to_vec_named(
+            &serde_json::json!({"op": "subscribed", "id": 3, "epoch": "00ab", "offset": 7}),
+        )
+        .unwrap();
+        decode_batch(Encoding::Msgpack, &reply, &mut out).unwrap();
+        assert_eq!(out[0].epoch.as_ref().map(Epoch::as_str), Some("00ab"));
     }
 
     #[test]

@@ -7,6 +7,8 @@
 //! ```text
 //! coordinator -> worker   {"cmd":"start","spec":{..FleetSpec..},"deadline_secs":N}
 //! worker -> coordinator   {"event":"progress","snapshot":{..}}      every 500 ms
+//! coordinator -> worker   {"cmd":"churn","per_sec":X}                this worker's share
+//! coordinator -> worker   {"cmd":"slow_down","mark_unix_us":N}       (any time, any number)
 //! coordinator -> worker   {"cmd":"stop","published":[..]|null,"grace_ms":N}
 //! worker -> coordinator   {"event":"final","snapshot":{..}}         then it exits
 //! ```
@@ -21,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::process::{Child, ChildStdin};
 use tokio::sync::oneshot;
 use tokio::time::{interval, sleep, timeout};
 
@@ -36,6 +38,12 @@ enum WorkerCommand {
     Start {
         spec: FleetSpec,
         deadline_secs: u64,
+    },
+    Churn {
+        per_sec: f64,
+    },
+    SlowDown {
+        mark_unix_us: u64,
     },
     Stop {
         published: Option<Vec<u64>>,
@@ -76,6 +84,8 @@ pub async fn serve() -> anyhow::Result<()> {
             line = lines.next_line() => match line {
                 Ok(Some(line)) => match serde_json::from_str(&line) {
                     Ok(WorkerCommand::Stop { published, grace_ms }) => break (published, Duration::from_millis(grace_ms)),
+                    Ok(WorkerCommand::Churn { per_sec }) => fleet.set_churn(per_sec),
+                    Ok(WorkerCommand::SlowDown { mark_unix_us }) => fleet.slow_down(mark_unix_us),
                     _ => eprintln!("worker: ignoring unexpected command {line:?}"),
                 },
                 _ => break (None, Duration::from_secs(2)),
@@ -114,7 +124,7 @@ impl RemoteFleet {
         let exe = std::env::current_exe().context("locating own executable")?;
         let mut workers = Vec::new();
         for spec in specs {
-            let mut child = Command::new(&exe)
+            let mut child = crate::spawn::command(&exe)
                 .arg("worker")
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
@@ -151,6 +161,27 @@ impl RemoteFleet {
             }
         }
         sum
+    }
+
+    /// Gives each worker an equal share of `per_sec` (their slices are of equal size).
+    pub async fn set_churn(&mut self, per_sec: f64) -> anyhow::Result<()> {
+        let share = per_sec / self.workers.len().max(1) as f64;
+        self.send_all(&WorkerCommand::Churn { per_sec: share })
+            .await
+    }
+
+    pub async fn slow_down(&mut self, mark_unix_us: u64) -> anyhow::Result<()> {
+        self.send_all(&WorkerCommand::SlowDown { mark_unix_us })
+            .await
+    }
+
+    async fn send_all(&mut self, cmd: &WorkerCommand) -> anyhow::Result<()> {
+        for w in &mut self.workers {
+            send(&mut w.stdin, cmd)
+                .await
+                .with_context(|| format!("sending to worker {:?}", w.child.id()))?;
+        }
+        Ok(())
     }
 
     /// Process ids of the workers still running.
@@ -247,5 +278,10 @@ mod tests {
             serde_json::from_str(&line).unwrap(),
             Event::Progress { .. }
         ));
+        let churn = serde_json::to_string(&WorkerCommand::Churn { per_sec: 2.5 }).unwrap();
+        assert_eq!(churn, r#"{"cmd":"churn","per_sec":2.5}"#);
+        let slow: WorkerCommand =
+            serde_json::from_str(r#"{"cmd":"slow_down","mark_unix_us":7}"#).unwrap();
+        assert!(matches!(slow, WorkerCommand::SlowDown { mark_unix_us: 7 }));
     }
 }
