@@ -56,6 +56,10 @@ pub struct ServerConfig {
     /// Runtime worker threads, which is also the number of fan-out shards; 0: one per
     /// CPU core. Lower it when several nodes share a machine.
     pub worker_threads: usize,
+    /// Kernel send buffer (`SO_SNDBUF`) of accepted sockets; 0: the kernel's default,
+    /// autotuned up to `net.ipv4.tcp_wmem`'s maximum (4 MiB on many systems). A client
+    /// that stops reading pins this much kernel memory before its queue starts to fill.
+    pub socket_send_buffer_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,6 +234,10 @@ impl Default for Config {
     }
 }
 
+/// Bounds of a non-zero `server.socket_send_buffer_bytes`.
+const MIN_SOCKET_BUFFER: usize = 4096;
+const MAX_SOCKET_BUFFER: usize = 64 << 20;
+
 /// Upper bound of `server.worker_threads`.
 const MAX_WORKER_THREADS: usize = 256;
 
@@ -257,6 +265,7 @@ impl Default for ServerConfig {
             handshake_timeout_secs: 10,
             listen_backlog: 4096,
             worker_threads: 0,
+            socket_send_buffer_bytes: 0,
         }
     }
 }
@@ -429,6 +438,15 @@ impl Config {
             return invalid(
                 "server.worker_threads",
                 &format!("at most {MAX_WORKER_THREADS} (0: one per CPU core)"),
+            );
+        }
+        let sndbuf = self.server.socket_send_buffer_bytes;
+        if sndbuf != 0 && !(MIN_SOCKET_BUFFER..=MAX_SOCKET_BUFFER).contains(&sndbuf) {
+            return invalid(
+                "server.socket_send_buffer_bytes",
+                &format!(
+                    "0 (kernel default) or between {MIN_SOCKET_BUFFER} and {MAX_SOCKET_BUFFER}"
+                ),
             );
         }
         let positive = [
@@ -625,6 +643,10 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("server.worker_threads")));
+        let err = Config::from_toml("[server]\nsocket_send_buffer_bytes = 100\n")
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("server.socket_send_buffer_bytes")));
     }
 
     #[test]

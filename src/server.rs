@@ -59,10 +59,11 @@ impl Server {
     /// Binds the listeners and builds the node's state.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         let backlog = config.server.listen_backlog;
-        let listener = bind(&config.server.listen, backlog)?;
+        let send_buffer = config.server.socket_send_buffer_bytes;
+        let listener = bind(&config.server.listen, backlog, send_buffer)?;
         let metrics_listener = match config.server.metrics_listen.as_str() {
             "" => None,
-            addr => Some(bind(addr, backlog)?),
+            addr => Some(bind(addr, backlog, 0)?),
         };
         let metrics = Arc::new(Metrics::new());
         let background = TaskTracker::new();
@@ -323,7 +324,9 @@ async fn expire_streams(state: Arc<AppState>, stop: CancellationToken) {
 }
 
 /// A listener with an explicit backlog (`TcpListener::bind` would leave it at 128).
-fn bind(addr: &str, backlog: u32) -> Result<TcpListener, ServerError> {
+/// A listener on `addr`. A non-zero `send_buffer` is set on the listening socket, which
+/// accepted sockets inherit (and with it, no send-buffer autotuning).
+fn bind(addr: &str, backlog: u32, send_buffer: usize) -> Result<TcpListener, ServerError> {
     let failed = |source| ServerError::Bind {
         addr: addr.to_owned(),
         source,
@@ -341,6 +344,10 @@ fn bind(addr: &str, backlog: u32) -> Result<TcpListener, ServerError> {
     }
     .map_err(failed)?;
     socket.set_reuseaddr(true).map_err(failed)?;
+    if send_buffer > 0 {
+        let size = u32::try_from(send_buffer).unwrap_or(u32::MAX);
+        socket.set_send_buffer_size(size).map_err(failed)?;
+    }
     socket.bind(parsed).map_err(failed)?;
     socket.listen(backlog).map_err(failed)
 }

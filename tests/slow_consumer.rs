@@ -70,3 +70,46 @@ async fn slow_consumer_is_evicted_while_others_get_everything_in_order() -> Test
     assert_eq!(server.state.metrics.slow_consumer_evictions.get(), 1);
     server.stop().await
 }
+
+/// `server.socket_send_buffer_bytes` bounds what a client that stops reading holds in the
+/// node's kernel send buffer, so its queue overflows (4008) after about queue + buffer
+/// bytes instead of after the megabytes an autotuned send buffer absorbs first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_socket_send_buffer_gets_a_stalled_client_evicted_sooner() -> TestResult {
+    const MESSAGE_BYTES: usize = 8 * 1024;
+    const MAX_MESSAGES: usize = 512;
+    const BOUND: usize = 1 << 20;
+    let server = TestServer::start(
+        "[server]\nsocket_send_buffer_bytes = 16384\n[client]\nqueue_max_bytes = 65536\n",
+    )
+    .await?;
+    let (mut stalled, _) = WsClient::connect(&server.ws_url(), Encoding::Json).await?;
+    stalled
+        .request("subscribe", json!({"channel": "firehose"}))
+        .await?;
+    // The client reads nothing from here on; the publisher counts what it sent until the
+    // node reports the eviction.
+    let pad = "p".repeat(MESSAGE_BYTES);
+    let mut published = 0;
+    for seq in 0..MAX_MESSAGES {
+        server
+            .publish("firehose", json!({"seq": seq, "pad": pad}))
+            .await?;
+        published += MESSAGE_BYTES;
+        if server.state.metrics.slow_consumer_evictions.get() == 1 {
+            break;
+        }
+    }
+    assert_eq!(
+        server.state.metrics.slow_consumer_evictions.get(),
+        1,
+        "not evicted after {published} bytes"
+    );
+    assert!(
+        published <= BOUND,
+        "evicted only after {published} bytes (bound {BOUND})"
+    );
+    let (code, _) = stalled.expect_close().await?;
+    assert_eq!(code, 4008);
+    server.stop().await
+}
