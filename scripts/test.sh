@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test suite of pushwire: Rust unit and integration tests (real servers, real
-# redis-server, real Prometheus), the loadtest smoke run, and the client-js suites (Node
-# and headless Chromium). Installs what a fresh Debian machine lacks first.
+# Runs every test suite of pushwire: format and clippy checks, Rust unit and integration
+# tests (real servers, real redis-server, real Prometheus), the loadtest smoke run, and the
+# client-js suites (Node and headless Chromium). Installs what a fresh Debian machine
+# lacks first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+echo "==> cargo fmt --check, cargo clippy (warnings are errors)"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "==> cargo test (one debug build; dependencies are optimised, see Cargo.toml)"
 # The loadtest smoke test drives the pushwire-loadtest executable, which cargo test
