@@ -29,20 +29,19 @@ fn send_signal(pid: u32, signal: &str) -> TestResult {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_carry_session_identity_and_never_secrets() -> TestResult {
-    let config = tempfile::Builder::new().suffix(".toml").tempfile()?;
-    std::fs::write(
-        config.path(),
-        format!(
-            "[api]\nkeys = [\"{API_KEY}\"]\n[auth]\ntoken_hmac_secret = \"{SECRET}\"\n\
-             [log]\nformat = \"json\"\nlevel = \"pushwire=debug,info\"\n"
-        ),
-    )?;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pushwire"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(config.path())
-        .env_remove("RUST_LOG")
+/// A started server binary whose stderr (the log) is being collected.
+struct Logging {
+    child: tokio::process::Child,
+    pid: u32,
+    /// The address from its `pushwire listening on ADDR` line.
+    addr: String,
+    /// Everything it wrote to stderr, once it has exited.
+    collected: tokio::task::JoinHandle<String>,
+}
+
+/// Starts `command` (a `pushwire serve`), waits for its listening line and collects its log.
+async fn start_logging(mut command: Command) -> TestResult<Logging> {
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -62,6 +61,35 @@ async fn json_logs_carry_session_identity_and_never_secrets() -> TestResult {
         let _ = stderr.read_to_string(&mut text).await;
         text
     });
+    Ok(Logging {
+        child,
+        pid,
+        addr,
+        collected,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_session_identity_and_never_secrets() -> TestResult {
+    let config = tempfile::Builder::new().suffix(".toml").tempfile()?;
+    std::fs::write(
+        config.path(),
+        format!(
+            "[api]\nkeys = [\"{API_KEY}\"]\n[auth]\ntoken_hmac_secret = \"{SECRET}\"\n\
+             [log]\nformat = \"json\"\nlevel = \"pushwire=debug,info\"\n"
+        ),
+    )?;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pushwire"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config.path())
+        .env_remove("RUST_LOG");
+    let Logging {
+        mut child,
+        pid,
+        addr,
+        collected,
+    } = start_logging(command).await?;
 
     let token = mint_hs256(
         SECRET,
@@ -157,30 +185,18 @@ async fn json_logs_carry_session_identity_and_never_secrets() -> TestResult {
 /// and session events still name their session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_to_a_pipe_have_no_escape_codes() -> TestResult {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pushwire"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pushwire"));
+    command
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "pushwire=debug,info")
         .env("PUSHWIRE_API__KEYS", format!("[\"{API_KEY}\"]"))
-        .env_remove("NO_COLOR")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().ok_or("no pid")?;
-    let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-    let line = tokio::time::timeout(WAIT, stdout.next_line())
-        .await??
-        .ok_or("exited before listening")?;
-    let addr = line
-        .strip_prefix("pushwire listening on ")
-        .ok_or_else(|| format!("unexpected first line {line:?}"))?
-        .to_owned();
-    let mut stderr = child.stderr.take().ok_or("no stderr")?;
-    let collected = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text).await;
-        text
-    });
+        .env_remove("NO_COLOR");
+    let Logging {
+        mut child,
+        pid,
+        addr,
+        collected,
+    } = start_logging(command).await?;
     let (mut client, connected) =
         WsClient::connect_with(&format!("ws://{addr}/ws"), Encoding::Json, json!({})).await?;
     let client_id = connected["client_id"]
