@@ -323,9 +323,9 @@ async fn expire_streams(state: Arc<AppState>, stop: CancellationToken) {
     }
 }
 
-/// A listener with an explicit backlog (`TcpListener::bind` would leave it at 128).
-/// A listener on `addr`. A non-zero `send_buffer` is set on the listening socket, which
-/// accepted sockets inherit (and with it, no send-buffer autotuning).
+/// A listener on `addr` with an explicit backlog (`TcpListener::bind` would leave it at
+/// 128). A non-zero `send_buffer` is set on the listening socket, which accepted sockets
+/// inherit (and with it, no send-buffer autotuning).
 fn bind(addr: &str, backlog: u32, send_buffer: usize) -> Result<TcpListener, ServerError> {
     let failed = |source| ServerError::Bind {
         addr: addr.to_owned(),

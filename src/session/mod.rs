@@ -243,9 +243,9 @@ where
                 return Box::pin(self.flush()).await;
             }
         };
-        // Boxed: request handling (down to broker round trips) is a large future;
-        // inlined, every idle session would carry its size.
-        Box::pin(self.handle_all(requests)).await
+        // Request handling (down to broker round trips) is a large future; it is inline
+        // here because the serve loop boxes this whole handler.
+        self.handle_all(requests).await
     }
 
     /// Writes queued messages as batch frames; performs the close once the queue says so.
