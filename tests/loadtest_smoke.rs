@@ -205,6 +205,14 @@ async fn fanout_of_2000_over_two_redis_nodes_loses_nothing() {
     assert_eq!(code, 0, "{r:#}");
     assert_eq!(r["connections"]["ready"], 200);
     assert!(r["traffic"]["pongs"].as_u64().unwrap() >= 200, "{r:#}");
+    for server in r["servers"].as_array().unwrap() {
+        for per_connection in ["rss_per_connection_bytes", "cpu_per_connection_us_per_sec"] {
+            assert!(
+                server[per_connection].is_number(),
+                "{per_connection}: {r:#}"
+            );
+        }
+    }
 
     // 200 subscribers over 10 channels, each publication to a random one: it reaches 20.
     #[rustfmt::skip]

@@ -12,7 +12,7 @@ use crate::addrs::{SourceSpec, Target, resolve_targets};
 use crate::cluster::{self, ClusterSpec, LocalCluster};
 use crate::conn::Handshake;
 use crate::fleet::{Fleet, FleetSpec};
-use crate::host::{self, CpuMeter, MachineCpu, MachineMeter, Memory};
+use crate::host::{self, CpuMeter, CpuUse, MachineCpu, MachineMeter, Memory};
 use crate::report::{LoadtestProcess, Results, ServerProcess};
 use crate::wire::Encoding;
 
@@ -287,13 +287,15 @@ impl ProcessWatch {
                 } else {
                     end
                 };
+                let cpu = cpu.get(i).copied().flatten();
                 ServerProcess {
                     pid,
-                    cpu: cpu.get(i).copied().flatten(),
+                    cpu,
                     before,
                     after_ramp,
                     end,
                     rss_per_connection_bytes: rss_per_connection(before, measured, ready, servers),
+                    cpu_per_connection_us_per_sec: cpu_per_connection(cpu, ready, servers),
                 }
             })
             .collect();
@@ -336,6 +338,14 @@ pub fn rss_per_connection(
     (per_server >= 1.0).then(|| (end.rss_kib as f64 - before.rss_kib as f64) * 1024.0 / per_server)
 }
 
+/// CPU microseconds per connection per second: the server's CPU over the interval, divided
+/// by its share of the ready connections.
+pub fn cpu_per_connection(cpu: Option<CpuUse>, ready: u64, servers: usize) -> Option<f64> {
+    let cpu = cpu?;
+    let per_server = ready as f64 / servers.max(1) as f64;
+    (per_server >= 1.0 && cpu.secs > 0.0).then(|| cpu.cpu_secs / cpu.secs / per_server * 1e6)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,5 +362,21 @@ mod tests {
         assert_eq!(rss_per_connection(m(1000), m(1040), 20, 2), Some(4096.0));
         assert_eq!(rss_per_connection(m(1000), None, 10, 1), None);
         assert_eq!(rss_per_connection(m(1000), m(2000), 0, 1), None);
+    }
+
+    #[test]
+    fn cpu_is_spread_over_ready_connections_and_seconds() {
+        let cpu = |cpu_secs, secs| {
+            Some(CpuUse {
+                cpu_secs,
+                cores: 0.0,
+                secs,
+            })
+        };
+        // 0.5 CPU-s over 10 s for 10,000 connections: 5 µs per connection per second.
+        assert_eq!(cpu_per_connection(cpu(0.5, 10.0), 10_000, 1), Some(5.0));
+        assert_eq!(cpu_per_connection(cpu(0.5, 10.0), 20_000, 2), Some(5.0));
+        assert_eq!(cpu_per_connection(cpu(0.5, 0.0), 10_000, 1), None);
+        assert_eq!(cpu_per_connection(None, 10_000, 1), None);
     }
 }

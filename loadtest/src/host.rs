@@ -72,6 +72,8 @@ pub struct CpuUse {
     pub cpu_secs: f64,
     /// Average cores busy: `cpu_secs / interval`.
     pub cores: f64,
+    /// The interval, in seconds.
+    pub secs: f64,
 }
 
 /// Measures the CPU of some processes from `start` to `read`.
@@ -98,6 +100,7 @@ impl CpuMeter {
             Some(CpuUse {
                 cpu_secs: round2(used),
                 cores: round2(used / secs),
+                secs: round2(secs),
             })
         };
         self.at_start.iter().map(usage).collect()
@@ -109,6 +112,7 @@ impl CpuMeter {
         (!all.is_empty()).then(|| CpuUse {
             cpu_secs: round2(all.iter().map(|u| u.cpu_secs).sum()),
             cores: round2(all.iter().map(|u| u.cores).sum()),
+            secs: all.iter().map(|u| u.secs).fold(0.0, f64::max),
         })
     }
 }

@@ -97,6 +97,9 @@ pub struct ServerProcess {
     pub end: Option<Memory>,
     /// (RSS at end - RSS before) / ready connections on this server, bytes.
     pub rss_per_connection_bytes: Option<f64>,
+    /// CPU time per connection per second of the measured phase, in microseconds
+    /// (`/proc` counts in 10 ms ticks: measure over a long hold).
+    pub cpu_per_connection_us_per_sec: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -291,6 +294,9 @@ impl Results {
                 .map_or("?".into(), |b| format!("{b:.0} B ({:.2} KiB)", b / 1024.0));
             row("  rss per connection", per);
             row("  cpu", cpu(&m.cpu));
+            if let Some(us) = m.cpu_per_connection_us_per_sec {
+                row("  cpu per connection", format!("{us:.3} µs per second"));
+            }
         }
         let l = &self.loadtest;
         row(
