@@ -298,3 +298,38 @@ async fn history_channels_carry_offsets_and_epoch() -> TestResult {
     assert_eq!(history["offset"], 2);
     server.stop().await
 }
+
+/// Data frames of every length class of RFC 6455 (7-bit, 16-bit and 64-bit lengths, and
+/// the edges between them) arrive whole and in order, in both encodings; a burst of them
+/// is also batched into frames above 64 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_of_every_length_class_arrive_whole() -> TestResult {
+    let server = TestServer::start("[api]\nmax_publish_bytes = 262144\n").await?;
+    let mut clients = Vec::new();
+    for encoding in [Encoding::Json, Encoding::Msgpack] {
+        let (mut client, _) = WsClient::connect(&server.ws_url(), encoding).await?;
+        client
+            .request("subscribe", json!({"channel": "sizes"}))
+            .await?;
+        clients.push(client);
+    }
+    let pads = [0, 60, 100, 65_400, 65_500, 70_000, 200_000];
+    for (n, pad) in pads.iter().enumerate() {
+        server
+            .publish("sizes", json!({"n": n, "pad": "x".repeat(*pad)}))
+            .await?;
+    }
+    for client in &mut clients {
+        for (n, pad) in pads.iter().enumerate() {
+            let message = client.recv_message().await?;
+            assert_eq!(message["data"]["n"], n, "{:?}", client.encoding);
+            assert_eq!(
+                message["data"]["pad"].as_str().map(str::len),
+                Some(*pad),
+                "message {n} in {:?}",
+                client.encoding
+            );
+        }
+    }
+    server.stop().await
+}
