@@ -59,6 +59,29 @@ pub struct LocalCluster {
     addrs: Vec<String>,
 }
 
+/// Scratch directories are `SCRATCH_PREFIX<pid>` in the temporary directory.
+const SCRATCH_PREFIX: &str = "pushwire-loadtest-";
+
+/// Removes the scratch directories of runs whose process is gone (a run that was
+/// SIGKILLed cannot remove its own).
+fn remove_stale_scratch_dirs(temp: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(temp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(SCRATCH_PREFIX))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl LocalCluster {
     /// Starts Redis on a free port, then the nodes one after the other.
     pub async fn start(spec: &ClusterSpec) -> anyhow::Result<LocalCluster> {
@@ -67,7 +90,8 @@ impl LocalCluster {
             "--pushwire-bin {} does not exist (build it with `cargo build --release -p pushwire`)",
             spec.pushwire_bin.display()
         );
-        let dir = std::env::temp_dir().join(format!("pushwire-loadtest-{}", std::process::id()));
+        remove_stale_scratch_dirs(&std::env::temp_dir());
+        let dir = std::env::temp_dir().join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let port = free_port()?;
         let redis = start_redis(&spec.redis_bin, port).await?;
@@ -249,6 +273,24 @@ async fn wait_ready(addr: &str) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stale_scratch_dirs_of_dead_runs_are_removed() -> std::io::Result<()> {
+        let temp =
+            std::env::temp_dir().join(format!("pushwire-scratch-test-{}", std::process::id()));
+        let ours = temp.join(format!("{SCRATCH_PREFIX}{}", std::process::id()));
+        // Above the kernel's pid_max (4194304): no process can have it.
+        let dead = temp.join(format!("{SCRATCH_PREFIX}4999999"));
+        let other = temp.join("unrelated-4999999");
+        for dir in [&ours, &dead, &other] {
+            std::fs::create_dir_all(dir)?;
+        }
+        remove_stale_scratch_dirs(&temp);
+        let (ours_left, dead_left, other_left) = (ours.exists(), dead.exists(), other.exists());
+        std::fs::remove_dir_all(&temp)?;
+        assert!(ours_left && other_left && !dead_left);
+        Ok(())
+    }
+
     use super::*;
 
     #[test]
