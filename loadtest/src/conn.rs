@@ -93,29 +93,51 @@ pub enum SlowMode {
     OnSignal,
 }
 
-/// Runs connection number `index` to the end. `permit` bounds concurrent handshakes and is
-/// released once this connection is ready or has failed.
-pub async fn run(ctx: Arc<ConnContext>, index: usize, permit: OwnedSemaphorePermit) {
-    let stats = Arc::clone(&ctx.stats);
+/// Opens connection `index`'s first session on node `index mod N`, counting the attempt,
+/// its failure stage or its readiness and connect latency. `permit` is released once the
+/// session is up or has failed. `None` when it failed or the run stopped first.
+pub async fn first_session(
+    ctx: &Arc<ConnContext>,
+    index: usize,
+    permit: OwnedSemaphorePermit,
+    receipts: &mut Receipts,
+) -> Option<Session> {
+    let stats = &ctx.stats;
     Stats::bump(&stats.counters.attempts);
     let started = Instant::now();
     let mut stage = Stage::Dial;
-    let mut receipts = Receipts::default();
     let node = index % ctx.targets.len();
-    let establishing = establish(&ctx, index, node, &mut stage, &mut receipts, false);
+    let establishing = establish(ctx, index, node, &mut stage, receipts, false);
     let established = tokio::select! {
         r = timeout(ctx.connect_timeout, establishing) => r,
-        () = ctx.stop.cancelled() => return,
+        () = ctx.stop.cancelled() => return None,
     };
     drop(permit);
-    let mut session = match established {
+    let session = match established {
         Ok(Ok(session)) => session,
-        Ok(Err(err)) => return stage.fail(&stats, &format!("{err:#}")),
-        Err(_elapsed) => return stage.fail(&stats, "timeout"),
+        Ok(Err(err)) => {
+            stage.fail(stats, &format!("{err:#}"));
+            return None;
+        }
+        Err(_elapsed) => {
+            stage.fail(stats, "timeout");
+            return None;
+        }
     };
     Stats::bump(&stats.counters.ready);
     let micros = started.elapsed().as_micros() as u64;
     stats.connect_latency.record_all(index, &[micros]);
+    Some(session)
+}
+
+/// Runs connection number `index` to the end. `permit` bounds concurrent handshakes and is
+/// released once this connection is ready or has failed.
+pub async fn run(ctx: Arc<ConnContext>, index: usize, permit: OwnedSemaphorePermit) {
+    let stats = Arc::clone(&ctx.stats);
+    let mut receipts = Receipts::default();
+    let Some(mut session) = first_session(&ctx, index, permit, &mut receipts).await else {
+        return;
+    };
     if is_slow(index, ctx.slow_fraction) {
         return slow(&ctx, session, &mut receipts).await;
     }

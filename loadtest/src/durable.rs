@@ -24,7 +24,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep, timeout};
 
-use crate::conn::{ConnContext, Stage, count_end, establish};
+use crate::conn::{ConnContext, Stage, count_end, establish, first_session};
 use crate::rng::Rng;
 use crate::session::{CatchUp, End, Receipts, Session, short};
 use crate::stats::Stats;
@@ -50,31 +50,16 @@ pub struct Kick {
 /// session fails is finished, like a one-shot connection.
 pub async fn run(ctx: Arc<ConnContext>, index: usize, permit: OwnedSemaphorePermit) {
     let stats = Arc::clone(&ctx.stats);
-    Stats::bump(&stats.counters.attempts);
-    let started = Instant::now();
     let fallback = Kick::default();
     let kick = ctx
         .kicks
         .get(index.wrapping_sub(ctx.first_index))
         .unwrap_or(&fallback);
     let mut receipts = Receipts::default();
-    let mut stage = Stage::Dial;
     let mut node = index % ctx.targets.len();
-    let first = establish(&ctx, index, node, &mut stage, &mut receipts, false);
-    let established = tokio::select! {
-        r = timeout(ctx.connect_timeout, first) => r,
-        () = ctx.stop.cancelled() => return,
+    let Some(mut session) = first_session(&ctx, index, permit, &mut receipts).await else {
+        return;
     };
-    drop(permit);
-    let mut session = match established {
-        Ok(Ok(session)) => session,
-        Ok(Err(err)) => return stage.fail(&stats, &format!("{err:#}")),
-        Err(_elapsed) => return stage.fail(&stats, "timeout"),
-    };
-    Stats::bump(&stats.counters.ready);
-    stats
-        .connect_latency
-        .record_all(index, &[started.elapsed().as_micros() as u64]);
     let mut rng = Rng::from_clock(index as u64);
     loop {
         Stats::bump(&stats.counters.up);
