@@ -19,6 +19,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+echo "==> independent test clients (npm and PyPI packages in tests/clients)"
+scripts/install-test-clients.sh
+
 echo "==> cargo fmt --check, cargo clippy (warnings are errors)"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
