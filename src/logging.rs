@@ -4,7 +4,11 @@
 
 use std::io::IsTerminal as _;
 
+use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{FilterFn, filter_fn};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{LogConfig, LogFormat};
 
@@ -13,7 +17,6 @@ pub fn init(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let filter = cap_payload_logging(filter);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -23,8 +26,10 @@ pub fn init(config: &LogConfig) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .finish()
+            .with(payload_logging_cap())
             .try_init(),
-        LogFormat::Text => builder.try_init(),
+        LogFormat::Text => builder.finish().with(payload_logging_cap()).try_init(),
     };
 }
 
@@ -34,12 +39,36 @@ fn colors_wanted() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// tungstenite logs every frame it receives at trace level, tokens included; capping it
-/// at debug keeps credentials out of the log whatever the filter asks for
-/// (tests/log_secrets.rs checks it).
-fn cap_payload_logging(filter: EnvFilter) -> EnvFilter {
-    match "tungstenite=debug".parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
+/// tungstenite logs every frame it receives at trace level, tokens included. This filter
+/// drops its trace events whatever the level filter asks for (tests/log_secrets.rs
+/// checks it), and only drops: it sits beside the level filter, so tungstenite's debug
+/// lines appear only when the level filter asks for debug (tests/logs.rs checks that the
+/// default level and `RUST_LOG=warn` stay quiet).
+fn payload_logging_cap() -> FilterFn<fn(&Metadata<'_>) -> bool> {
+    filter_fn(allowed_by_payload_cap as fn(&Metadata<'_>) -> bool)
+}
+
+fn allowed_by_payload_cap(meta: &Metadata<'_>) -> bool {
+    !(is_payload_logger(meta.target()) && *meta.level() == Level::TRACE)
+}
+
+/// `tungstenite` and its modules (not `tokio_tungstenite`, which logs no payloads).
+fn is_payload_logger(target: &str) -> bool {
+    target
+        .strip_prefix("tungstenite")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_tungstenite_targets_are_capped() {
+        assert!(is_payload_logger("tungstenite"));
+        assert!(is_payload_logger("tungstenite::protocol"));
+        assert!(!is_payload_logger("tungstenite_extra"));
+        assert!(!is_payload_logger("tokio_tungstenite"));
+        assert!(!is_payload_logger("pushwire::session"));
     }
 }

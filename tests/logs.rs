@@ -1,15 +1,18 @@
 //! Logs of the real binary with `log.format = "json"`: one JSON object per line, sessions
 //! identified by `client_id` and `user` on their span, nothing per message at info, no
-//! token, API key or secret anywhere (even at debug), and a SIGHUP reload is logged.
+//! token, API key or secret anywhere (even at debug), a SIGHUP reload is logged, and the
+//! WebSocket library stays quiet unless debug is asked for.
 
 mod support;
 
 use std::process::Stdio;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::Command;
+use tokio_tungstenite::tungstenite;
 
 use pushwire::auth::{ConnectClaims, mint_hs256, unix_now};
 use support::{Encoding, TestResult, WAIT, WsClient, fail};
@@ -219,6 +222,80 @@ async fn text_logs_to_a_pipe_have_no_escape_codes() -> TestResult {
         text.lines()
             .any(|l| l.contains("session{") && l.contains(&client_id)),
         "no event inside the session span:\n{text}"
+    );
+    Ok(())
+}
+
+/// Opens a connection, connects, and closes it: once the server has answered the close
+/// (with its close reply, or by ending the connection), it has logged what it logs for it.
+async fn open_and_close_one_connection(addr: &str) -> TestResult {
+    let (mut client, _) =
+        WsClient::connect_with(&format!("ws://{addr}/ws"), Encoding::Json, json!({})).await?;
+    client.socket.close(None).await?;
+    loop {
+        match tokio::time::timeout(WAIT, client.socket.next()).await {
+            Err(_) => return fail("no close reply from the server"),
+            Ok(Some(Ok(tungstenite::Message::Close(_)) | Err(_)) | None) => return Ok(()),
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+/// The log lines a server wrote while one connection opened and closed, with `RUST_LOG`
+/// set to `rust_log` (`None`: unset, so `log.level` applies; its default is `info`).
+async fn log_of_one_connection(rust_log: Option<&str>) -> TestResult<String> {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_pushwire"));
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PUSHWIRE_API__KEYS", format!("[\"{API_KEY}\"]"));
+    match rust_log {
+        Some(filter) => command.env("RUST_LOG", filter),
+        None => command.env_remove("RUST_LOG"),
+    };
+    let Logging {
+        mut child,
+        pid,
+        addr,
+        collected,
+    } = start_logging(command).await?;
+    open_and_close_one_connection(&addr).await?;
+    send_signal(pid, "TERM")?;
+    let status = tokio::time::timeout(WAIT * 2, child.wait()).await??;
+    assert!(status.success(), "exit status {status}");
+    Ok(tokio::time::timeout(WAIT, collected).await??)
+}
+
+/// tungstenite's per-connection debug lines ("Received close frame", "Replying to close")
+/// appear only when debug is asked for: the cap that keeps its trace lines (frame
+/// payloads) out of the log must not raise it above the configured level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tungstenite_logs_nothing_per_connection_at_the_default_level_or_warn() -> TestResult {
+    for rust_log in [None, Some("warn")] {
+        let text = log_of_one_connection(rust_log).await?;
+        let noisy: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("tungstenite") || l.contains(" DEBUG "))
+            .collect();
+        assert!(
+            noisy.is_empty(),
+            "RUST_LOG={rust_log:?} logged debug lines: {noisy:#?}"
+        );
+    }
+    // The same connection does produce them when debug is asked for, and trace stays
+    // capped (no frame contents).
+    let text = log_of_one_connection(Some("trace")).await?;
+    // `tungstenite::protocol`, not `tokio_tungstenite` (its trace lines carry no payload).
+    let tungstenite: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" tungstenite::"))
+        .collect();
+    assert!(
+        tungstenite.iter().any(|l| l.contains(" DEBUG ")),
+        "no tungstenite debug line at trace:\n{text}"
+    );
+    assert!(
+        !tungstenite.iter().any(|l| l.contains(" TRACE ")),
+        "tungstenite trace lines were logged: {tungstenite:#?}"
     );
     Ok(())
 }
