@@ -30,7 +30,7 @@ echo "==> cargo test (one debug build; dependencies are optimised, see Cargo.tom
 # The loadtest smoke test drives the pushwire-loadtest executable, which cargo test
 # does not produce on its own.
 cargo build -p pushwire-loadtest
-cargo test --workspace --all-targets --no-fail-fast
+scripts/cargo-test-parallel.sh
 
 if [ -x scripts/test-client-js.sh ]; then
   echo "==> client-js"
