@@ -31,6 +31,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// Channel namespaces by name; `default` holds channels without `:`.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    /// The Pusher protocol front end: `[[pusher.apps]]` (src/pusher/config.rs).
+    pub pusher: crate::pusher::PusherConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,6 +232,7 @@ impl Default for Config {
                 DEFAULT_NAMESPACE.to_owned(),
                 NamespaceConfig::default(),
             )]),
+            pusher: crate::pusher::PusherConfig::default(),
         }
     }
 }
@@ -528,7 +531,7 @@ impl Config {
                 "must list at least one seed node when redis.cluster = true",
             );
         }
-        Ok(())
+        self.pusher.validate()
     }
 
     /// The namespace options for a channel, or `None` when its namespace is undeclared.

@@ -32,6 +32,8 @@
 //!   (counts are added per publication, per shard job, or per 64 frames of a session).
 //! - `server`: listeners, routing, graceful shutdown; `state`: what they all share.
 //! - `logging`: tracing setup.
+//! - `pusher`: the Pusher Channels protocol front end (apps, signatures, its WebSocket
+//!   endpoint and HTTP API) on the same hub and broker.
 
 pub mod api;
 pub mod auth;
@@ -42,6 +44,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
+pub mod pusher;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -169,8 +169,10 @@ fn reload_on_sighup(
 /// Shown instead of a secret by `check-config`, whose output ends up in CI logs.
 const REDACTED: &str = "<redacted>";
 
-/// The configuration with its secrets (token secret, API keys, Redis passwords) replaced.
+/// The configuration with its secrets (token secret, API keys, Redis passwords, Pusher
+/// app secrets) replaced.
 fn redacted(mut config: Config) -> Config {
+    config.pusher.redact_secrets(REDACTED);
     if !config.auth.token_hmac_secret.is_empty() {
         config.auth.token_hmac_secret = REDACTED.into();
     }

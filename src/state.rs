@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::hub::{Hub, HubSettings, QueueLimits};
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
+use crate::pusher::PusherApps;
 
 /// Identity of this node in the cluster.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct AppState {
     pub sessions: TaskTracker,
     /// Connections per IP and per user, and pending (not yet `connect`ed) WebSockets.
     pub limits: ConnectionLimits,
+    /// The Pusher apps of `[pusher]`, by key and by id (fixed until a restart).
+    pub pusher: PusherApps,
 }
 
 impl AppState {
@@ -58,6 +61,7 @@ impl AppState {
         shutdown: CancellationToken,
     ) -> Self {
         AppState {
+            pusher: PusherApps::from_config(&config.pusher),
             config: RwLock::new(config),
             hub,
             broker,
@@ -100,6 +104,9 @@ impl AppState {
         }
         if differs(&applied.broker, &next.broker) || differs(&applied.redis, &next.redis) {
             ignored.push("broker/redis");
+        }
+        if differs(&applied.pusher, &next.pusher) {
+            ignored.push("pusher");
         }
         if differs(&applied.log, &next.log) || applied.node_name != next.node_name {
             ignored.push("log/node_name");

@@ -2,7 +2,7 @@
 //! `RUST_LOG` asks for tungstenite's frame dumps by name), nothing
 //! the server logs while clients authenticate (well or badly) and backends publish (with
 //! right and wrong keys) contains a token, the token secret or an API key; and
-//! `check-config` shows secrets as `<redacted>`.
+//! `check-config` shows secrets (Pusher app secrets too) as `<redacted>`.
 
 mod support;
 
@@ -16,12 +16,14 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 const SECRET: &str = "log-secret-s3cr3t-0123456789";
 const API_KEY: &str = "log-api-key-k3y-0123456789";
 const WRONG_KEY: &str = "log-wrong-key-w7ong-0123456789";
+const PUSHER_SECRET: &str = "log-pusher-secret-p5h-0123456789";
 
 fn config() -> String {
     format!(
         "[api]\nkeys = [\"{API_KEY}\"]\n[auth]\ntoken_hmac_secret = \"{SECRET}\"\n\
          [namespaces.private]\nallow_subscribe = \"token\"\n\
-         [redis]\nurl = \"redis://pushwire:redis-pa55word@127.0.0.1:6379\"\n"
+         [redis]\nurl = \"redis://pushwire:redis-pa55word@127.0.0.1:6379\"\n\
+         [[pusher.apps]]\nid = \"4242\"\nkey = \"app-key\"\nsecret = \"{PUSHER_SECRET}\"\n"
     )
 }
 
@@ -110,6 +112,7 @@ async fn nothing_logged_at_trace_level_contains_a_secret() -> TestResult {
         SECRET.to_owned(),
         API_KEY.to_owned(),
         WRONG_KEY.to_owned(),
+        PUSHER_SECRET.to_owned(),
         "redis-pa55word".to_owned(),
     ];
     for token in tokens {
@@ -140,7 +143,7 @@ async fn check_config_redacts_secrets() -> TestResult {
         return fail(String::from_utf8_lossy(&output.stderr).into_owned());
     }
     let printed = String::from_utf8(output.stdout)?;
-    for secret in [SECRET, API_KEY, "redis-pa55word"] {
+    for secret in [SECRET, API_KEY, PUSHER_SECRET, "redis-pa55word"] {
         assert!(!printed.contains(secret), "{secret} printed:\n{printed}");
     }
     let table: toml::Table = printed.parse()?;
@@ -156,6 +159,15 @@ async fn check_config_redacts_secrets() -> TestResult {
     assert_eq!(
         table["redis"]["url"].as_str(),
         Some("redis://pushwire:<redacted>@127.0.0.1:6379")
+    );
+    assert_eq!(
+        table["pusher"]["apps"][0]["secret"].as_str(),
+        Some("<redacted>")
+    );
+    assert_eq!(
+        table["pusher"]["apps"][0]["key"].as_str(),
+        Some("app-key"),
+        "the public key is still shown"
     );
     Ok(())
 }
