@@ -29,6 +29,8 @@ pub struct Config {
     pub log: LogConfig,
     pub broker: BrokerConfig,
     pub redis: RedisConfig,
+    /// The backend proxy (`crate::proxy`); off while no URL is set.
+    pub proxy: crate::proxy::ProxyConfig,
     /// Channel namespaces by name; `default` holds channels without `:`.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// The Pusher protocol front end: `[[pusher.apps]]` (src/pusher/config.rs).
@@ -198,6 +200,65 @@ pub struct NamespaceConfig {
     /// The most messages a recovering subscribe replays; a longer gap answers
     /// `recovered: false`.
     pub max_recover_messages: usize,
+    /// Ask the backend (`proxy.subscribe_url`, or `proxy_subscribe_url`) about subscriptions.
+    pub proxy_subscribe: bool,
+    /// Ask the backend (`proxy.publish_url`, or `proxy_publish_url`) before client publications.
+    pub proxy_publish: bool,
+    /// This namespace's own subscribe proxy URL (implies `proxy_subscribe`).
+    pub proxy_subscribe_url: String,
+    /// This namespace's own publish proxy URL (implies `proxy_publish`).
+    pub proxy_publish_url: String,
+}
+
+impl NamespaceConfig {
+    /// The subscribe proxy URL this namespace uses, if any.
+    pub fn subscribe_proxy<'a>(&'a self, proxy: &'a crate::proxy::ProxyConfig) -> Option<&'a str> {
+        pick_proxy_url(
+            &self.proxy_subscribe_url,
+            self.proxy_subscribe,
+            &proxy.subscribe_url,
+        )
+    }
+
+    /// The publish proxy URL this namespace uses, if any.
+    pub fn publish_proxy<'a>(&'a self, proxy: &'a crate::proxy::ProxyConfig) -> Option<&'a str> {
+        pick_proxy_url(
+            &self.proxy_publish_url,
+            self.proxy_publish,
+            &proxy.publish_url,
+        )
+    }
+}
+
+/// The namespace key that opts in to a proxy with no URL to ask, if any.
+fn proxy_opt_in_error(
+    ns: &NamespaceConfig,
+    proxy: &crate::proxy::ProxyConfig,
+) -> Option<(&'static str, &'static str)> {
+    const NO_URL: &str = "needs a URL: set proxy_*_url here or the URL in [proxy]";
+    if ns.proxy_subscribe && ns.subscribe_proxy(proxy).is_none() {
+        return Some(("proxy_subscribe", NO_URL));
+    }
+    if ns.proxy_publish && ns.publish_proxy(proxy).is_none() {
+        return Some(("proxy_publish", NO_URL));
+    }
+    for (key, url) in [
+        ("proxy_subscribe_url", &ns.proxy_subscribe_url),
+        ("proxy_publish_url", &ns.proxy_publish_url),
+    ] {
+        if !crate::proxy::config::url_or_empty(url) {
+            return Some((key, "must be an http:// or https:// URL"));
+        }
+    }
+    None
+}
+
+fn pick_proxy_url<'a>(own: &'a str, enabled: bool, global: &'a str) -> Option<&'a str> {
+    if !own.is_empty() {
+        Some(own)
+    } else {
+        (enabled && !global.is_empty()).then_some(global)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +289,7 @@ impl Default for Config {
             log: LogConfig::default(),
             broker: BrokerConfig::default(),
             redis: RedisConfig::default(),
+            proxy: crate::proxy::ProxyConfig::default(),
             namespaces: BTreeMap::from([(
                 DEFAULT_NAMESPACE.to_owned(),
                 NamespaceConfig::default(),
@@ -364,6 +426,10 @@ impl Default for NamespaceConfig {
             allow_subscribe: SubscribePolicy::All,
             allow_publish: PublishPolicy::None,
             max_recover_messages: 10_000,
+            proxy_subscribe: false,
+            proxy_publish: false,
+            proxy_subscribe_url: String::new(),
+            proxy_publish_url: String::new(),
         }
     }
 }
@@ -524,6 +590,12 @@ impl Config {
                     "needs presence = true",
                 );
             }
+            if let Some((key, message)) = proxy_opt_in_error(ns, &self.proxy) {
+                return invalid(&format!("namespaces.{name}.{key}"), message);
+            }
+        }
+        if let Some((key, message)) = self.proxy.invalid() {
+            return invalid(key, &message);
         }
         if self.redis.cluster && self.redis.cluster_nodes.is_empty() {
             return invalid(

@@ -26,6 +26,10 @@
 //! - `limits`: connections per IP, per user and pending (not yet `connect`ed), counted
 //!   with slots released on drop; the per-API-key publish rate limit. (The per-connection
 //!   inbound limit lives in `session::rate`.)
+//! - `proxy`: the backend proxy: connect, subscribe, publish and refresh decisions asked
+//!   of the application's backend over HTTP, each URL behind a concurrency bound, a
+//!   timeout and a circuit breaker. Invariant: a backend that fails only ever causes
+//!   temporary refusals (the client retries), never a hang.
 //! - `api`: the HTTP server API and probes. Invariant: errors become HTTP statuses
 //!   only through `ApiError` (the WebSocket upgrade uses it too).
 //! - `metrics`: the Prometheus registry. Invariant: at most an atomic add per delivery
@@ -44,6 +48,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod protocol;
+pub mod proxy;
 pub mod pusher;
 pub mod server;
 pub mod session;

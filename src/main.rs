@@ -170,7 +170,7 @@ fn reload_on_sighup(
 const REDACTED: &str = "<redacted>";
 
 /// The configuration with its secrets (token secret, API keys, Redis passwords, Pusher
-/// app secrets) replaced.
+/// app secrets, the backend proxy's static headers) replaced.
 fn redacted(mut config: Config) -> Config {
     config.pusher.redact_secrets(REDACTED);
     if !config.auth.token_hmac_secret.is_empty() {
@@ -178,6 +178,9 @@ fn redacted(mut config: Config) -> Config {
     }
     for key in &mut config.api.keys {
         *key = REDACTED.into();
+    }
+    for value in config.proxy.static_headers.values_mut() {
+        *value = REDACTED.into();
     }
     config.redis.url = redact_url_password(&config.redis.url);
     for node in &mut config.redis.cluster_nodes {

@@ -44,6 +44,9 @@ pub enum ServerError {
     Broker(#[from] BrokerError),
 }
 
+/// Expired proxy-granted connections waiting for the refresh proxy; more close with 4002.
+const RENEWALS_QUEUED: usize = 4096;
+
 /// A bound, not yet running, node.
 pub struct Server {
     state: Arc<AppState>,
@@ -157,6 +160,15 @@ impl Server {
         } = self;
         // Background work first: a client served right away sees a fully started node.
         background.spawn(expire_streams(state.clone(), background_stop.clone()));
+        if state.proxy.as_ref().is_some_and(|p| p.refreshes()) {
+            let (renewals, expired) = tokio::sync::mpsc::channel(RENEWALS_QUEUED);
+            state.hub.on_renewal(renewals);
+            background.spawn(crate::session::run_refresher(
+                state.clone(),
+                expired,
+                background_stop.clone(),
+            ));
+        }
         let router = router(state.clone(), metrics_listener.is_none());
         let serve = tokio::spawn(serve_http(
             listener,

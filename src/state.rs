@@ -43,6 +43,8 @@ pub struct AppState {
     pub limits: ConnectionLimits,
     /// The Pusher apps of `[pusher]`, by key and by id (fixed until a restart).
     pub pusher: PusherApps,
+    /// The backend proxy, when any proxy URL is configured (fixed until restart).
+    pub proxy: Option<Arc<crate::proxy::BackendProxy>>,
 }
 
 impl AppState {
@@ -60,8 +62,15 @@ impl AppState {
         node: NodeIdentity,
         shutdown: CancellationToken,
     ) -> Self {
+        let proxy = crate::proxy::BackendProxy::from_config(&config, metrics.registry())
+            .unwrap_or_else(|err| {
+                // Only a TLS backend that cannot initialise fails here.
+                tracing::error!(error = %err, "backend proxy disabled: HTTP client failed to start");
+                None
+            });
         AppState {
             pusher: PusherApps::from_config(&config.pusher),
+            proxy,
             config: RwLock::new(config),
             hub,
             broker,
@@ -107,6 +116,9 @@ impl AppState {
         }
         if differs(&applied.pusher, &next.pusher) {
             ignored.push("pusher");
+        }
+        if differs(&applied.proxy, &next.proxy) {
+            ignored.push("proxy");
         }
         if differs(&applied.log, &next.log) || applied.node_name != next.node_name {
             ignored.push("log/node_name");

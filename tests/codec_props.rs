@@ -70,8 +70,17 @@ fn request() -> impl Strategy<Value = (Request, Option<Value>)> {
     let text = || ".{0,24}";
     let id = any::<u64>();
     prop_oneof![
-        (id, prop::option::of(text()), prop::option::of(text()))
-            .prop_map(|(id, token, client)| { (Request::Connect { id, token, client }, None) }),
+        (id, prop::option::of(text()), prop::option::of(text())).prop_map(|(id, token, client)| {
+            (
+                Request::Connect {
+                    id,
+                    token,
+                    client,
+                    data: None,
+                },
+                None,
+            )
+        }),
         (
             id,
             text(),
@@ -132,7 +141,9 @@ fn to_wire(request: &Request, data: Option<&Value>) -> Value {
         )
     };
     match request {
-        Request::Connect { id, token, client } => {
+        Request::Connect {
+            id, token, client, ..
+        } => {
             set("id", json!(id));
             set("token", json!(token));
             set("client", json!(client));

@@ -32,6 +32,7 @@ export const CloseCode = {
   RateLimited: 4009,
   ConnectionLimit: 4010,
   DisconnectedByApi: 4011,
+  BackendUnavailable: 4012,
 } as const;
 
 /**
@@ -72,6 +73,7 @@ export function actionForClose(code: number, serverReconnect?: boolean): Reconne
       return 'refresh-token';
     case CloseCode.RateLimited:
     case CloseCode.ConnectionLimit:
+    case CloseCode.BackendUnavailable:
       return 'reconnect-throttled';
     case CloseCode.DisconnectedByApi:
       return serverReconnect === false ? 'stop' : 'reconnect';

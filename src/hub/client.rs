@@ -112,6 +112,9 @@ pub struct ClientHandle {
     pub(crate) write_started_ms: AtomicU64,
     /// When the connection token expires, in Unix seconds; 0: never.
     pub(crate) expires_at: AtomicU64,
+    /// Granted by the backend's connect proxy: renewed through the refresh proxy on
+    /// expiry instead of closed with 4002.
+    renew_by_proxy: std::sync::atomic::AtomicBool,
 }
 
 impl ClientHandle {
@@ -137,6 +140,7 @@ impl ClientHandle {
             ping_sent_ms: AtomicU64::new(0),
             write_started_ms: AtomicU64::new(0),
             expires_at: AtomicU64::new(0),
+            renew_by_proxy: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -320,6 +324,15 @@ impl ClientHandle {
     /// Sets when the connection's token expires (Unix seconds; 0: never).
     pub fn set_expires_at(&self, unix_secs: u64) {
         self.expires_at.store(unix_secs, Ordering::Relaxed);
+    }
+
+    /// Marks the connection as renewed through the refresh proxy when it expires.
+    pub fn renew_by_proxy(&self) {
+        self.renew_by_proxy.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn renews_by_proxy(&self) -> bool {
+        self.renew_by_proxy.load(Ordering::Relaxed)
     }
 
     pub fn expires_at(&self) -> u64 {

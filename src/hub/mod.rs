@@ -68,6 +68,8 @@ struct Shared {
     id_prefix: u64,
     id_counter: AtomicU32,
     events: RwLock<Option<mpsc::UnboundedSender<HubEvent>>>,
+    /// Where expired connections granted by the connect proxy go to be renewed.
+    renewals: RwLock<Option<mpsc::Sender<Arc<ClientHandle>>>>,
 }
 
 /// What brokers may want to hear about local membership.
@@ -134,6 +136,7 @@ impl Hub {
                 id_prefix: u64::from(rand::random::<u32>()) << 32,
                 id_counter: AtomicU32::new(0),
                 events: RwLock::new(None),
+                renewals: RwLock::new(None),
             }),
         };
         tracker.spawn(ticker::run(hub.clone(), shutdown));
@@ -173,6 +176,27 @@ impl Hub {
     /// Membership events go to `sender` (the broker's presence and unsubscribe logic).
     pub fn on_event(&self, sender: mpsc::UnboundedSender<HubEvent>) {
         *self.shared.events.write() = Some(sender);
+    }
+
+    /// Expired connections that renew through the refresh proxy go to `sender`.
+    pub fn on_renewal(&self, sender: mpsc::Sender<Arc<ClientHandle>>) {
+        *self.shared.renewals.write() = Some(sender);
+    }
+
+    /// Hands an expired client to the renewal task; false when there is none or it is
+    /// full (the ticker then closes with 4002 as for any expired token).
+    fn hand_to_renewal(&self, client: &Arc<ClientHandle>) -> bool {
+        let renewals = self.shared.renewals.read();
+        let Some(tx) = renewals.as_ref() else {
+            return false;
+        };
+        // No expiry while the backend is asked; the answer sets the next one.
+        client.expires_at.store(0, Ordering::Relaxed);
+        if tx.try_send(client.clone()).is_ok() {
+            return true;
+        }
+        self.shared.metrics.limit_tripped("proxy_renewals");
+        false
     }
 
     fn emit(&self, event: impl FnOnce() -> HubEvent) {

@@ -59,6 +59,8 @@ fn tick(hub: &Hub) {
     let due_clients = hub.clients_snapshot_where(|c| due(c, now, &settings, unix_now).is_some());
     for client in due_clients {
         match due(&client, now, &settings, unix_now) {
+            Some(Due::TokenExpired) if client.renews_by_proxy() && hub.hand_to_renewal(&client) => {
+            }
             Some(Due::TokenExpired) => {
                 client.close(
                     CloseCode::TokenExpired,

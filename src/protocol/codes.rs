@@ -71,12 +71,14 @@ pub enum CloseCode {
     ConnectionLimit,
     /// Disconnected through the server API (4011).
     ApiDisconnect,
+    /// The backend's connect proxy could not answer: down, slow or its breaker open (4012).
+    BackendUnavailable,
     /// An application-defined code in 4000..=4999 given to `/api/disconnect`.
     Custom(u16),
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 12] = [
+    pub const ALL: [CloseCode; 13] = [
         CloseCode::Normal,
         CloseCode::GoingAway,
         CloseCode::FrameTooLarge,
@@ -89,6 +91,7 @@ impl CloseCode {
         CloseCode::RateLimited,
         CloseCode::ConnectionLimit,
         CloseCode::ApiDisconnect,
+        CloseCode::BackendUnavailable,
     ];
 
     pub fn as_u16(self) -> u16 {
@@ -105,6 +108,7 @@ impl CloseCode {
             CloseCode::RateLimited => 4009,
             CloseCode::ConnectionLimit => 4010,
             CloseCode::ApiDisconnect => 4011,
+            CloseCode::BackendUnavailable => 4012,
             CloseCode::Custom(code) => code,
         }
     }
@@ -123,6 +127,7 @@ impl CloseCode {
             CloseCode::SlowConsumer => "slow consumer",
             CloseCode::RateLimited => "inbound rate limit exceeded",
             CloseCode::ConnectionLimit => "connection limit reached",
+            CloseCode::BackendUnavailable => "backend unavailable, retry later",
             CloseCode::ApiDisconnect | CloseCode::Custom(_) => "disconnected by the server API",
         }
     }
@@ -165,6 +170,7 @@ impl CloseCode {
             CloseCode::RateLimited => "4009",
             CloseCode::ConnectionLimit => "4010",
             CloseCode::ApiDisconnect => "4011",
+            CloseCode::BackendUnavailable => "4012",
             CloseCode::Custom(_) => "other",
         }
     }

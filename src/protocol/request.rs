@@ -25,6 +25,8 @@ pub enum Request {
         id: u64,
         token: Option<String>,
         client: Option<String>,
+        /// Passed to the backend's connect proxy; ignored otherwise.
+        data: Option<Payload>,
     },
     Subscribe {
         id: u64,
@@ -241,6 +243,7 @@ fn into_request<D>(
             id,
             token: env.token,
             client: env.client,
+            data: env.data.map(payload),
         },
         "subscribe" => Request::Subscribe {
             id,

@@ -1,7 +1,8 @@
 //! The `connect` handshake: the first message within `connect_timeout`, authentication by
-//! token (in the message, or the `Authorization` header for non-browser clients) or as
-//! anonymous, node limits, registration, and the server-side subscriptions of the token's
-//! `channels` claim.
+//! token (in the message, or the `Authorization` header for non-browser clients), by the
+//! backend's connect proxy (no token, `proxy.connect_url` set), or as anonymous, node
+//! limits, registration, and the server-side subscriptions of the token's `channels`
+//! claim (or the proxy's `channels` grant).
 
 use std::sync::Arc;
 
@@ -17,11 +18,26 @@ use crate::protocol::{
 use crate::state::AppState;
 
 /// Who the client turned out to be.
-struct Identity {
-    user: String,
-    expires_at: Option<u64>,
-    info: Option<serde_json::Value>,
-    channels: Vec<String>,
+pub(super) struct Identity {
+    pub(super) user: String,
+    pub(super) expires_at: Option<u64>,
+    pub(super) info: Option<serde_json::Value>,
+    pub(super) channels: Vec<String>,
+    /// Granted by the connect proxy: renewed through the refresh proxy when it expires.
+    pub(super) by_proxy: bool,
+}
+
+/// Why a handshake ended: the close code, and a reason other than the code's default.
+#[derive(Debug)]
+pub(super) struct Refused {
+    pub(super) code: CloseCode,
+    pub(super) reason: Option<String>,
+}
+
+impl From<CloseCode> for Refused {
+    fn from(code: CloseCode) -> Self {
+        Refused { code, reason: None }
+    }
 }
 
 /// Runs the handshake; on success the client is registered and `connected` is queued.
@@ -31,7 +47,7 @@ pub(super) async fn handshake<S>(
     state: &Arc<AppState>,
     header_token: Option<String>,
     admission: &mut Admission,
-) -> Result<(Arc<ClientHandle>, Vec<Result<Request, RequestError>>), CloseCode>
+) -> Result<(Arc<ClientHandle>, Vec<Result<Request, RequestError>>), Refused>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -39,19 +55,19 @@ where
     // A shutdown does not wait for clients that have not connected yet.
     let first = tokio::select! {
         first = tokio::time::timeout(config.client.connect_timeout(), transport.next()) => first,
-        _ = state.shutdown.cancelled() => return Err(CloseCode::GoingAway),
+        _ = state.shutdown.cancelled() => return Err(CloseCode::GoingAway.into()),
     };
     let frame = match first {
         Err(_) => {
             state.metrics.limit_tripped("connect_timeout");
-            return Err(CloseCode::ConnectTimeout);
+            return Err(CloseCode::ConnectTimeout.into());
         }
         Ok(Inbound::Frame(frame)) => frame,
         Ok(Inbound::TooLarge) => {
             state.metrics.limit_tripped("frame_size");
-            return Err(CloseCode::FrameTooLarge);
+            return Err(CloseCode::FrameTooLarge.into());
         }
-        Ok(Inbound::Closed | Inbound::Broken) => return Err(CloseCode::Normal),
+        Ok(Inbound::Closed | Inbound::Broken) => return Err(CloseCode::Normal.into()),
     };
     let mut requests = decode_frame(transport.encoding(), &frame)
         .map_err(|_| CloseCode::Malformed)?
@@ -59,12 +75,26 @@ where
     let Some(Ok(Request::Connect {
         id,
         token,
-        client: _,
+        client: client_name,
+        data,
     })) = requests.next()
     else {
-        return Err(CloseCode::Malformed);
+        return Err(CloseCode::Malformed.into());
     };
-    let identity = authenticate(state, token.or(header_token))?;
+    let token = token.or(header_token).filter(|t| !t.is_empty());
+    let identity = match (token, &state.proxy) {
+        (None, Some(proxy)) if proxy.connects() => {
+            let ask = super::proxied::ConnectAsk {
+                proxy,
+                forwarded: admission.forwarded.take().unwrap_or_default(),
+                encoding: transport.encoding(),
+                client: client_name.as_deref(),
+                data: data.as_ref(),
+            };
+            super::proxied::connect(ask).await?
+        }
+        (token, _) => authenticate(state, token)?,
+    };
     let user: Arc<str> = Arc::from(identity.user.as_str());
     let user_slot = if user.is_empty() {
         None
@@ -74,13 +104,13 @@ where
             .try_user(&user, config.client.max_connections_per_user);
         if slot.is_none() {
             state.metrics.limit_tripped("connections_per_user");
-            return Err(CloseCode::ConnectionLimit);
+            return Err(CloseCode::ConnectionLimit.into());
         }
         slot
     };
     if state.hub.connection_count() >= config.server.max_connections {
         state.metrics.limit_tripped("connections_per_node");
-        return Err(CloseCode::ConnectionLimit);
+        return Err(CloseCode::ConnectionLimit.into());
     }
     admission.connected(user_slot);
     let client = state
@@ -88,6 +118,9 @@ where
         .register(user, transport.encoding(), identity.info.map(Arc::new));
     if let Some(exp) = identity.expires_at {
         client.set_expires_at(exp);
+    }
+    if identity.by_proxy && state.proxy.as_ref().is_some_and(|p| p.refreshes()) {
+        client.renew_by_proxy();
     }
     let channels: Vec<ChannelName> = identity
         .channels
@@ -128,13 +161,14 @@ where
 }
 
 fn authenticate(state: &AppState, token: Option<String>) -> Result<Identity, CloseCode> {
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
+    let Some(token) = token else {
         if state.config().allow_anonymous {
             return Ok(Identity {
                 user: String::new(),
                 expires_at: None,
                 info: None,
                 channels: Vec::new(),
+                by_proxy: false,
             });
         }
         return Err(CloseCode::InvalidToken);
@@ -145,6 +179,7 @@ fn authenticate(state: &AppState, token: Option<String>) -> Result<Identity, Clo
             expires_at: Some(claims.exp),
             info: claims.info,
             channels: claims.channels.unwrap_or_default(),
+            by_proxy: false,
         }),
         Err(TokenError::Expired) => Err(CloseCode::TokenExpired),
         Err(err) => {

@@ -7,6 +7,7 @@
 //! The session is the only place that maps an ending to a WebSocket close code.
 
 mod connect;
+mod proxied;
 mod rate;
 mod requests;
 mod transport;
@@ -19,6 +20,7 @@ use tracing::Instrument;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use proxied::run_refresher;
 pub use upgrade::{origins_open, ws_handler};
 
 use crate::hub::ClientHandle;
@@ -57,6 +59,8 @@ pub(super) struct Admission {
     /// The client's address is over `max_connections_per_ip`: close 4010 at once.
     over_ip_limit: bool,
     user: Option<LimitSlot>,
+    /// The upgrade's headers for the connect proxy, when it is on.
+    forwarded: Option<crate::proxy::Forwarded>,
 }
 
 impl Admission {
@@ -71,6 +75,7 @@ impl Admission {
             _ip: ip,
             over_ip_limit,
             user: None,
+            forwarded: None,
         }
     }
 
@@ -107,17 +112,16 @@ where
     let config = state.config();
     let mut transport = Transport::new(socket, encoding, config.client.write_timeout());
     let handshake = if admission.over_ip_limit {
-        Err(CloseCode::ConnectionLimit)
+        Err(CloseCode::ConnectionLimit.into())
     } else {
         connect::handshake(&mut transport, &state, header_token, &mut admission).await
     };
     let (client, rest) = match handshake {
         Ok(connected) => connected,
-        Err(code) => {
+        Err(connect::Refused { code, reason }) => {
             if code != CloseCode::Normal {
-                transport
-                    .close(code, code.default_reason(), code.reconnect())
-                    .await;
+                let reason = reason.as_deref().unwrap_or(code.default_reason());
+                transport.close(code, reason, code.reconnect()).await;
             }
             state
                 .metrics

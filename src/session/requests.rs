@@ -15,7 +15,7 @@ use crate::protocol::{
 };
 
 /// A request that failed with a code and message for the `error` reply.
-type Refusal = (ErrorCode, String);
+pub(super) type Refusal = (ErrorCode, String);
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     (code, message.into())
@@ -166,6 +166,11 @@ where
                 "too many channels on this connection",
             ));
         }
+        let proxy_url = ns
+            .subscribe_proxy(&self.state.config().proxy)
+            .map(str::to_owned);
+        super::proxied::check_subscribe(&self.state, proxy_url.as_deref(), &self.client, name)
+            .await?;
         let encoding = self.transport.encoding();
         let reply = |result: &crate::broker::SubscribeResult| {
             let message = ServerMessage::Subscribed {
@@ -249,6 +254,17 @@ where
                 format!("publishing to {channel} is not allowed"),
             ));
         }
+        let proxy_url = ns
+            .publish_proxy(&self.state.config().proxy)
+            .map(str::to_owned);
+        let data = super::proxied::check_publish(
+            &self.state,
+            proxy_url.as_deref(),
+            &self.client,
+            name,
+            data,
+        )
+        .await?;
         if data.len() > self.state.config().api.max_publish_bytes {
             self.state.metrics.limit_tripped("message_size");
             return Err(refuse(

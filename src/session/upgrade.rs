@@ -74,7 +74,10 @@ pub async fn ws_handler(State(state): State<Arc<AppState>>, mut request: Request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
-    let admission = Admission::new(&state, pending, peer, config.client.max_connections_per_ip);
+    let mut admission = Admission::new(&state, pending, peer, config.client.max_connections_per_ip);
+    if let Some(proxy) = state.proxy.as_ref().filter(|p| p.connects()) {
+        admission.forwarded = Some(proxy.capture(request.headers(), peer.map(|ip| ip.to_string())));
+    }
     let Some(on_upgrade) = request
         .extensions_mut()
         .remove::<hyper::upgrade::OnUpgrade>()
