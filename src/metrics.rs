@@ -61,11 +61,14 @@ pub const REDIS_OPS: [&str; 6] = [
 ];
 
 /// Routes as labelled in `pushwire_api_requests_total`.
-pub const API_ROUTES: [&str; 12] = [
+pub const API_ROUTES: [&str; 15] = [
     "publish",
     "broadcast",
     "disconnect",
+    "subscribe",
     "unsubscribe",
+    "history_remove",
+    "batch",
     "channels",
     "presence",
     "history",

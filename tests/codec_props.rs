@@ -110,14 +110,16 @@ fn request() -> impl Strategy<Value = (Request, Option<Value>)> {
             id,
             text(),
             prop::option::of(position()),
-            prop::option::of(any::<u64>())
+            prop::option::of(any::<u64>()),
+            any::<bool>()
         )
-            .prop_map(|(id, channel, since, limit)| {
+            .prop_map(|(id, channel, since, limit, reverse)| {
                 let request = Request::History {
                     id,
                     channel,
                     since,
                     limit,
+                    reverse,
                 };
                 (request, None)
             }),
@@ -174,11 +176,16 @@ fn to_wire(request: &Request, data: Option<&Value>) -> Value {
             channel,
             since,
             limit,
+            reverse,
         } => {
             set("id", json!(id));
             set("channel", json!(channel));
             set("since", position(since));
             set("limit", json!(limit));
+            // `false` is the default: sent only sometimes, to cover both spellings.
+            if *reverse || id % 2 == 0 {
+                m["reverse"] = json!(reverse);
+            }
         }
         Request::Refresh { id, token } => {
             set("id", json!(id));

@@ -4,6 +4,7 @@
 
 use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine as _;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
@@ -118,23 +119,31 @@ fn read_msgpack(bytes: &[u8]) -> Result<rmpv::Value, ApiError> {
     Ok(value)
 }
 
-/// `POST /api/publish`.
+/// `POST /api/publish`. Every body refuses unknown fields (400 naming the field): a
+/// misspelt or unsupported option must not be silently ignored.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PublishBody<D> {
     pub channel: String,
     pub data: Option<D>,
+    pub b64data: Option<String>,
     pub idempotency_key: Option<String>,
+    pub exclude_client: Option<String>,
 }
 
 /// `POST /api/broadcast`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BroadcastBody<D> {
     pub channels: Vec<String>,
     pub data: Option<D>,
+    pub b64data: Option<String>,
+    pub exclude_client: Option<String>,
 }
 
 /// `POST /api/disconnect`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DisconnectBody {
     pub user: Option<String>,
     pub client_id: Option<String>,
@@ -143,11 +152,19 @@ pub struct DisconnectBody {
     pub reconnect: Option<bool>,
 }
 
-/// `POST /api/unsubscribe`.
+/// `POST /api/unsubscribe` and `POST /api/subscribe`.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UnsubscribeBody {
     pub user: Option<String>,
     pub client_id: Option<String>,
+    pub channel: String,
+}
+
+/// `POST /api/history_remove`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRemoveBody {
     pub channel: String,
 }
 
@@ -156,17 +173,19 @@ pub struct Publish {
     pub channel: String,
     pub payload: Payload,
     pub idempotency_key: Option<String>,
+    pub exclude_client: Option<String>,
 }
 
-impl<D: DataField> From<PublishBody<D>> for Publish {
-    fn from(body: PublishBody<D>) -> Self {
-        Publish {
+impl<D: DataField> TryFrom<PublishBody<D>> for Publish {
+    type Error = ApiError;
+
+    fn try_from(body: PublishBody<D>) -> Result<Self, ApiError> {
+        Ok(Publish {
             channel: body.channel,
-            payload: body
-                .data
-                .map_or_else(Payload::null, DataField::into_payload),
+            payload: payload_of(body.data, body.b64data)?,
             idempotency_key: body.idempotency_key,
-        }
+            exclude_client: body.exclude_client,
+        })
     }
 }
 
@@ -174,15 +193,33 @@ impl<D: DataField> From<PublishBody<D>> for Publish {
 pub struct Broadcast {
     pub channels: Vec<String>,
     pub payload: Payload,
+    pub exclude_client: Option<String>,
 }
 
-impl<D: DataField> From<BroadcastBody<D>> for Broadcast {
-    fn from(body: BroadcastBody<D>) -> Self {
-        Broadcast {
+impl<D: DataField> TryFrom<BroadcastBody<D>> for Broadcast {
+    type Error = ApiError;
+
+    fn try_from(body: BroadcastBody<D>) -> Result<Self, ApiError> {
+        Ok(Broadcast {
             channels: body.channels,
-            payload: body
-                .data
-                .map_or_else(Payload::null, DataField::into_payload),
+            payload: payload_of(body.data, body.b64data)?,
+            exclude_client: body.exclude_client,
+        })
+    }
+}
+
+/// `data`, or the bytes of `b64data` (standard base64) as binary data: MessagePack
+/// clients get `bin`, JSON clients `data_b64`. Neither publishes `null`; both is 400.
+fn payload_of<D: DataField>(data: Option<D>, b64data: Option<String>) -> Result<Payload, ApiError> {
+    match (data, b64data) {
+        (Some(_), Some(_)) => Err(ApiError::bad_request("give data or b64data, not both")),
+        (Some(data), None) => Ok(data.into_payload()),
+        (None, Some(text)) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| ApiError::bad_request(format!("b64data is not base64: {e}")))?;
+            Ok(Payload::from_msgpack_value(&rmpv::Value::Binary(bytes)))
         }
+        (None, None) => Ok(Payload::null()),
     }
 }

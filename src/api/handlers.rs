@@ -1,26 +1,25 @@
-//! Handlers of the HTTP server API (PROTOCOL.md section 8). Each validates its input,
+//! Handlers of the HTTP server API (docs/protocol.md section 8). Each validates its input,
 //! calls the broker or the hub, and answers JSON (MessagePack when `Accept` asks for it).
 
 use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use serde_json::value::RawValue;
 
 use super::ApiError;
-use super::body::{
-    self, Broadcast, BroadcastBody, DisconnectBody, Publish, PublishBody, UnsubscribeBody,
-};
+use super::body;
+use super::commands::{self, Command};
+use crate::auth::KeyIndex;
 use crate::broker::NodeStats;
 use crate::config::NamespaceConfig;
 use crate::hub::ClientSelector;
 use crate::protocol::{
-    ChannelName, CloseCode, Encoding, ErrorCode, HistoryItem, Payload, StreamPosition, data_fields,
+    ChannelName, Encoding, ErrorCode, HistoryItem, Payload, StreamPosition, data_fields,
 };
 use crate::state::AppState;
 
@@ -62,7 +61,7 @@ fn respond<T: Serialize>(headers: &HeaderMap, value: &T) -> ApiResult {
 }
 
 /// Parses a channel and finds its namespace: 400 with code 107 or 102.
-fn channel_and_namespace(
+pub(super) fn channel_and_namespace(
     state: &AppState,
     name: &str,
 ) -> Result<(ChannelName, NamespaceConfig), ApiError> {
@@ -83,7 +82,7 @@ fn channel_and_namespace(
 }
 
 /// Checks a publication's data: deliverable in both encodings (400), not too big (413).
-fn check_size(state: &AppState, payload: &Payload) -> Result<(), ApiError> {
+pub(super) fn check_size(state: &AppState, payload: &Payload) -> Result<(), ApiError> {
     payload
         .check_deliverable()
         .map_err(|e| ApiError::bad_request(format!("data cannot be delivered: {e}")))?;
@@ -99,19 +98,12 @@ fn check_size(state: &AppState, payload: &Payload) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Reads a body whose `data` stays in the encoding it came in.
-async fn read_with_data<J, M, R>(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<R, ApiError>
-where
-    J: serde::de::DeserializeOwned + Into<R>,
-    M: serde::de::DeserializeOwned + Into<R>,
-{
+/// `POST /api/<command>`: reads the body and runs the command (`commands`).
+async fn command(state: &AppState, command: Command, headers: &HeaderMap, body: Body) -> ApiResult {
     let limit = state.config().api.max_publish_bytes;
     let (kind, bytes) = body::read(headers, body, limit).await?;
-    body::decode_with_data::<J, M, R>(kind, &bytes, Into::into, Into::into)
+    let result = commands::run(state, command, kind, &bytes).await?;
+    respond(headers, &result)
 }
 
 pub async fn publish(
@@ -119,20 +111,7 @@ pub async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let request: Publish =
-        read_with_data::<PublishBody<Box<RawValue>>, PublishBody<rmpv::Value>, _>(
-            &state, &headers, body,
-        )
-        .await?;
-    let (channel, ns) = channel_and_namespace(&state, &request.channel)?;
-    check_size(&state, &request.payload)?;
-    let idempotency_key = request.idempotency_key.as_deref();
-    let result = state
-        .broker
-        .publish(&channel, request.payload, &ns, idempotency_key)
-        .await?;
-    state.metrics.published_api.inc();
-    respond(&headers, &result)
+    command(&state, Command::Publish, &headers, body).await
 }
 
 pub async fn broadcast(
@@ -140,52 +119,7 @@ pub async fn broadcast(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let request: Broadcast =
-        read_with_data::<BroadcastBody<Box<RawValue>>, BroadcastBody<rmpv::Value>, _>(
-            &state, &headers, body,
-        )
-        .await?;
-    if request.channels.is_empty() {
-        return Err(ApiError::bad_request(
-            "channels must list at least one channel",
-        ));
-    }
-    check_size(&state, &request.payload)?;
-    let mut results = Vec::with_capacity(request.channels.len());
-    for name in &request.channels {
-        let outcome = match channel_and_namespace(&state, name) {
-            Ok((channel, ns)) => state
-                .broker
-                .publish(&channel, request.payload.clone(), &ns, None)
-                .await
-                .map_err(ApiError::from),
-            Err(err) => Err(err),
-        };
-        results.push(match outcome {
-            Ok(result) => {
-                state.metrics.published_api.inc();
-                json!({ "channel": name, "offset": result.offset, "epoch": result.epoch })
-            }
-            Err(err) => json!({ "channel": name, "error": { "code": err.code.as_u16(), "message": err.message } }),
-        });
-    }
-    for result in &mut results {
-        if let Some(map) = result.as_object_mut() {
-            map.retain(|_, v| !v.is_null());
-        }
-    }
-    respond(&headers, &json!({ "results": results }))
-}
-
-/// The clients a `user` or `client_id` selector names (exactly one must be given).
-fn selector(user: Option<String>, client_id: Option<String>) -> Result<ClientSelector, ApiError> {
-    match (user, client_id) {
-        (Some(user), None) => Ok(ClientSelector::User(user)),
-        (None, Some(id)) => Ok(ClientSelector::ClientId(id)),
-        _ => Err(ApiError::bad_request(
-            "give exactly one of user or client_id",
-        )),
-    }
+    command(&state, Command::Broadcast, &headers, body).await
 }
 
 pub async fn disconnect(
@@ -193,25 +127,15 @@ pub async fn disconnect(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let limit = state.config().api.max_publish_bytes;
-    let (kind, bytes) = body::read(&headers, body, limit).await?;
-    let request: DisconnectBody = body::decode(kind, &bytes)?;
-    let code = match request.code {
-        None => CloseCode::ApiDisconnect,
-        Some(code) => CloseCode::from_u16(code)
-            .filter(|c| (4000..=4999).contains(&c.as_u16()))
-            .ok_or_else(|| ApiError::bad_request("code must be in 4000..=4999"))?,
-    };
-    let reason = request
-        .reason
-        .unwrap_or_else(|| code.default_reason().to_owned());
-    let reconnect = request.reconnect.unwrap_or(true);
-    let selector = selector(request.user, request.client_id)?;
-    let disconnected = state
-        .broker
-        .disconnect(&state.hub, &selector, code, &reason, reconnect)
-        .await?;
-    respond(&headers, &json!({ "disconnected": disconnected }))
+    command(&state, Command::Disconnect, &headers, body).await
+}
+
+pub async fn subscribe(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    command(&state, Command::Subscribe, &headers, body).await
 }
 
 pub async fn unsubscribe(
@@ -219,17 +143,41 @@ pub async fn unsubscribe(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
+    command(&state, Command::Unsubscribe, &headers, body).await
+}
+
+pub async fn history_remove(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    command(&state, Command::HistoryRemove, &headers, body).await
+}
+
+pub async fn batch(
+    State(state): State<Arc<AppState>>,
+    Extension(key): Extension<KeyIndex>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
     let limit = state.config().api.max_publish_bytes;
     let (kind, bytes) = body::read(&headers, body, limit).await?;
-    let request: UnsubscribeBody = body::decode(kind, &bytes)?;
-    let channel = ChannelName::parse(&request.channel)
-        .map_err(|e| ApiError::bad_request(format!("channel {:?}: {e}", request.channel)))?;
-    let selector = selector(request.user, request.client_id)?;
-    let unsubscribed = state
-        .broker
-        .unsubscribe(&state.hub, &selector, &channel)
-        .await?;
-    respond(&headers, &json!({ "unsubscribed": unsubscribed }))
+    let result = commands::batch(&state, key, kind, &bytes).await?;
+    respond(&headers, &result)
+}
+
+/// The clients a `user` or `client_id` selector names (exactly one must be given).
+pub(super) fn selector(
+    user: Option<String>,
+    client_id: Option<String>,
+) -> Result<ClientSelector, ApiError> {
+    match (user, client_id) {
+        (Some(user), None) => Ok(ClientSelector::User(user)),
+        (None, Some(id)) => Ok(ClientSelector::ClientId(id)),
+        _ => Err(ApiError::bad_request(
+            "give exactly one of user or client_id",
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -258,6 +206,8 @@ pub struct ChannelQuery {
     limit: Option<usize>,
     since_offset: Option<u64>,
     since_epoch: Option<String>,
+    #[serde(default)]
+    reverse: bool,
 }
 
 fn required_channel(
@@ -313,7 +263,7 @@ pub async fn history(
     };
     let page = state
         .broker
-        .history(&channel, &ns, since.as_ref(), query.limit)
+        .history(&channel, &ns, since.as_ref(), query.limit, query.reverse)
         .await?;
     let messages: Vec<HistoryItem<'_>> = page
         .messages

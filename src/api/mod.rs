@@ -2,6 +2,7 @@
 //! `/ready` and `/metrics`. Only this module maps errors to HTTP statuses.
 
 mod body;
+mod commands;
 mod error;
 mod handlers;
 
@@ -27,7 +28,10 @@ pub fn api_router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/publish", post(handlers::publish))
         .route("/api/broadcast", post(handlers::broadcast))
         .route("/api/disconnect", post(handlers::disconnect))
+        .route("/api/subscribe", post(handlers::subscribe))
         .route("/api/unsubscribe", post(handlers::unsubscribe))
+        .route("/api/history_remove", post(handlers::history_remove))
+        .route("/api/batch", post(handlers::batch))
         .route("/api/channels", get(handlers::channels))
         .route("/api/presence", get(handlers::presence))
         .route("/api/history", get(handlers::history))
@@ -54,7 +58,7 @@ pub fn metrics_router() -> Router<Arc<AppState>> {
 
 async fn require_api_key(
     State(state): State<Arc<AppState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let presented = request
@@ -72,6 +76,8 @@ async fn require_api_key(
             if let Err(wait) = charge_publish(&state, key, request.uri().path()) {
                 return too_many_publishes(&state, wait);
             }
+            // `/api/batch` charges each publishing command it carries.
+            request.extensions_mut().insert(key);
             let response = next.run(request).await;
             if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 state.metrics.limit_tripped("publish_body_size");
@@ -154,7 +160,10 @@ fn route_label(path: Option<&str>) -> &'static str {
         Some("/api/publish") => "publish",
         Some("/api/broadcast") => "broadcast",
         Some("/api/disconnect") => "disconnect",
+        Some("/api/subscribe") => "subscribe",
         Some("/api/unsubscribe") => "unsubscribe",
+        Some("/api/history_remove") => "history_remove",
+        Some("/api/batch") => "batch",
         Some("/api/channels") => "channels",
         Some("/api/presence") => "presence",
         Some("/api/history") => "history",

@@ -16,7 +16,7 @@ use tokio::sync::Mutex;
 
 use super::{HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered};
 use crate::config::NamespaceConfig;
-use crate::hub::{ClientHandle, Hub, HubEvent, Publication};
+use crate::hub::{ClientHandle, ClientId, Hub, HubEvent, Publication};
 use crate::protocol::{ChannelName, ClientInfo, Payload, StreamPosition};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -128,6 +128,7 @@ impl MemoryBroker {
         payload: Payload,
         ns: &NamespaceConfig,
         idempotency_key: Option<&str>,
+        exclude: Option<ClientId>,
     ) -> PublishResult {
         if ns.history_size == 0 {
             let _order = self.stripe(channel).lock().await;
@@ -138,6 +139,7 @@ impl MemoryBroker {
                 channel: channel.clone(),
                 payload,
                 position: None,
+                exclude,
             };
             self.hub.dispatch(publication).await;
             let result = PublishResult {
@@ -171,6 +173,7 @@ impl MemoryBroker {
             channel: channel.clone(),
             payload,
             position: Some(position),
+            exclude,
         };
         self.hub.dispatch(publication).await;
         // Remembered before the lock is released: a concurrent repeat waits for it.
@@ -302,6 +305,7 @@ impl MemoryBroker {
         ns: &NamespaceConfig,
         since: Option<&StreamPosition>,
         limit: Option<usize>,
+        newest_first: bool,
     ) -> HistoryPage {
         let stream = self.stream(channel);
         let mut stream = stream.lock().await;
@@ -310,6 +314,9 @@ impl MemoryBroker {
             .filter(|s| s.epoch == stream.epoch)
             .map_or(0, |s| s.offset);
         let (mut messages, _) = stream.since(from);
+        if newest_first {
+            messages.reverse();
+        }
         if let Some(limit) = limit {
             messages.truncate(limit);
         }
@@ -317,6 +324,13 @@ impl MemoryBroker {
             epoch: stream.epoch.clone(),
             offset: stream.offset,
             messages,
+        }
+    }
+
+    pub async fn remove_history(&self, channel: &ChannelName) {
+        let stream = self.streams.get(channel).map(|s| s.value().clone());
+        if let Some(stream) = stream {
+            stream.lock().await.items.clear();
         }
     }
 

@@ -19,7 +19,7 @@ pub use memory::MemoryBroker;
 pub use redis::{NodeStats, RedisBroker};
 
 use crate::config::NamespaceConfig;
-use crate::hub::{ClientHandle, ClientSelector, Hub};
+use crate::hub::{ClientHandle, ClientId, ClientSelector, Hub};
 use crate::protocol::{ChannelName, ClientInfo, CloseCode, Encoding, Payload, StreamPosition};
 
 /// A broker operation that failed.
@@ -79,16 +79,23 @@ impl Broker {
     }
 
     /// Publishes `payload` on `channel`; assigns offset and epoch where `ns` keeps history.
+    /// `exclude` names a client that does not receive it (on any node).
     pub async fn publish(
         &self,
         channel: &ChannelName,
         payload: Payload,
         ns: &NamespaceConfig,
         idempotency_key: Option<&str>,
+        exclude: Option<ClientId>,
     ) -> Result<PublishResult, BrokerError> {
         match self {
-            Broker::Memory(b) => Ok(b.publish(channel, payload, ns, idempotency_key).await),
-            Broker::Redis(b) => b.publish(channel, payload, ns, idempotency_key).await,
+            Broker::Memory(b) => Ok(b
+                .publish(channel, payload, ns, idempotency_key, exclude)
+                .await),
+            Broker::Redis(b) => {
+                b.publish(channel, payload, ns, idempotency_key, exclude)
+                    .await
+            }
         }
     }
 
@@ -108,17 +115,19 @@ impl Broker {
         }
     }
 
-    /// A channel's history after `since` (all of it without), at most `limit` messages.
+    /// A channel's history after `since` (all of it without), at most `limit` messages:
+    /// the oldest of them in offset order, or with `newest_first` the newest, newest first.
     pub async fn history(
         &self,
         channel: &ChannelName,
         ns: &NamespaceConfig,
         since: Option<&StreamPosition>,
         limit: Option<usize>,
+        newest_first: bool,
     ) -> Result<HistoryPage, BrokerError> {
         match self {
-            Broker::Memory(b) => Ok(b.history(channel, ns, since, limit).await),
-            Broker::Redis(b) => b.history(channel, ns, since, limit).await,
+            Broker::Memory(b) => Ok(b.history(channel, ns, since, limit, newest_first).await),
+            Broker::Redis(b) => b.history(channel, ns, since, limit, newest_first).await,
         }
     }
 
@@ -164,6 +173,56 @@ impl Broker {
             Broker::Redis(b) => Ok(local
                 + b.remote_disconnect(selector, code, reason, reconnect)
                     .await?),
+        }
+    }
+
+    /// Subscribes the local clients `selector` names to `channel`, server-side: each gets
+    /// `subscribed` with id 0 (and no recovery). Clients already subscribed, or at
+    /// `max_channels`, are skipped; returns how many were subscribed.
+    pub async fn subscribe_matching(
+        &self,
+        hub: &Hub,
+        selector: &ClientSelector,
+        channel: &ChannelName,
+        ns: &NamespaceConfig,
+        max_channels: usize,
+    ) -> Result<usize, BrokerError> {
+        let mut count = 0;
+        for client in hub.select(selector) {
+            if client.is_subscribed(channel) || client.channel_count() >= max_channels {
+                continue;
+            }
+            let encoding = client.encoding;
+            let reply = |result: &SubscribeResult| {
+                let message = crate::protocol::ServerMessage::Subscribed {
+                    id: 0,
+                    channel: channel.as_str(),
+                    epoch: result.position.as_ref().map(|p| p.epoch.as_str()),
+                    offset: result.position.as_ref().map(|p| p.offset),
+                    recovered: None,
+                };
+                crate::protocol::encode(encoding, &message).ok()
+            };
+            if self
+                .subscribe(&client, channel, ns, None, &reply)
+                .await?
+                .is_some()
+            {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Empties `channel`'s history, keeping its epoch and latest offset (so a client
+    /// recovering from before it learns that it cannot recover).
+    pub async fn remove_history(&self, channel: &ChannelName) -> Result<(), BrokerError> {
+        match self {
+            Broker::Memory(b) => {
+                b.remove_history(channel).await;
+                Ok(())
+            }
+            Broker::Redis(b) => b.remove_history(channel).await,
         }
     }
 

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{ChannelEntry, Pending, Snapshot};
-use super::client::{PushError, QueueLimits};
+use super::client::{ClientId, PushError, QueueLimits};
 use crate::metrics::Metrics;
 use crate::protocol::{
     ChannelName, ClientInfo, Encoding, Payload, ServerMessage, StreamPosition, encode,
@@ -29,6 +29,8 @@ pub struct Publication {
     pub payload: Payload,
     /// Offset and epoch, on channels with history.
     pub position: Option<StreamPosition>,
+    /// A client that does not receive it (the publisher's own connection, `exclude_client`).
+    pub exclude: Option<ClientId>,
 }
 
 /// A publication (or a presence event) plus its frames, encoded on first use per
@@ -82,6 +84,11 @@ impl EncodedPublication {
             started: Instant::now(),
             shards_left: AtomicUsize::new(0),
         }
+    }
+
+    /// The client left out of this publication's delivery, if any.
+    fn excluded(&self) -> Option<ClientId> {
+        self.publication.as_ref().and_then(|p| p.exclude)
     }
 
     /// The stream position of a publication (none for events and channels without history).
@@ -157,8 +164,12 @@ pub(crate) async fn run_worker(
 fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) {
     let mut delivered = 0u64;
     let mut evicted = 0u64;
+    let excluded = job.publication.excluded();
     for member in &job.snapshot.by_shard[job.shard] {
         let client = &member.client;
+        if excluded == Some(client.id) {
+            continue;
+        }
         // A subscriber still receiving its reply and history gets live messages after them.
         let mut held = member.pending.as_ref().map(|p| p.lock());
         let mut settled = false;

@@ -52,6 +52,8 @@ pub enum Request {
         channel: String,
         since: Option<StreamPosition>,
         limit: Option<u64>,
+        /// Newest first: `limit` then counts from the newest.
+        reverse: bool,
     },
     Refresh {
         id: u64,
@@ -101,6 +103,7 @@ struct Envelope<D> {
     recover: Option<StreamPosition>,
     since: Option<StreamPosition>,
     limit: Option<u64>,
+    reverse: Option<bool>,
 }
 
 /// Reads just enough of a message whose fields did not fit `Envelope` to answer it.
@@ -269,6 +272,7 @@ fn into_request<D>(
             channel: require(env.channel, "channel")?,
             since: env.since,
             limit: env.limit,
+            reverse: env.reverse.unwrap_or(false),
         },
         _ => Request::Refresh {
             id,

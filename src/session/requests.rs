@@ -79,8 +79,12 @@ where
                 channel,
                 since,
                 limit,
+                reverse,
                 ..
-            } => self.history(id, &channel, since.as_ref(), limit).await,
+            } => {
+                self.history(id, &channel, since.as_ref(), limit, reverse)
+                    .await
+            }
             Request::Refresh { token, .. } => self.refresh(id, &token),
             Request::Pong => Ok(()),
         };
@@ -281,7 +285,7 @@ where
         let result = self
             .state
             .broker
-            .publish(&channel, data, &ns, None)
+            .publish(&channel, data, &ns, None, None)
             .await
             .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
         self.state.metrics.published_client.inc();
@@ -325,6 +329,7 @@ where
         name: &str,
         since: Option<&StreamPosition>,
         limit: Option<u64>,
+        reverse: bool,
     ) -> Result<(), Refusal> {
         let (channel, ns) = self.channel(name)?;
         if ns.history_size == 0 {
@@ -343,7 +348,7 @@ where
         let page = self
             .state
             .broker
-            .history(&channel, &ns, since, limit)
+            .history(&channel, &ns, since, limit, reverse)
             .await
             .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
         let encoding = self.transport.encoding();

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::hub::ClientId;
 use crate::protocol::{ClientInfo, Payload, StreamPosition};
 
 /// The body of a relayed message.
@@ -24,6 +25,9 @@ pub(crate) enum Body {
         json: bool,
         #[serde(with = "serde_bytes_compat")]
         data: Vec<u8>,
+        /// The client that must not receive it (`exclude_client`); absent from older nodes.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exclude: Option<u64>,
     },
     Join {
         client: ClientInfo,
@@ -50,7 +54,7 @@ pub(crate) enum EnvelopeError {
 }
 
 impl Envelope {
-    pub(crate) fn publication(node: &str, payload: &Payload) -> Self {
+    pub(crate) fn publication(node: &str, payload: &Payload, exclude: Option<u64>) -> Self {
         let (json, data) = match payload {
             Payload::Json(b) => (true, b.to_vec()),
             Payload::Msgpack(b) => (false, b.to_vec()),
@@ -58,7 +62,11 @@ impl Envelope {
         Envelope {
             node: node.to_owned(),
             ts_us: now_us(),
-            body: Body::Publication { json, data },
+            body: Body::Publication {
+                json,
+                data,
+                exclude,
+            },
         }
     }
 
@@ -71,12 +79,20 @@ impl Envelope {
 impl Body {
     pub(crate) fn payload(&self) -> Option<Payload> {
         match self {
-            Body::Publication { json: true, data } => {
-                Some(Payload::Json(Bytes::from(data.clone())))
-            }
-            Body::Publication { json: false, data } => {
-                Some(Payload::Msgpack(Bytes::from(data.clone())))
-            }
+            Body::Publication {
+                json: true, data, ..
+            } => Some(Payload::Json(Bytes::from(data.clone()))),
+            Body::Publication {
+                json: false, data, ..
+            } => Some(Payload::Msgpack(Bytes::from(data.clone()))),
+            _ => None,
+        }
+    }
+
+    /// The client a publication must skip.
+    pub(crate) fn excluded(&self) -> Option<ClientId> {
+        match self {
+            Body::Publication { exclude, .. } => exclude.map(ClientId),
             _ => None,
         }
     }
@@ -160,7 +176,7 @@ mod tests {
     #[test]
     fn round_trips_with_and_without_position() -> Result<(), EnvelopeError> {
         let payload = Payload::Json(Bytes::from_static(b"{\"a\":1}"));
-        let envelope = Envelope::publication("node-1", &payload);
+        let envelope = Envelope::publication("node-1", &payload, Some(9));
         let mut with = b"7:abc:".to_vec();
         with.extend(envelope.encode());
         let relayed = decode(&with)?;
@@ -172,6 +188,7 @@ mod tests {
             })
         );
         assert_eq!(relayed.envelope.body.payload(), Some(payload));
+        assert_eq!(relayed.envelope.body.excluded(), Some(ClientId(9)));
         let mut without = NO_POSITION.to_vec();
         without.extend(envelope.encode());
         assert_eq!(decode(&without)?.position, None);

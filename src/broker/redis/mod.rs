@@ -42,7 +42,7 @@ use super::{
     BrokerError, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered,
 };
 use crate::config::{NamespaceConfig, RedisConfig};
-use crate::hub::{ClientHandle, ClientSelector, Hub, HubEvent, Publication};
+use crate::hub::{ClientHandle, ClientId, ClientSelector, Hub, HubEvent, Publication};
 use crate::protocol::{ChannelName, CloseCode, Payload, StreamPosition};
 use conn::{CommandConn, Connector};
 use envelope::Envelope;
@@ -164,7 +164,7 @@ impl RelayContext {
         metrics.relay_in.inc();
         let age_us = envelope::now_us().saturating_sub(relayed.envelope.ts_us);
         metrics.relay_latency_seconds.observe(age_us as f64 / 1e6);
-        let payload = match relayed.envelope.body {
+        let (payload, exclude) = match relayed.envelope.body {
             envelope::Body::Join { client } => {
                 self.hub.dispatch_presence(&channel, true, &client).await;
                 return;
@@ -174,7 +174,7 @@ impl RelayContext {
                 return;
             }
             body => match body.payload() {
-                Some(payload) => payload,
+                Some(payload) => (payload, body.excluded()),
                 None => return,
             },
         };
@@ -188,6 +188,7 @@ impl RelayContext {
             channel,
             payload,
             position: relayed.position,
+            exclude,
         };
         self.hub.dispatch(publication).await;
     }
@@ -210,7 +211,7 @@ impl RelayContext {
         let missing = position.offset - previous.offset - 1;
         tracing::warn!(channel = %channel, missing, "offset gap on the relay; filling from history");
         match self
-            .read_stream(channel, previous.offset, position.offset - 1, None)
+            .read_stream(channel, previous.offset, position.offset - 1, None, false)
             .await
         {
             Ok(entries) => {
@@ -224,6 +225,7 @@ impl RelayContext {
                             channel: channel.clone(),
                             payload,
                             position: Some(position),
+                            exclude: None,
                         })
                         .await;
                 }
@@ -235,19 +237,25 @@ impl RelayContext {
         true
     }
 
-    /// Stream entries with `after < offset <= through`, oldest first, at most `limit`.
+    /// Stream entries with `after < offset <= through`, oldest first (newest first with
+    /// `newest_first`), at most `limit`.
     async fn read_stream(
         &self,
         channel: &ChannelName,
         after: u64,
         through: u64,
         limit: Option<usize>,
+        newest_first: bool,
     ) -> Result<Vec<(u64, Payload)>, BrokerError> {
         let mut conn = self.commands()?;
-        let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(self.keys.stream(channel.as_str()))
-            .arg(format!("{}-1", after + 1))
-            .arg(format!("{through}-1"));
+        let (low, high) = (format!("{}-1", after + 1), format!("{through}-1"));
+        let mut cmd = redis::cmd(if newest_first { "XREVRANGE" } else { "XRANGE" });
+        cmd.arg(self.keys.stream(channel.as_str()));
+        if newest_first {
+            cmd.arg(high).arg(low);
+        } else {
+            cmd.arg(low).arg(high);
+        }
         if let Some(limit) = limit {
             cmd.arg("COUNT").arg(limit);
         }
@@ -344,12 +352,13 @@ impl RedisBroker {
         payload: Payload,
         ns: &NamespaceConfig,
         idempotency_key: Option<&str>,
+        exclude: Option<ClientId>,
     ) -> Result<PublishResult, BrokerError> {
         let ctx = &self.ctx;
         let mut conn = ctx.commands()?;
         let name = channel.as_str();
         let topic = ctx.keys.topic(name);
-        let envelope = Envelope::publication(&ctx.node_id, &payload).encode();
+        let envelope = Envelope::publication(&ctx.node_id, &payload, exclude.map(|c| c.0)).encode();
         let publish_command = ctx.connector.publish_command();
         let result = if ns.history_size > 0 {
             let mut script = scripts::PUBLISH_WITH_HISTORY.prepare_invoke();
@@ -566,7 +575,7 @@ impl RedisBroker {
         }
         let entries = self
             .ctx
-            .read_stream(channel, from.offset, top.offset, None)
+            .read_stream(channel, from.offset, top.offset, None, false)
             .await?;
         let complete = entries.len() as u64 == wanted
             && entries
@@ -586,6 +595,7 @@ impl RedisBroker {
         ns: &NamespaceConfig,
         since: Option<&StreamPosition>,
         limit: Option<usize>,
+        newest_first: bool,
     ) -> Result<HistoryPage, BrokerError> {
         let top = self.stream_position(channel, ns).await?;
         let after = since
@@ -595,7 +605,7 @@ impl RedisBroker {
             Vec::new()
         } else {
             self.ctx
-                .read_stream(channel, after, top.offset, limit)
+                .read_stream(channel, after, top.offset, limit, newest_first)
                 .await?
         };
         Ok(HistoryPage {
@@ -603,6 +613,18 @@ impl RedisBroker {
             offset: top.offset,
             messages,
         })
+    }
+
+    /// Deletes the channel's stream of messages; its offset and epoch stay in Redis.
+    pub async fn remove_history(&self, channel: &ChannelName) -> Result<(), BrokerError> {
+        let ctx = &self.ctx;
+        let mut conn = ctx.commands()?;
+        let _: i64 = redis::cmd("DEL")
+            .arg(ctx.keys.stream(channel.as_str()))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ctx.failed("history", &e))?;
+        Ok(())
     }
 
     /// Clients present in `channel`, across the cluster.
