@@ -5,11 +5,14 @@
 //! - `config`: the `[pusher]` section (`[[pusher.apps]]`) and its validation.
 //! - `apps`: the registry of apps by key and by id (`AppState::pusher`); secrets are an
 //!   `AppSecret` whose `Debug` hides them.
+//! - `identity`: socket ids (a `ClientId` as `\d+.\d+`) and the hub user of a signed-in
+//!   Pusher user (`pusher~{app_id}~{user_id}`).
 //! - `signature`: HMAC-SHA256 channel, user, API-request and webhook signatures, as the
 //!   official SDKs make them; constant-time checks.
 
 pub mod apps;
 pub mod config;
+pub mod identity;
 pub mod signature;
 
 pub use apps::{AppSecret, PusherApp, PusherApps};
