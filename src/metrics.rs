@@ -80,7 +80,7 @@ pub const API_ROUTES: [&str; 15] = [
 ];
 
 /// Kinds of limit as labelled in `pushwire_limit_trips_total`.
-pub const LIMIT_KINDS: [&str; 15] = [
+pub const LIMIT_KINDS: [&str; 16] = [
     "queue_overflow",
     "frame_size",
     "channels_per_connection",
@@ -96,6 +96,7 @@ pub const LIMIT_KINDS: [&str; 15] = [
     "pending_connections",
     "handshake_timeout",
     "api_publish_rate",
+    "proxy_renewals",
 ];
 
 impl Metrics {

@@ -1,11 +1,17 @@
-//! The backend proxy's metrics, registered into the node's registry only when a proxy is
-//! configured: calls by kind and outcome, call latency, and breaker state.
+//! The backend proxy's metrics, registered into the node's registry (with every label
+//! value at zero, proxy configured or not): calls by kind and outcome, call latency, and
+//! breaker state.
 
 use std::time::Duration;
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::BreakerState;
+
+/// The `kind` label's values.
+pub const KINDS: [&str; 4] = ["connect", "subscribe", "publish", "refresh"];
+/// The `outcome` label's values.
+pub const OUTCOMES: [&str; 5] = ["granted", "refused", "failed", "busy", "breaker_open"];
 
 pub struct ProxyMetrics {
     calls: IntCounterVec,
@@ -49,6 +55,13 @@ impl ProxyMetrics {
         ] {
             // Each node has its own registry and builds its proxy once.
             let _ = registry.register(collector);
+        }
+        for kind in KINDS {
+            for outcome in OUTCOMES {
+                metrics.calls.with_label_values(&[kind, outcome]);
+            }
+            metrics.seconds.with_label_values(&[kind]);
+            metrics.breaker.with_label_values(&[kind]);
         }
         metrics
     }

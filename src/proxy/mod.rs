@@ -107,6 +107,8 @@ impl BackendProxy {
             urls.push(("publish", ns.proxy_publish_url.clone()));
         }
         urls.retain(|(_, url)| !url.is_empty());
+        // Registered on every node, so dashboards and alerts see zeros, not gaps.
+        let metrics = ProxyMetrics::register(registry);
         if urls.is_empty() {
             return Ok(None);
         }
@@ -114,7 +116,6 @@ impl BackendProxy {
             .timeout(proxy.timeout())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .build()?;
-        let metrics = ProxyMetrics::register(registry);
         let endpoints = urls
             .into_iter()
             .map(|(kind, url)| {
