@@ -213,7 +213,10 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   private advance(offset: number, epoch: string): boolean {
     if (this.offset !== undefined && this.epoch !== undefined) {
       const expected = { offset: this.offset + 1, epoch: this.epoch };
-      if (epoch === this.epoch) {
+      // A channel nobody had published to reports offset 0; its first message starts
+      // the stream's own epoch at offset 1, and nothing was missed.
+      const streamStarted = this.offset === 0 && offset === 1;
+      if (epoch === this.epoch || streamStarted) {
         if (offset < expected.offset) return false;
         if (offset > expected.offset) {
           this.emit('gap', { channel: this.channel, expected, received: { offset, epoch } });

@@ -5,6 +5,9 @@
 //! recovering subscribe, so history, offsets and live delivery can never disagree.
 //! A stream unused for its `history_ttl` is dropped; the next publication starts a new
 //! epoch at offset 1, so a client holding the old epoch learns it must reload.
+//! Only a publication creates a stream: reading or subscribing to a channel nobody
+//! published to stores nothing (see `epoch`), and a stream-less channel's subscribe is
+//! ordered against the publication that creates its stream by the channel's stripe lock.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -14,6 +17,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::Mutex;
 
+use super::epoch::{self, new_epoch, no_stream_position, recovers_into_new_stream};
 use super::{HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered};
 use crate::config::NamespaceConfig;
 use crate::hub::{ClientHandle, ClientId, Hub, HubEvent, Publication};
@@ -28,6 +32,8 @@ const STRIPES: usize = 256;
 
 struct Stream {
     epoch: String,
+    /// When the first publication created it (ms since the Unix epoch).
+    created_ms: u64,
     offset: u64,
     items: VecDeque<(u64, Payload, Instant)>,
     touched: Instant,
@@ -37,6 +43,7 @@ impl Stream {
     fn new() -> Self {
         Stream {
             epoch: new_epoch(),
+            created_ms: epoch::now_ms(),
             offset: 0,
             items: VecDeque::new(),
             touched: Instant::now(),
@@ -57,6 +64,28 @@ impl Stream {
         }
     }
 
+    /// What a client at `from` missed, and whether that is all of it.
+    fn recover(&self, from: &StreamPosition, ns: &NamespaceConfig) -> (Vec<(u64, Payload)>, bool) {
+        let start = if from.epoch == self.epoch {
+            from.offset
+        } else {
+            let lifetime = Duration::from_secs(ns.history_ttl_secs);
+            let (_, complete) = self.since(0);
+            let now = epoch::now_ms();
+            if !recovers_into_new_stream(from, self.created_ms, complete, lifetime, now) {
+                return (Vec::new(), false);
+            }
+            0
+        };
+        if self.offset.saturating_sub(start) > ns.max_recover_messages as u64 {
+            return (Vec::new(), false);
+        }
+        match self.since(start) {
+            (messages, true) => (messages, true),
+            (_, false) => (Vec::new(), false),
+        }
+    }
+
     /// Messages after `offset`, and whether they cover everything since it.
     fn since(&self, offset: u64) -> (Vec<(u64, Payload)>, bool) {
         let messages: Vec<(u64, Payload)> = self
@@ -71,10 +100,6 @@ impl Stream {
         };
         (messages, complete)
     }
-}
-
-fn new_epoch() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 /// The in-memory broker.
@@ -103,7 +128,16 @@ impl MemoryBroker {
         &self.stripes[(hash as usize) % STRIPES]
     }
 
-    fn stream(&self, channel: &ChannelName) -> Arc<Mutex<Stream>> {
+    fn existing(&self, channel: &ChannelName) -> Option<Arc<Mutex<Stream>>> {
+        self.streams.get(channel).map(|s| s.value().clone())
+    }
+
+    /// The channel's stream, created under the stripe lock if it has none yet.
+    async fn stream(&self, channel: &ChannelName) -> Arc<Mutex<Stream>> {
+        if let Some(stream) = self.existing(channel) {
+            return stream;
+        }
+        let _order = self.stripe(channel).lock().await;
         self.streams
             .entry(channel.clone())
             .or_insert_with(|| Arc::new(Mutex::new(Stream::new())))
@@ -149,7 +183,7 @@ impl MemoryBroker {
             self.remember(channel, idempotency_key, &result);
             return result;
         }
-        let stream = self.stream(channel);
+        let stream = self.stream(channel).await;
         let mut stream = stream.lock().await;
         if let Some(result) = self.remembered(channel, idempotency_key) {
             return result;
@@ -259,7 +293,11 @@ impl MemoryBroker {
                 .subscribe(client, channel, reply(&result).into_iter().collect())
                 .then_some(result);
         }
-        let stream = self.stream(channel);
+        let Some(stream) = self.existing(channel) else {
+            return self
+                .subscribe_without_stream(client, channel, ns, recover, reply)
+                .await;
+        };
         let mut stream = stream.lock().await;
         let now = Instant::now();
         stream.prune(ns, now);
@@ -268,19 +306,10 @@ impl MemoryBroker {
             epoch: stream.epoch.clone(),
         };
         let (recovered, missed) = match recover {
-            Some(from)
-                if from.epoch == stream.epoch
-                    && stream.offset.saturating_sub(from.offset)
-                        <= ns.max_recover_messages as u64 =>
-            {
-                let (messages, complete) = stream.since(from.offset);
-                if complete {
-                    (Some(true), messages)
-                } else {
-                    (Some(false), Vec::new())
-                }
+            Some(from) => {
+                let (messages, complete) = stream.recover(from, ns);
+                (Some(complete), messages)
             }
-            Some(_) => (Some(false), Vec::new()),
             None => (None, Vec::new()),
         };
         let result = SubscribeResult {
@@ -299,6 +328,32 @@ impl MemoryBroker {
             .then_some(result)
     }
 
+    /// Subscribes to a channel that has no stream, storing nothing: a publication that
+    /// creates the stream waits for the stripe lock held here, so it reaches this client.
+    async fn subscribe_without_stream(
+        &self,
+        client: &Arc<ClientHandle>,
+        channel: &ChannelName,
+        ns: &NamespaceConfig,
+        recover: Option<&StreamPosition>,
+        reply: ReplyBuilder<'_>,
+    ) -> Option<SubscribeResult> {
+        let order = self.stripe(channel).lock().await;
+        if self.existing(channel).is_some() {
+            drop(order);
+            return Box::pin(self.subscribe_ordered(client, channel, ns, recover, reply)).await;
+        }
+        let now = epoch::now_ms();
+        let lifetime = Duration::from_secs(ns.history_ttl_secs);
+        let result = SubscribeResult {
+            position: Some(no_stream_position(now)),
+            recovered: recover.map(|from| recovers_into_new_stream(from, now, true, lifetime, now)),
+        };
+        self.hub
+            .subscribe(client, channel, reply(&result).into_iter().collect())
+            .then_some(result)
+    }
+
     pub async fn history(
         &self,
         channel: &ChannelName,
@@ -307,7 +362,14 @@ impl MemoryBroker {
         limit: Option<usize>,
         newest_first: bool,
     ) -> HistoryPage {
-        let stream = self.stream(channel);
+        let Some(stream) = self.existing(channel) else {
+            let position = no_stream_position(epoch::now_ms());
+            return HistoryPage {
+                epoch: position.epoch,
+                offset: 0,
+                messages: Vec::new(),
+            };
+        };
         let mut stream = stream.lock().await;
         stream.prune(ns, Instant::now());
         let from = since
@@ -344,6 +406,11 @@ impl MemoryBroker {
                 info: c.info.as_deref().cloned(),
             })
             .collect()
+    }
+
+    /// How many channel streams this node holds.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
     }
 
     /// Periodic upkeep: drops idempotency keys past their window, and streams untouched

@@ -8,6 +8,7 @@
 //! Architecture Invariant: a channel's publications reach `Hub::dispatch` one at a time,
 //! in offset order; that is what makes per-channel order the same for every client.
 
+mod epoch;
 mod memory;
 mod redis;
 

@@ -11,6 +11,8 @@
 //!   the topic is subscribed and reads the stream position and missed history, then
 //!   queues reply, history and held-back messages de-duplicated by offset: no loss, no
 //!   duplicate, no reordering, whatever races with it.
+//! - Only a publication creates a stream's keys: a `history` or `subscribe` of a channel
+//!   nobody published to reads and stores nothing (see `broker::epoch`).
 //! - Redis down: connections stay, publishes and subscribes fail fast, `/ready` is 503;
 //!   everything is resubscribed when Redis is back.
 
@@ -39,7 +41,7 @@ use tokio_util::task::TaskTracker;
 pub use control::NodeStats;
 
 use super::{
-    BrokerError, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered,
+    BrokerError, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered, epoch,
 };
 use crate::config::{NamespaceConfig, RedisConfig};
 use crate::hub::{ClientHandle, ClientId, ClientSelector, Hub, HubEvent, Publication};
@@ -372,7 +374,7 @@ impl RedisBroker {
                 .arg(ns.history_size)
                 .arg(ns.history_ttl_secs)
                 .arg(ctx.config.stream_meta_ttl_secs.max(ns.history_ttl_secs))
-                .arg(new_epoch())
+                .arg(epoch::new_epoch())
                 .arg(IDEMPOTENCY_TTL_SECS)
                 .arg(publish_command)
                 .arg(now_ms())
@@ -454,9 +456,18 @@ impl RedisBroker {
                     Vec::new(),
                 ));
             }
-            let position = self.stream_position(channel, ns).await?;
+            let now = epoch::now_ms();
+            let (position, created_ms) = self
+                .stream_position(channel)
+                .await?
+                .unwrap_or_else(|| (epoch::no_stream_position(now), now));
             let (recovered, missed) = match recover {
-                Some(from) => self.recover(channel, ns, from, &position).await?,
+                Some(from) => {
+                    let (complete, missed) = self
+                        .recover(channel, ns, from, &position, created_ms)
+                        .await?;
+                    (Some(complete), missed)
+                }
                 None => (None, Vec::new()),
             };
             Ok((
@@ -538,66 +549,107 @@ impl RedisBroker {
         }
     }
 
+    /// The channel's stream position and creation time (ms), read without storing
+    /// anything: a channel nobody published to has no stream (`None`).
     async fn stream_position(
         &self,
         channel: &ChannelName,
-        ns: &NamespaceConfig,
-    ) -> Result<StreamPosition, BrokerError> {
+    ) -> Result<Option<(StreamPosition, u64)>, BrokerError> {
         let ctx = &self.ctx;
         let mut conn = ctx.commands()?;
-        let (offset, epoch): (u64, String) = scripts::STREAM_POSITION
-            .key(ctx.keys.meta(channel.as_str()))
-            .arg(new_epoch())
-            .arg(ctx.config.stream_meta_ttl_secs.max(ns.history_ttl_secs))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| ctx.failed("history", &e))?;
-        Ok(StreamPosition { offset, epoch })
+        let (epoch, offset, created): (Option<String>, Option<u64>, Option<u64>) =
+            redis::cmd("HMGET")
+                .arg(ctx.keys.meta(channel.as_str()))
+                .arg("e")
+                .arg("o")
+                .arg("c")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| ctx.failed("history", &e))?;
+        Ok(epoch.map(|epoch| {
+            let position = StreamPosition {
+                offset: offset.unwrap_or(0),
+                epoch,
+            };
+            (position, created.unwrap_or(0))
+        }))
     }
 
-    /// The messages after `from` up to `top`, if history still holds every one of them.
+    /// The messages after `from` up to `top`, if history still holds every one of them
+    /// (from the stream's start when `from` was read before the stream existed).
     async fn recover(
         &self,
         channel: &ChannelName,
         ns: &NamespaceConfig,
         from: &StreamPosition,
         top: &StreamPosition,
-    ) -> Result<(Option<bool>, Vec<(u64, Payload)>), BrokerError> {
-        if from.epoch != top.epoch || from.offset > top.offset {
-            return Ok((Some(false), Vec::new()));
+        created_ms: u64,
+    ) -> Result<(bool, Vec<(u64, Payload)>), BrokerError> {
+        let start = if from.epoch == top.epoch {
+            from.offset
+        } else if epoch::recovers_into_new_stream(
+            from,
+            created_ms,
+            true,
+            self.stream_lifetime(ns),
+            epoch::now_ms(),
+        ) {
+            0
+        } else {
+            return Ok((false, Vec::new()));
+        };
+        if start > top.offset {
+            return Ok((false, Vec::new()));
         }
-        let wanted = top.offset - from.offset;
+        let wanted = top.offset - start;
         if wanted == 0 {
-            return Ok((Some(true), Vec::new()));
+            return Ok((true, Vec::new()));
         }
         if wanted > ns.max_recover_messages as u64 {
-            return Ok((Some(false), Vec::new()));
+            return Ok((false, Vec::new()));
         }
         let entries = self
             .ctx
-            .read_stream(channel, from.offset, top.offset, None, false)
+            .read_stream(channel, start, top.offset, None, false)
             .await?;
         let complete = entries.len() as u64 == wanted
             && entries
                 .iter()
-                .zip(from.offset + 1..)
+                .zip(start + 1..)
                 .all(|((offset, _), expected)| *offset == expected);
         if complete {
-            Ok((Some(true), entries))
+            Ok((true, entries))
         } else {
-            Ok((Some(false), Vec::new()))
+            Ok((false, Vec::new()))
         }
+    }
+
+    /// How long a stream lives in Redis after its last publication.
+    fn stream_lifetime(&self, ns: &NamespaceConfig) -> Duration {
+        Duration::from_secs(
+            self.ctx
+                .config
+                .stream_meta_ttl_secs
+                .max(ns.history_ttl_secs),
+        )
     }
 
     pub async fn history(
         &self,
         channel: &ChannelName,
-        ns: &NamespaceConfig,
+        _ns: &NamespaceConfig,
         since: Option<&StreamPosition>,
         limit: Option<usize>,
         newest_first: bool,
     ) -> Result<HistoryPage, BrokerError> {
-        let top = self.stream_position(channel, ns).await?;
+        let Some((top, _)) = self.stream_position(channel).await? else {
+            let position = epoch::no_stream_position(epoch::now_ms());
+            return Ok(HistoryPage {
+                epoch: position.epoch,
+                offset: 0,
+                messages: Vec::new(),
+            });
+        };
         let after = since
             .filter(|s| s.epoch == top.epoch)
             .map_or(0, |s| s.offset);
@@ -795,10 +847,6 @@ async fn events_loop(
             }
         }
     }
-}
-
-fn new_epoch() -> String {
-    format!("{:016x}", rand::random::<u64>())
 }
 
 fn now_ms() -> u64 {

@@ -1,6 +1,7 @@
 //! The Lua scripts that make a publication atomic in Redis: idempotency check, epoch
 //! creation, offset increment, history append with MAXLEN, expiries and PUBLISH happen
-//! in one step, so offsets, history and live delivery can never disagree.
+//! in one step, so offsets, history and live delivery can never disagree. Only a
+//! publication creates a stream's keys (its meta hash records the creation time `c`).
 
 use std::sync::LazyLock;
 
@@ -25,7 +26,7 @@ end
 local epoch = redis.call('HGET', meta, 'e')
 if not epoch then
   epoch = ARGV[6]
-  redis.call('HSET', meta, 'e', epoch)
+  redis.call('HSET', meta, 'e', epoch, 'c', ARGV[9])
 end
 local offset = redis.call('HINCRBY', meta, 'o', 1)
 redis.call('XADD', stream, 'MAXLEN', ARGV[3], offset .. '-1', 'd', ARGV[2], 't', ARGV[9])
@@ -50,23 +51,6 @@ if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[3]) then
   return 1
 end
 return 0
-"#,
-    )
-});
-
-/// KEYS: meta. ARGV: new_epoch, meta_ttl_secs. Returns {offset, epoch}, creating the
-/// epoch if the stream has none (a new or lost history).
-pub(crate) static STREAM_POSITION: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[1]
-  redis.call('HSET', KEYS[1], 'e', epoch)
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-end
-local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
-return {offset, epoch}
 "#,
     )
 });
