@@ -299,6 +299,10 @@ async fn channels_info_presence_history_and_probes() -> TestResult {
     let (status, body) = server.get("/api/history?channel=news").await?;
     assert_eq!((status, body["error"]["code"].clone()), (404, json!(108)));
 
+    // Fan-out counts a delivery when its worker runs, after publish returned: wait for
+    // both messages before reading the counter.
+    assert_eq!(a.recv_message().await?["data"], json!({"n": 1}));
+    assert_eq!(a.recv_message().await?["data"], json!({"n": 2}));
     let health = server.http().get(server.http_url("/health")).send().await?;
     assert_eq!(health.status().as_u16(), 200);
     assert_eq!(health.json::<Value>().await?, json!({"status": "ok"}));

@@ -237,6 +237,7 @@ export class Client extends Emitter<ClientEvents> {
     const fields: Record<string, unknown> = { channel };
     if (options.since !== undefined) fields.since = { offset: options.since.offset, epoch: options.since.epoch };
     if (options.limit !== undefined) fields.limit = options.limit;
+    if (options.reverse !== undefined) fields.reverse = options.reverse;
     return toHistoryResult(await this.call('history', fields), channel);
   }
 
@@ -429,14 +430,29 @@ export class Client extends Emitter<ClientEvents> {
         return;
       default:
         if (this.requests.settle(message)) return;
-        if (message.op === 'unsubscribed' && typeof message.channel === 'string') {
+        if (message.op === 'subscribed' && typeof message.channel === 'string') {
+          this.onServerSubscribe(message, message.channel);
+        } else if (message.op === 'unsubscribed' && typeof message.channel === 'string') {
           this.subs.get(message.channel)?._onServerUnsubscribe('unsubscribed by the server');
+          if (this.serverSideChannels.delete(message.channel)) {
+            this.emit('serverUnsubscribed', { channel: message.channel });
+          }
         } else if (message.op === 'error') {
           const error = new ServerError(Number(message.code ?? 100), String(message.message ?? ''));
           this.emit('error', { type: 'server', error });
         }
       // Unknown ops are ignored: newer servers may add some.
     }
+  }
+
+  /** `subscribed` with id 0: the backend subscribed us (`POST /api/subscribe`). */
+  private onServerSubscribe(message: WireMessage, channel: string): void {
+    this.serverSideChannels.add(channel);
+    this.emit('serverSubscribed', {
+      channel,
+      ...(typeof message.offset === 'number' ? { offset: message.offset } : {}),
+      ...(typeof message.epoch === 'string' ? { epoch: message.epoch } : {}),
+    });
   }
 
   private routePublication(message: WireMessage): void {

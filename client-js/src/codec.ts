@@ -1,6 +1,6 @@
 // Codec: turns WebSocket frames into protocol messages and back.
 //
-// PROTOCOL.md section 1: a frame may carry several messages. JSON frames are
+// docs/protocol.md section 1: a frame may carry several messages. JSON frames are
 // UTF-8 text with messages separated by `\n`; MessagePack frames are maps
 // concatenated back to back. Both directions accept batches, so decoding always
 // returns a list and encoding always takes one.

@@ -2,10 +2,10 @@
 //
 // A request can fail three ways, and each has its own class so callers can
 // branch with `instanceof`: the server answered `error` (ServerError, carrying
-// the PROTOCOL.md section 6 code), no answer came in time (TimeoutError), or
+// the docs/protocol.md section 6 code), no answer came in time (TimeoutError), or
 // the connection went away first (ConnectionClosedError).
 
-/** Error codes carried by the server's `error` replies (PROTOCOL.md section 6). */
+/** Error codes carried by the server's `error` replies (docs/protocol.md section 6). */
 export const ErrorCode = {
   Internal: 100,
   Unauthorized: 101,
@@ -35,7 +35,7 @@ export class PushwireError extends Error {
 
 /** The server answered a request with `error` {code, message}. */
 export class ServerError extends PushwireError {
-  /** The PROTOCOL.md error code, e.g. `ErrorCode.PermissionDenied` (103). */
+  /** The docs/protocol.md error code, e.g. `ErrorCode.PermissionDenied` (103). */
   readonly code: ErrorCodeValue;
 
   constructor(code: number, message: string) {

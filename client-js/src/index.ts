@@ -3,7 +3,7 @@
 // Code map (one concern per module):
 // - client.ts: the connection state machine, reconnects, request/reply routing.
 // - subscription.ts: one channel's state machine, its history position, recovery.
-// - policy.ts: PROTOCOL.md's close-code table as reconnect decisions.
+// - policy.ts: docs/protocol.md's close-code table as reconnect decisions.
 // - backoff.ts: exponential backoff with full jitter.
 // - refresh.ts: connection-token refresh ahead of expiry.
 // - watchdog.ts: the server-ping watchdog.

@@ -1,7 +1,7 @@
 // Outbox: batches the messages sent in one tick into as few frames as fit.
 //
 // Resubscribing twenty channels after a reconnect costs one frame instead of
-// twenty (PROTOCOL.md section 1 requires servers to accept batches). Frames
+// twenty (docs/protocol.md section 1 requires servers to accept batches). Frames
 // stay under `maxBatchBytes` so a batch never trips the server's
 // max_frame_bytes (close 1009) when each message alone would not.
 

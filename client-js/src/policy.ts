@@ -1,6 +1,6 @@
 // Policy: what the client does after its connection ends.
 //
-// PROTOCOL.md section 7 gives a close-code table; this module is that table in
+// docs/protocol.md section 7 gives a close-code table; this module is that table in
 // code, plus the same decision for `error` replies to `connect`. Everything the
 // table does not name (1006 after a network drop, codes from newer servers) is
 // treated as transient: reconnect with backoff and recover.
@@ -18,7 +18,7 @@ export type ReconnectAction =
   /** Fetch a new connection token through `getToken`, then reconnect. */
   | 'refresh-token';
 
-/** Close codes of PROTOCOL.md section 7. */
+/** Close codes of docs/protocol.md section 7. */
 export const CloseCode = {
   Normal: 1000,
   GoingAway: 1001,
@@ -59,9 +59,21 @@ export const ClientCloseCode = {
 
 /**
  * The action after a close with `code`. `serverReconnect` is the `reconnect`
- * flag of a `disconnect` message received just before, if any.
+ * flag of a `disconnect` message received just before, if any: the server's
+ * word wins over the table (the server sets it from the same table, and
+ * `POST /api/disconnect` may say otherwise for any code). `false` stops;
+ * `true` turns a stop into a reconnect and keeps the table's kind of
+ * reconnect (token refresh, longer backoff) otherwise.
  */
 export function actionForClose(code: number, serverReconnect?: boolean): ReconnectAction {
+  const byTable = actionForCode(code);
+  if (serverReconnect === false) return 'stop';
+  if (serverReconnect === true && byTable === 'stop') return 'reconnect';
+  return byTable;
+}
+
+/** The close-code table alone (no `disconnect` message, e.g. a lost close frame). */
+function actionForCode(code: number): ReconnectAction {
   switch (code) {
     case CloseCode.Normal:
     case CloseCode.MessageTooBig:
@@ -75,16 +87,15 @@ export function actionForClose(code: number, serverReconnect?: boolean): Reconne
     case CloseCode.ConnectionLimit:
     case CloseCode.BackendUnavailable:
       return 'reconnect-throttled';
-    case CloseCode.DisconnectedByApi:
-      return serverReconnect === false ? 'stop' : 'reconnect';
     case CloseCode.GoingAway:
+    case CloseCode.DisconnectedByApi:
     case CloseCode.ConnectTimeout:
     case CloseCode.PongTimeout:
     case CloseCode.SlowConsumer:
       return 'reconnect';
     default:
-      // Codes outside the table: follow the server's explicit word if it gave one.
-      return serverReconnect === false ? 'stop' : 'reconnect';
+      // Codes outside the table (network drops, newer servers): transient.
+      return 'reconnect';
   }
 }
 

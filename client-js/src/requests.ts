@@ -1,7 +1,7 @@
 // Requests: matching replies to requests by `id`, with timeouts.
 //
 // Every client request carries a fresh unsigned integer `id`; the reply (or an
-// `error`) carries it back (PROTOCOL.md section 2). Replies are delivered by
+// `error`) carries it back (docs/protocol.md section 2). Replies are delivered by
 // callback, synchronously while the frame is being processed, so a
 // `subscribed` reply is handled before the `message` ops that follow it in the
 // same frame.

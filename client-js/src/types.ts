@@ -4,7 +4,7 @@
 // applications see are camelCase, and `data_b64` arrives already decoded as
 // bytes, so JSON and MessagePack connections look the same to the application.
 
-/** Where a client is in a channel's history: PROTOCOL.md section 4. */
+/** Where a client is in a channel's history: docs/protocol.md section 4. */
 export interface StreamPosition {
   offset: number;
   epoch: string;
@@ -48,8 +48,10 @@ export interface PresenceResult {
 export interface HistoryOptions {
   /** Only messages after this position. */
   since?: StreamPosition;
-  /** At most this many messages. */
+  /** At most this many messages (counted from the newest with `reverse`). */
   limit?: number;
+  /** Newest first: `{ limit: 20, reverse: true }` is "the latest 20". */
+  reverse?: boolean;
 }
 
 /** Reply to `history`. */
@@ -66,7 +68,7 @@ export type ConnectionState = 'disconnected' | 'connecting' | 'connected';
 
 /** Why the client is (re)connecting, or why it stopped. */
 export interface CloseInfo {
-  /** A PROTOCOL.md close code, a `ClientCloseCode`, or 0 for `connect()`. */
+  /** A docs/protocol.md close code, a `ClientCloseCode`, or 0 for `connect()`. */
   code: number;
   reason: string;
 }
@@ -106,7 +108,14 @@ export type ClientEvents = {
   error: ClientErrorEvent;
   /** The connection token was refreshed; the new one expires at `expiresAt`. */
   refreshed: { expiresAt?: number };
-  /** Messages on server-side subscriptions (the token's `channels` claim). */
+  /**
+   * The backend subscribed this connection to `channel` (`POST /api/subscribe`); its
+   * messages arrive as `message` events, like those of the token's `channels` claim.
+   */
+  serverSubscribed: { channel: string; offset?: number; epoch?: string };
+  /** The backend removed a server-side subscription (`POST /api/unsubscribe`). */
+  serverUnsubscribed: { channel: string };
+  /** Messages on server-side subscriptions (the token's `channels` claim, `/api/subscribe`). */
   message: Publication;
   join: PresenceChange;
   leave: PresenceChange;

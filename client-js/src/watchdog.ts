@@ -1,6 +1,6 @@
 // Watchdog: notices a connection that died without closing.
 //
-// The server sends `ping` every ping_interval seconds (PROTOCOL.md section 3).
+// The server sends `ping` every ping_interval seconds (docs/protocol.md section 3).
 // A client that hears none for ping_interval + pong_timeout treats the
 // connection as dead: on a half-open TCP connection (a laptop lid closed, a NAT
 // entry expired) no close event would ever come.

@@ -27,9 +27,17 @@ test('4011 does what the disconnect op says', () => {
   assert.equal(actionForClose(4011, false), 'stop');
 });
 
-test('the table wins over the disconnect op for the codes it names', () => {
-  assert.equal(actionForClose(1001, false), 'reconnect');
-  assert.equal(actionForClose(4001, true), 'stop');
+test("the disconnect op's reconnect flag wins over the table, for pushwire's own codes too", () => {
+  // POST /api/disconnect may send any 4000-4999 code with either flag.
+  assert.equal(actionForClose(4000, true), 'reconnect');
+  assert.equal(actionForClose(4001, true), 'reconnect');
+  assert.equal(actionForClose(4008, false), 'stop');
+  assert.equal(actionForClose(4005, false), 'stop');
+  assert.equal(actionForClose(1001, false), 'stop');
+  // `true` keeps the table's kind of reconnect.
+  assert.equal(actionForClose(4002, true), 'refresh-token');
+  assert.equal(actionForClose(4009, true), 'reconnect-throttled');
+  assert.equal(actionForClose(4008, true), 'reconnect');
 });
 
 test('unlisted codes (network drops, newer servers) reconnect unless told not to', () => {
