@@ -36,9 +36,14 @@ pub struct CommonArgs {
     /// `history_size` of the spawned nodes' `hist` namespace (channels `hist:...`).
     #[arg(long, default_value_t = 1000)]
     pub spawn_history_size: usize,
-    /// Wire encoding (subprotocol pushwire.v1.json or pushwire.v1.msgpack).
+    /// Wire encoding (subprotocol pushwire.v1.json or pushwire.v1.msgpack), or `pusher`:
+    /// the Pusher protocol on `/app/{key}`, publishing through the Pusher HTTP API (needs
+    /// --pusher-app).
     #[arg(long, value_enum, default_value = "json")]
     pub encoding: Encoding,
+    /// The Pusher app as ID:KEY:SECRET, for `--encoding pusher` (spawned nodes get it).
+    #[arg(long)]
+    pub pusher_app: Option<crate::pusher::PusherApp>,
     /// Channel the connections subscribe to (default: `bench`; `hist:bench` for `churn`,
     /// which needs history).
     #[arg(long)]
@@ -100,7 +105,16 @@ impl CommonArgs {
             !self.url.is_empty(),
             "give the nodes with --url, or start some with --spawn-nodes N"
         );
-        resolve_targets(&self.url).await
+        let mut targets = resolve_targets(&self.url).await?;
+        if self.encoding == Encoding::Pusher {
+            let app = self.pusher_app.as_ref().ok_or_else(|| {
+                anyhow::anyhow!("--encoding pusher needs --pusher-app ID:KEY:SECRET")
+            })?;
+            for target in &mut targets {
+                target.url = crate::pusher::app_url(&target.url, &app.key);
+            }
+        }
+        Ok(targets)
     }
 
     /// With `--spawn-nodes`, starts the cluster and points `--url` and `--server-pid` at
@@ -121,6 +135,7 @@ impl CommonArgs {
                 .unwrap_or_else(cluster::default_pushwire_bin),
             redis_bin: self.redis_bin.clone(),
             history_size: self.spawn_history_size,
+            pusher_app: self.pusher_app.clone(),
         };
         let cluster = LocalCluster::start(&spec).await?;
         eprintln!(

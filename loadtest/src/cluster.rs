@@ -39,6 +39,8 @@ pub struct ClusterSpec {
     pub redis_bin: String,
     /// `history_size` of the `hist` namespace.
     pub history_size: usize,
+    /// A Pusher app to configure on every node (`--pusher-app`).
+    pub pusher_app: Option<crate::pusher::PusherApp>,
 }
 
 /// A running redis-server and its pushwire nodes.
@@ -96,7 +98,11 @@ impl LocalCluster {
         let port = free_port()?;
         let redis = start_redis(&spec.redis_bin, port).await?;
         let config = dir.join("node.toml");
-        std::fs::write(&config, node_config(port, spec.history_size))?;
+        let mut toml = node_config(port, spec.history_size);
+        if let Some(app) = &spec.pusher_app {
+            toml.push_str(&pusher_app_config(app));
+        }
+        std::fs::write(&config, toml)?;
         let mut cluster = LocalCluster {
             redis_pid: redis.id(),
             redis,
@@ -178,6 +184,14 @@ pub fn node_config(redis_port: u16, history_size: usize) -> String {
          [broker]\nkind = \"redis\"\n\
          [redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\nkey_prefix = \"loadtest\"\n\
          [namespaces.hist]\nhistory_size = {history_size}\nhistory_ttl_secs = 600\n"
+    )
+}
+
+/// The `[[pusher.apps]]` entry of a spawned node.
+pub fn pusher_app_config(app: &crate::pusher::PusherApp) -> String {
+    format!(
+        "[[pusher.apps]]\nid = {:?}\nkey = {:?}\nsecret = {:?}\n",
+        app.id, app.key, app.secret
     )
 }
 

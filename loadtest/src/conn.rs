@@ -335,10 +335,11 @@ async fn dial(
         .as_str()
         .into_client_request()
         .context("request")?;
-    let protocol = HeaderValue::from_static(ctx.encoding.subprotocol());
-    request
-        .headers_mut()
-        .insert(SEC_WEBSOCKET_PROTOCOL, protocol);
+    if let Some(protocol) = ctx.encoding.subprotocol() {
+        request
+            .headers_mut()
+            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
+    }
     let (ws, _response) = client_async_with_config(request, stream, Some(ctx.ws_config))
         .await
         .context("upgrade")?;

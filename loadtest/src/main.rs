@@ -59,6 +59,7 @@ mod idle;
 mod progress;
 mod publish_phase;
 mod publisher;
+mod pusher;
 mod recover;
 mod report;
 mod rng;

@@ -137,6 +137,9 @@ impl Publishing {
             duration: plan.duration,
             request_timeout: Duration::from_secs(5),
             max_retries: 5,
+            pusher: (common.encoding == crate::wire::Encoding::Pusher)
+                .then(|| common.pusher_app.clone())
+                .flatten(),
         };
         let stats = Arc::new(PublisherStats::new(streams, slots));
         let task = tokio::spawn(publisher::run(

@@ -46,6 +46,8 @@ pub struct PublisherSpec {
     pub duration: Duration,
     pub request_timeout: Duration,
     pub max_retries: u32,
+    /// Publish through this app's Pusher HTTP API (`/apps/{id}/events`, signed).
+    pub pusher: Option<crate::pusher::PusherApp>,
 }
 
 /// Live publisher counters.
@@ -122,7 +124,11 @@ pub async fn run(
         .pool_max_idle_per_host(spec.streams)
         .tcp_nodelay(true)
         .build()?;
-    let url = format!("{}/api/publish", spec.api_url.trim_end_matches('/'));
+    let base = spec.api_url.trim_end_matches('/');
+    let url = match &spec.pusher {
+        Some(app) => format!("{base}/apps/{}/events", app.id),
+        None => format!("{base}/api/publish"),
+    };
     let auth = format!("Bearer {}", spec.api_key);
     let period = Duration::from_secs_f64(spec.streams as f64 / spec.rate.max(0.001));
     let end = Instant::now() + spec.duration;
@@ -183,8 +189,11 @@ impl Stream {
         let ts = unix_micros();
         let data = bench_data(ts, seq, self.index as u32, self.spec.payload_bytes);
         let channel = channel_for(&self.spec.channel, self.spec.channels, channel);
-        let Ok(body) = publish_body(&channel, &data, &format!("lt-{ts}-{}-{seq}", self.index))
-        else {
+        let body = match &self.spec.pusher {
+            Some(_) => crate::pusher::event_body(&channel, &data),
+            None => publish_body(&channel, &data, &format!("lt-{ts}-{}-{seq}", self.index)),
+        };
+        let Ok(body) = body else {
             self.stats.failed.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -194,10 +203,18 @@ impl Stream {
                 sleep(Duration::from_millis(20 << attempt.min(6))).await;
             }
             let sent = Instant::now();
-            let response = self
-                .client
-                .post(&self.url)
-                .header("authorization", &self.auth)
+            let request = match &self.spec.pusher {
+                Some(app) => {
+                    let path = self.url.split_once("/apps/").map_or("", |(_, p)| p);
+                    let query = crate::pusher::signed_query(app, &format!("/apps/{path}"), &body);
+                    self.client.post(format!("{}?{query}", self.url))
+                }
+                None => self
+                    .client
+                    .post(&self.url)
+                    .header("authorization", &self.auth),
+            };
+            let response = request
                 .header("content-type", "application/json")
                 .body(body.clone())
                 .send()

@@ -140,10 +140,9 @@ impl Session {
         id: u64,
         msg: &ClientMsg<'_>,
     ) -> anyhow::Result<ServerMsg> {
-        self.ws
-            .send(self.ctx.encoding.encode(msg)?)
-            .await
-            .context("send")?;
+        if let Some(frame) = self.ctx.encoding.encode(msg)? {
+            self.ws.send(frame).await.context("send")?;
+        }
         loop {
             if let Some(pos) = self.replies.iter().position(|r| r.id == Some(id)) {
                 let reply = self.replies.swap_remove(pos);
@@ -295,7 +294,8 @@ impl Session {
         for _ in 0..pongs {
             Stats::bump(&stats.counters.pings);
             let pong = match self.ctx.encoding.encode(&ClientMsg::Pong) {
-                Ok(pong) => pong,
+                Ok(Some(pong)) => pong,
+                Ok(None) => continue,
                 Err(err) => return Some(End::Failed(err.to_string())),
             };
             if let Err(err) = self.ws.send(pong).await {

@@ -19,29 +19,40 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio_tungstenite::tungstenite::{Bytes, Message};
 
-/// The two encodings of PROTOCOL.md section 1, chosen by WebSocket subprotocol.
+/// The two encodings of PROTOCOL.md section 1, chosen by WebSocket subprotocol, and the
+/// Pusher Channels protocol (`crate::pusher`) on the node's `/app/{key}` endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     Json,
     Msgpack,
+    Pusher,
 }
 
 impl Encoding {
-    /// The `Sec-WebSocket-Protocol` value that selects this encoding.
-    pub fn subprotocol(self) -> &'static str {
+    /// The `Sec-WebSocket-Protocol` value that selects this encoding (Pusher has none).
+    pub fn subprotocol(self) -> Option<&'static str> {
         match self {
-            Encoding::Json => "pushwire.v1.json",
-            Encoding::Msgpack => "pushwire.v1.msgpack",
+            Encoding::Json => Some("pushwire.v1.json"),
+            Encoding::Msgpack => Some("pushwire.v1.msgpack"),
+            Encoding::Pusher => None,
         }
     }
 
-    /// Encodes one client message into the frame type this encoding uses.
-    pub fn encode(self, msg: &ClientMsg<'_>) -> anyhow::Result<Message> {
-        Ok(match self {
+    /// Encodes one client message into the frame type this encoding uses; `None` when the
+    /// protocol has no such message (Pusher has no `connect`: the server greets first).
+    pub fn encode(self, msg: &ClientMsg<'_>) -> anyhow::Result<Option<Message>> {
+        Ok(Some(match self {
             Encoding::Json => Message::text(serde_json::to_string(msg)?),
             Encoding::Msgpack => Message::Binary(Bytes::from(rmp_serde::to_vec_named(msg)?)),
-        })
+            Encoding::Pusher => match msg {
+                ClientMsg::Connect { .. } => return Ok(None),
+                ClientMsg::Subscribe { channel, .. } => {
+                    Message::text(crate::pusher::subscribe_frame(channel)?)
+                }
+                ClientMsg::Pong => Message::text(crate::pusher::PONG_FRAME),
+            },
+        }))
     }
 }
 
@@ -110,6 +121,25 @@ pub struct ServerMsg {
     /// Of `subscribed` after a `recover`.
     #[serde(default)]
     pub recovered: Option<bool>,
+}
+
+impl ServerMsg {
+    /// A message of `op` with no fields (the Pusher mapping fills in what it has).
+    pub fn of(op: ServerOp) -> ServerMsg {
+        ServerMsg {
+            op,
+            id: None,
+            code: None,
+            message: None,
+            reason: None,
+            ping_interval: None,
+            pong_timeout: None,
+            data: None,
+            offset: None,
+            epoch: None,
+            recovered: None,
+        }
+    }
 }
 
 /// A history epoch as the server sent it. pushwire's epochs are 16 hex characters, so they
@@ -189,6 +219,7 @@ pub fn decode_batch(enc: Encoding, frame: &[u8], out: &mut Vec<ServerMsg>) -> an
                 out.push(msg.context("decoding JSON message")?);
             }
         }
+        Encoding::Pusher => crate::pusher::decode(frame, out)?,
         Encoding::Msgpack => {
             let len = frame.len() as u64;
             let mut de = rmp_serde::Deserializer::new(Cursor::new(frame));
@@ -347,14 +378,15 @@ mod tests {
             channel: "bench",
             recover: None,
         };
-        let Message::Text(text) = Encoding::Json.encode(&msg).unwrap() else {
+        let Message::Text(text) = Encoding::Json.encode(&msg).unwrap().unwrap() else {
             panic!()
         };
         assert_eq!(
             text.as_str(),
             r#"{"op":"subscribe","id":2,"channel":"bench"}"#
         );
-        let Message::Binary(bin) = Encoding::Msgpack.encode(&ClientMsg::Pong).unwrap() else {
+        let Message::Binary(bin) = Encoding::Msgpack.encode(&ClientMsg::Pong).unwrap().unwrap()
+        else {
             panic!()
         };
         let v: serde_json::Value = rmp_serde::from_slice(&bin).unwrap();
@@ -380,7 +412,7 @@ mod tests {
                 epoch: "00ab",
             }),
         };
-        let bin = match Encoding::Msgpack.encode(&msg).unwrap() {
+        let bin = match Encoding::Msgpack.encode(&msg).unwrap().unwrap() {
             Message::Binary(bin) => bin,
             other => panic!("{other:?}"),
         };
