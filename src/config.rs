@@ -10,6 +10,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
+mod bounds;
+
+pub use bounds::MIN_HMAC_SECRET_BYTES;
+
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -115,7 +119,8 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Shared secret for HS256 connection and subscription tokens; empty: HS256 off.
+    /// Shared secret for HS256 connection and subscription tokens, at least 32 bytes;
+    /// empty: HS256 off.
     pub token_hmac_secret: String,
     /// PEM files with RSA or EC public keys for RS256/ES256 tokens (several for rotation).
     pub token_public_keys: Vec<String>,
@@ -439,8 +444,9 @@ impl Default for NamespaceConfig {
 pub enum ConfigError {
     #[error("config file {path} does not exist")]
     MissingFile { path: String },
-    #[error("{0}")]
-    Load(#[source] Box<figment::Error>),
+    /// Shown once: figment's message is the whole story (no separate cause to repeat).
+    #[error(transparent)]
+    Load(Box<figment::Error>),
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: String, message: String },
 }
@@ -603,6 +609,7 @@ impl Config {
                 "must list at least one seed node when redis.cluster = true",
             );
         }
+        bounds::check(self)?;
         self.pusher.validate()
     }
 

@@ -12,7 +12,7 @@ use pushwire::auth::{mint_hs256, unix_now};
 use serde_json::{Value, json};
 use support::{Encoding, TestResult, TestServer, WsClient, fail};
 
-const SECRET: &str = "auth-test-secret-0123456789";
+const SECRET: &str = "auth-test-secret-0123456789abcdef";
 
 fn claims(user: &str, ttl_secs: i64) -> Value {
     json!({ "sub": user, "exp": unix_now() as i64 + ttl_secs })

@@ -748,7 +748,7 @@ impl Kube {
                 value
             } else if var["valueFrom"]["secretKeyRef"].is_mapping() {
                 // All digits: the deploy files must keep such a secret a string.
-                "8".repeat(16)
+                "8".repeat(32)
             } else if var["valueFrom"]["fieldRef"].is_mapping() {
                 "pushwire-7d9f8-abcde".to_owned()
             } else {

@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 const GOOD: usize = 500;
 const MESSAGES: u64 = 120;
 const STREAM_INTERVAL: Duration = Duration::from_millis(100);
-const SECRET: &str = "hostile-secret-0123456789";
+const SECRET: &str = "hostile-secret-0123456789abcdefgh";
 
 const CONFIG: &str = r#"
 [server]
@@ -37,7 +37,7 @@ rate_limit_burst = 10
 rate_limit_strikes = 5
 
 [auth]
-token_hmac_secret = "hostile-secret-0123456789"
+token_hmac_secret = "hostile-secret-0123456789abcdefgh"
 "#;
 
 /// The ways a hostile client misbehaves, each with the ending PROTOCOL.md documents.

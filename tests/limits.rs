@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite;
 
-const SECRET: &str = "limits-secret-0123456789";
+const SECRET: &str = "limits-secret-0123456789abcdefghi";
 
 fn token(user: &str) -> TestResult<Value> {
     let claims = json!({ "sub": user, "exp": unix_now() + 600 });

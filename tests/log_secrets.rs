@@ -13,7 +13,7 @@ use serde_json::json;
 use support::{Encoding, TestResult, WAIT, WsClient, fail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const SECRET: &str = "log-secret-s3cr3t-0123456789";
+const SECRET: &str = "log-secret-s3cr3t-0123456789abcdef";
 const API_KEY: &str = "log-api-key-k3y-0123456789";
 const WRONG_KEY: &str = "log-wrong-key-w7ong-0123456789";
 const PUSHER_SECRET: &str = "log-pusher-secret-p5h-0123456789";

@@ -18,7 +18,7 @@ use pushwire::auth::{ConnectClaims, mint_hs256, unix_now};
 use support::{Encoding, TestResult, WAIT, WsClient, fail};
 
 const API_KEY: &str = "log-test-api-key-7f3a9c";
-const SECRET: &str = "log-test-hmac-secret-5be21d";
+const SECRET: &str = "log-test-hmac-secret-5be21d7c4e9a0f1b";
 const MESSAGES: usize = 200;
 
 fn send_signal(pid: u32, signal: &str) -> TestResult {

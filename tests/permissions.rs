@@ -8,11 +8,11 @@ use pushwire::auth::{mint_hs256, unix_now};
 use serde_json::{Value, json};
 use support::{Encoding, TestResult, TestServer, WsClient};
 
-const SECRET: &str = "permissions-secret-0123456789";
+const SECRET: &str = "permissions-secret-0123456789abcd";
 
 const CONFIG: &str = r#"
 [auth]
-token_hmac_secret = "permissions-secret-0123456789"
+token_hmac_secret = "permissions-secret-0123456789abcd"
 
 [namespaces.public]
 presence = true

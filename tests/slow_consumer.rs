@@ -80,7 +80,8 @@ async fn a_small_socket_send_buffer_gets_a_stalled_client_evicted_sooner() -> Te
     const MAX_MESSAGES: usize = 512;
     const BOUND: usize = 1 << 20;
     let server = TestServer::start(
-        "[server]\nsocket_send_buffer_bytes = 16384\n[client]\nqueue_max_bytes = 65536\n",
+        "[server]\nsocket_send_buffer_bytes = 16384\n[client]\nqueue_max_bytes = 65536\n\
+         [api]\nmax_publish_bytes = 16384\n",
     )
     .await?;
     let (mut stalled, _) = WsClient::connect(&server.ws_url(), Encoding::Json).await?;

@@ -1,0 +1,144 @@
+//! Checks of values that are well-typed but would crash the node or make it misbehave:
+//! zero durations and buffer sizes the runtime cannot work with, and pairs of keys whose
+//! order matters (a node timeout shorter than the heartbeat, a publication larger than a
+//! client's queue). Each error names the key to change.
+
+use super::{Config, ConfigError};
+
+/// Checks every relation between keys and every zero that `validate`'s simple
+/// greater-than-zero list does not cover.
+pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
+    check_redis(config)?;
+    check_publication_fits_queue(config)?;
+    check_token_secret(config)?;
+    Ok(())
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    })
+}
+
+/// Redis timings: each is a timer or a buffer that cannot be zero (a zero interval or
+/// channel capacity panics, a zero timeout fails every command, a zero presence TTL
+/// deletes presence as it is written), and nodes must outlive a heartbeat.
+fn check_redis(config: &Config) -> Result<(), ConfigError> {
+    let redis = &config.redis;
+    let positive = [
+        ("redis.connect_timeout_ms", redis.connect_timeout_ms),
+        ("redis.command_timeout_ms", redis.command_timeout_ms),
+        ("redis.handoff_buffer", redis.handoff_buffer as u64),
+        ("redis.probe_interval_ms", redis.probe_interval_ms),
+        ("redis.heartbeat_interval_ms", redis.heartbeat_interval_ms),
+        ("redis.node_timeout_ms", redis.node_timeout_ms),
+        ("redis.presence_ttl_secs", redis.presence_ttl_secs),
+    ];
+    for (key, value) in positive {
+        if value == 0 {
+            return invalid(key, "must be greater than 0");
+        }
+    }
+    if redis.node_timeout_ms <= redis.heartbeat_interval_ms {
+        return invalid(
+            "redis.node_timeout_ms",
+            format!(
+                "must be greater than redis.heartbeat_interval_ms ({}), or nodes drop each other \
+                 between two heartbeats",
+                redis.heartbeat_interval_ms
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// One publication of `api.max_publish_bytes` must fit into an empty client queue: a
+/// larger one evicts every subscriber (4008). Data grows when it is rendered for the other
+/// encoding (binary data becomes base64 for JSON clients, a third more) and gains its
+/// envelope, so the queue must hold at least twice the largest publication.
+fn check_publication_fits_queue(config: &Config) -> Result<(), ConfigError> {
+    let publish = config.api.max_publish_bytes;
+    let queue = config.client.queue_max_bytes;
+    if publish.saturating_mul(2) > queue {
+        return invalid(
+            "api.max_publish_bytes",
+            format!(
+                "must be at most half of client.queue_max_bytes ({queue}): a publication \
+                 larger than a client's queue evicts every subscriber"
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Shortest accepted `auth.token_hmac_secret`: HS256 keys shorter than the hash output
+/// (RFC 7518 section 3.2) can be brute-forced offline from any token.
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+fn check_token_secret(config: &Config) -> Result<(), ConfigError> {
+    let secret = &config.auth.token_hmac_secret;
+    if !secret.is_empty() && secret.len() < MIN_HMAC_SECRET_BYTES {
+        return invalid(
+            "auth.token_hmac_secret",
+            format!(
+                "must be at least {MIN_HMAC_SECRET_BYTES} bytes (it is {}); generate one with \
+                 `openssl rand -hex 32`",
+                secret.len()
+            ),
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(toml: &str) -> String {
+        Config::from_toml(toml)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn zero_redis_timings_name_their_key() {
+        for key in [
+            "connect_timeout_ms",
+            "command_timeout_ms",
+            "handoff_buffer",
+            "probe_interval_ms",
+            "heartbeat_interval_ms",
+            "node_timeout_ms",
+            "presence_ttl_secs",
+        ] {
+            let error = error_of(&format!("[redis]\n{key} = 0\n"));
+            assert!(error.contains(&format!("redis.{key}")), "{key}: {error:?}");
+        }
+    }
+
+    #[test]
+    fn inverted_pairs_are_refused() {
+        let error = error_of("[redis]\nheartbeat_interval_ms = 5000\nnode_timeout_ms = 5000\n");
+        assert!(error.contains("redis.node_timeout_ms"), "{error}");
+        let error =
+            error_of("[client]\nqueue_max_bytes = 100000\n[api]\nmax_publish_bytes = 60000\n");
+        assert!(error.contains("api.max_publish_bytes"), "{error}");
+        assert!(Config::from_toml("[client]\nqueue_max_bytes = 131072\n").is_ok());
+    }
+
+    #[test]
+    fn short_hmac_secrets_are_refused() {
+        let error = error_of("[auth]\ntoken_hmac_secret = \"0123456789abcdef0123456789abcde\"\n");
+        assert!(error.contains("auth.token_hmac_secret"), "{error}");
+        assert!(
+            !error.contains("0123456789abcdef"),
+            "the secret is not echoed: {error}"
+        );
+        assert!(
+            Config::from_toml("[auth]\ntoken_hmac_secret = \"0123456789abcdef0123456789abcdef\"\n")
+                .is_ok()
+        );
+    }
+}
