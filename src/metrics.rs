@@ -39,6 +39,7 @@ pub struct Metrics {
     pub relay_dropped: IntCounter,
     pub redis_errors: IntCounterVec,
     pub redis_reconnects: IntCounter,
+    pub redis_stream_rollbacks: IntCounter,
     pub redis_resubscribe_seconds: Histogram,
     pub redis_up: IntGauge,
     pub cluster_nodes: IntGauge,
@@ -196,6 +197,11 @@ impl Metrics {
             .expect("valid metric"),
             redis_reconnects: IntCounter::new("pushwire_redis_reconnects_total", "Redis pub/sub connections re-established after a loss.")
                 .expect("valid metric"),
+            redis_stream_rollbacks: IntCounter::new(
+                "pushwire_redis_stream_rollbacks_total",
+                "History streams found gone back in time in Redis (offsets handed out again); each moved to a new epoch.",
+            )
+            .expect("valid metric"),
             redis_resubscribe_seconds: Histogram::with_opts(
                 HistogramOpts::new("pushwire_redis_resubscribe_seconds", "Time to resubscribe every channel of a pub/sub connection after it reconnected.")
                     .buckets(vec![0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0]),
@@ -242,6 +248,7 @@ impl Metrics {
             Box::new(self.relay_dropped.clone()),
             Box::new(self.redis_errors.clone()),
             Box::new(self.redis_reconnects.clone()),
+            Box::new(self.redis_stream_rollbacks.clone()),
             Box::new(self.redis_resubscribe_seconds.clone()),
             Box::new(self.redis_up.clone()),
             Box::new(self.cluster_nodes.clone()),

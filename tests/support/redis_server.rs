@@ -1,5 +1,5 @@
 //! A real `redis-server` on a free port, owned by the test: it can be killed and started
-//! again on the same port, with or without its data.
+//! again on the same port, with or without its data (empty, or from its last `SAVE`).
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -92,7 +92,8 @@ impl RedisServer {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// SIGKILL: the data is gone (nothing is persisted).
+    /// SIGKILL: what was written since the last `SAVE` is gone (nothing is persisted
+    /// otherwise).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
@@ -100,7 +101,8 @@ impl RedisServer {
         }
     }
 
-    /// Starts again on the same port, empty.
+    /// Starts again on the same port, from the dump of the last `SAVE` if there was one
+    /// (the data directory is kept), else empty.
     pub async fn restart(&mut self) -> TestResult {
         self.kill();
         self.spawn().await

@@ -27,7 +27,7 @@ mod scripts;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,6 +54,18 @@ use relay::ShardCommand;
 /// How long an idempotency key is remembered (PROTOCOL.md section 8).
 const IDEMPOTENCY_TTL_SECS: u64 = 300;
 
+/// Where this node stands in a channel's stream.
+#[derive(Debug, Clone)]
+pub(crate) struct Followed {
+    /// The last position delivered.
+    position: StreamPosition,
+    /// The epoch the stream left when Redis went back in time: publications still
+    /// labelled with it (published before the move) belong to `position.epoch`.
+    replaced: Option<String>,
+    /// `RelayContext::connections` when it was delivered.
+    connection: u64,
+}
+
 /// State shared by the broker and its pub/sub tasks.
 pub(crate) struct RelayContext {
     pub(crate) hub: Hub,
@@ -63,7 +75,9 @@ pub(crate) struct RelayContext {
     pub(crate) connector: Connector,
     commands: RwLock<Option<CommandConn>>,
     /// The last stream position delivered per channel, for gap and duplicate detection.
-    pub(crate) positions: DashMap<ChannelName, StreamPosition>,
+    pub(crate) positions: DashMap<ChannelName, Followed>,
+    /// Pub/sub connections established so far (a Redis restart replaces them).
+    pub(crate) connections: AtomicU64,
     /// Channels with presence that have local subscribers, and whether they announce
     /// joins and leaves.
     pub(crate) presence_channels: DashMap<ChannelName, bool>,
@@ -181,7 +195,8 @@ impl RelayContext {
             },
         };
         metrics.published_relay.inc();
-        if let Some(position) = &relayed.position {
+        let mut position = relayed.position;
+        if let Some(position) = &mut position {
             if !self.fill_gap(&channel, position).await {
                 return;
             }
@@ -189,7 +204,7 @@ impl RelayContext {
         let publication = Publication {
             channel,
             payload,
-            position: relayed.position,
+            position,
             exclude,
         };
         self.hub.dispatch(publication).await;
@@ -197,16 +212,25 @@ impl RelayContext {
 
     /// Checks `position` against the last one delivered on `channel`: false for a
     /// duplicate; on a gap (a message lost between Redis and this node), delivers the
-    /// missing ones from history first.
-    async fn fill_gap(&self, channel: &ChannelName, position: &StreamPosition) -> bool {
-        let previous = self.positions.insert(channel.clone(), position.clone());
-        let Some(previous) = previous.filter(|p| p.epoch == position.epoch) else {
+    /// missing ones from history first. A publication of an epoch the stream left is
+    /// relabelled with the new one.
+    async fn fill_gap(&self, channel: &ChannelName, position: &mut StreamPosition) -> bool {
+        let followed = self.positions.get(channel).map(|f| f.value().clone());
+        let replaced = followed.as_ref().and_then(|f| f.replaced.clone());
+        if let Some(followed) = &followed
+            && replaced.as_deref() == Some(position.epoch.as_str())
+        {
+            position.epoch = followed.position.epoch.clone();
+        }
+        let Some(previous) = followed.filter(|f| f.position.epoch == position.epoch) else {
+            self.follow(channel, position, None);
             return true;
         };
-        if position.offset <= previous.offset {
-            self.positions.insert(channel.clone(), previous);
-            return false;
+        if position.offset <= previous.position.offset {
+            return self.went_back(channel, position, &previous).await;
         }
+        let previous = previous.position;
+        self.follow(channel, position, replaced);
         if position.offset == previous.offset + 1 {
             return true;
         }
@@ -237,6 +261,62 @@ impl RelayContext {
             }
         }
         true
+    }
+
+    fn follow(&self, channel: &ChannelName, position: &StreamPosition, replaced: Option<String>) {
+        let followed = Followed {
+            position: position.clone(),
+            replaced,
+            connection: self.connections.load(Ordering::Acquire),
+        };
+        self.positions.insert(channel.clone(), followed);
+    }
+
+    /// An offset at or below the last one delivered: a duplicate, unless Redis went back
+    /// in time and hands out offsets again. Then the stream moves to a new epoch (see
+    /// `scripts::ROLL_EPOCH`), and this publication is delivered under it: subscribers
+    /// keep receiving, and a client recovering from the old epoch gets `recovered: false`.
+    async fn went_back(
+        &self,
+        channel: &ChannelName,
+        position: &mut StreamPosition,
+        previous: &Followed,
+    ) -> bool {
+        let Ok(mut conn) = self.commands() else {
+            return false;
+        };
+        let reconnected = previous.connection != self.connections.load(Ordering::Acquire);
+        let previous = &previous.position;
+        let rolled: Result<(String, u8), RedisError> = scripts::ROLL_EPOCH
+            .key(self.keys.meta(channel.as_str()))
+            .arg(&position.epoch)
+            .arg(previous.offset)
+            .arg(epoch::new_epoch())
+            .arg(if reconnected { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await;
+        match rolled {
+            Ok((epoch, 1)) => {
+                tracing::warn!(
+                    channel = %channel,
+                    offset = position.offset,
+                    delivered = previous.offset,
+                    old_epoch = %position.epoch,
+                    new_epoch = %epoch,
+                    "redis went back in time on this stream; it continues under a new epoch"
+                );
+                self.hub.metrics().redis_stream_rollbacks.inc();
+                let replaced = std::mem::replace(&mut position.epoch, epoch);
+                self.follow(channel, position, Some(replaced));
+                true
+            }
+            Ok(_) => false,
+            Err(err) => {
+                self.failed("history", &err);
+                tracing::warn!(channel = %channel, error = %err, "cannot tell a duplicate from a rollback; dropping");
+                false
+            }
+        }
     }
 
     /// Stream entries with `after < offset <= through`, oldest first (newest first with
@@ -313,6 +393,7 @@ impl RedisBroker {
             connector,
             commands: RwLock::new(None),
             positions: DashMap::new(),
+            connections: AtomicU64::new(0),
             presence_channels: DashMap::new(),
             shard_up: (0..pools).map(|_| AtomicBool::new(false)).collect(),
             commands_up: AtomicBool::new(false),

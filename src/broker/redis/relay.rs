@@ -102,6 +102,7 @@ pub(crate) async fn run_shard(
             );
         }
         connected_before = true;
+        ctx.connections.fetch_add(1, Ordering::AcqRel);
         backoff = Duration::from_millis(100);
         ctx.shard_up[index].store(true, Ordering::Release);
         let ended = serve(

@@ -54,3 +54,32 @@ return 0
 "#,
     )
 });
+
+/// KEYS: meta. ARGV: the epoch of an offset that came again, the highest offset
+/// delivered in it, a new epoch, and `1` when the node's pub/sub connection was
+/// replaced since that delivery (a plain duplicate cannot cross a reconnect).
+/// When Redis went back in time (restarted from an older snapshot, or a failover lost
+/// writes), offsets below ones already delivered come again under the same epoch: the
+/// stream then moves to the new epoch (keeping its offsets and history) and remembers
+/// the one it replaced in `p`, so the node that comes second finds the same answer.
+/// Returns {epoch, 1} when the stream moved (now or before) from that epoch, else
+/// {epoch, 0}: the offset was a plain duplicate.
+pub(crate) static ROLL_EPOCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  return {'', 0}
+end
+local offset = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+if epoch == ARGV[1] and (offset < tonumber(ARGV[2]) or ARGV[4] == '1') then
+  redis.call('HSET', KEYS[1], 'e', ARGV[3], 'p', ARGV[1])
+  return {ARGV[3], 1}
+end
+if epoch ~= ARGV[1] and redis.call('HGET', KEYS[1], 'p') == ARGV[1] then
+  return {epoch, 1}
+end
+return {epoch, 0}
+"#,
+    )
+});
