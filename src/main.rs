@@ -1,5 +1,6 @@
-//! The `pushwire` command line: `serve` (the default), `check-config`, and `token` (mint a
-//! JWT for local development). Nothing else lives here.
+//! The `pushwire` command line: `serve` (the default), `check-config`, `healthcheck` (for
+//! a container's HEALTHCHECK), and `token` (mint a JWT for local development). Nothing else
+//! lives here.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,6 +41,8 @@ enum Command {
     Serve,
     /// Load and validate the configuration, print it, and exit.
     CheckConfig,
+    /// Ask the local server's /health on its server.listen port; exit 0 when it answers 200.
+    Healthcheck,
     /// Mint an HS256 token from auth.token_hmac_secret, for development.
     Token(TokenArgs),
 }
@@ -82,6 +85,7 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Healthcheck => healthcheck(&config),
         Command::Token(args) => {
             println!("{}", mint(&config, &args)?);
             Ok(())
@@ -164,6 +168,34 @@ fn reload_on_sighup(
             }
         }
     });
+}
+
+/// `GET /health` on this machine's server.listen port (a wildcard address becomes loopback).
+fn healthcheck(config: &Config) -> anyhow::Result<()> {
+    use std::io::{Read as _, Write as _};
+    let mut addr = config.listen_addr();
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let timeout = Duration::from_secs(3);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 64];
+    let n = stream.read(&mut head).context("reading the answer")?;
+    let status_line = String::from_utf8_lossy(&head[..n]);
+    anyhow::ensure!(
+        status_line.starts_with("HTTP/1.1 200"),
+        "/health on {addr} answered {:?}",
+        status_line.lines().next().unwrap_or_default()
+    );
+    println!("ok: /health on {addr}");
+    Ok(())
 }
 
 /// Shown instead of a secret by `check-config`, whose output ends up in CI logs.
