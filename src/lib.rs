@@ -37,7 +37,8 @@
 //! - `server`: listeners, routing, graceful shutdown; `state`: what they all share.
 //! - `logging`: tracing setup.
 //! - `pusher`: the Pusher Channels protocol front end (apps, signatures, its WebSocket
-//!   endpoint and HTTP API) on the same hub and broker.
+//!   endpoint and HTTP API) on the same hub and broker. Invariant: an app's channels
+//!   live in their own hub namespace (`pusher~{app_id}~…`) no native name can form.
 
 pub mod api;
 pub mod auth;

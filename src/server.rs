@@ -327,6 +327,9 @@ async fn expire_streams(state: Arc<AppState>, stop: CancellationToken) {
         };
         let config = state.config();
         broker.expire(|channel| {
+            if let Some(ns) = crate::pusher::channel::namespace_of_hub(channel) {
+                return Some(Duration::from_secs(ns.history_ttl_secs));
+            }
             let ns = config
                 .namespaces
                 .get(channel.namespace().unwrap_or(DEFAULT_NAMESPACE))?;

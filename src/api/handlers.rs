@@ -268,10 +268,10 @@ pub async fn history(
     let messages: Vec<HistoryItem<'_>> = page
         .messages
         .iter()
-        .map(|(offset, payload)| {
-            let (data, data_b64) = data_fields(response_encoding(&headers), payload);
+        .map(|message| {
+            let (data, data_b64) = data_fields(response_encoding(&headers), &message.payload);
             HistoryItem {
-                offset: *offset,
+                offset: message.offset,
                 data,
                 data_b64,
             }

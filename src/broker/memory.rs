@@ -18,10 +18,12 @@ use dashmap::DashMap;
 use tokio::sync::Mutex;
 
 use super::epoch::{self, new_epoch, no_stream_position, recovers_into_new_stream};
-use super::{HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered};
+use super::{
+    HistoryMessage, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered,
+};
 use crate::config::NamespaceConfig;
-use crate::hub::{ClientHandle, ClientId, Hub, HubEvent, Publication};
-use crate::protocol::{ChannelName, ClientInfo, Payload, StreamPosition};
+use crate::hub::{ClientHandle, Hub, HubEvent, Publication};
+use crate::protocol::{ChannelName, ClientInfo, StreamPosition};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -35,7 +37,7 @@ struct Stream {
     /// When the first publication created it (ms since the Unix epoch).
     created_ms: u64,
     offset: u64,
-    items: VecDeque<(u64, Payload, Instant)>,
+    items: VecDeque<(HistoryMessage, Instant)>,
     touched: Instant,
 }
 
@@ -58,14 +60,14 @@ impl Stream {
         while self
             .items
             .front()
-            .is_some_and(|(_, _, at)| now.duration_since(*at) > ttl)
+            .is_some_and(|(_, at)| now.duration_since(*at) > ttl)
         {
             self.items.pop_front();
         }
     }
 
     /// What a client at `from` missed, and whether that is all of it.
-    fn recover(&self, from: &StreamPosition, ns: &NamespaceConfig) -> (Vec<(u64, Payload)>, bool) {
+    fn recover(&self, from: &StreamPosition, ns: &NamespaceConfig) -> (Vec<HistoryMessage>, bool) {
         let start = if from.epoch == self.epoch {
             from.offset
         } else {
@@ -87,15 +89,15 @@ impl Stream {
     }
 
     /// Messages after `offset`, and whether they cover everything since it.
-    fn since(&self, offset: u64) -> (Vec<(u64, Payload)>, bool) {
-        let messages: Vec<(u64, Payload)> = self
+    fn since(&self, offset: u64) -> (Vec<HistoryMessage>, bool) {
+        let messages: Vec<HistoryMessage> = self
             .items
             .iter()
-            .filter(|(o, _, _)| *o > offset)
-            .map(|(o, p, _)| (*o, p.clone()))
+            .filter(|(m, _)| m.offset > offset)
+            .map(|(m, _)| m.clone())
             .collect();
         let complete = match messages.first() {
-            Some((first, _)) => *first == offset + 1,
+            Some(first) => first.offset == offset + 1,
             None => offset == self.offset,
         };
         (messages, complete)
@@ -158,23 +160,16 @@ impl MemoryBroker {
 
     pub async fn publish(
         &self,
-        channel: &ChannelName,
-        payload: Payload,
+        mut publication: Publication,
         ns: &NamespaceConfig,
         idempotency_key: Option<&str>,
-        exclude: Option<ClientId>,
     ) -> PublishResult {
+        let channel = &publication.channel.clone();
         if ns.history_size == 0 {
             let _order = self.stripe(channel).lock().await;
             if let Some(result) = self.remembered(channel, idempotency_key) {
                 return result;
             }
-            let publication = Publication {
-                channel: channel.clone(),
-                payload,
-                position: None,
-                exclude,
-            };
             self.hub.dispatch(publication).await;
             let result = PublishResult {
                 offset: None,
@@ -195,20 +190,18 @@ impl MemoryBroker {
             offset: stream.offset,
             epoch: stream.epoch.clone(),
         };
-        stream
-            .items
-            .push_back((position.offset, payload.clone(), now));
+        let stored = HistoryMessage {
+            offset: position.offset,
+            payload: publication.payload.clone(),
+            event: publication.event.clone(),
+        };
+        stream.items.push_back((stored, now));
         stream.prune(ns, now);
         let result = PublishResult {
             offset: Some(position.offset),
             epoch: Some(position.epoch.clone()),
         };
-        let publication = Publication {
-            channel: channel.clone(),
-            payload,
-            position: Some(position),
-            exclude,
-        };
+        publication.position = Some(position);
         self.hub.dispatch(publication).await;
         // Remembered before the lock is released: a concurrent repeat waits for it.
         self.remember(channel, idempotency_key, &result);
@@ -317,12 +310,7 @@ impl MemoryBroker {
             recovered,
         };
         let mut frames: Vec<_> = reply(&result).into_iter().collect();
-        frames.extend(encode_recovered(
-            client.encoding,
-            channel,
-            &stream.epoch,
-            &missed,
-        ));
+        frames.extend(encode_recovered(client, channel, &stream.epoch, &missed));
         self.hub
             .subscribe(client, channel, frames)
             .then_some(result)

@@ -20,8 +20,8 @@ pub use memory::MemoryBroker;
 pub use redis::{NodeStats, RedisBroker};
 
 use crate::config::NamespaceConfig;
-use crate::hub::{ClientHandle, ClientId, ClientSelector, Hub};
-use crate::protocol::{ChannelName, ClientInfo, CloseCode, Encoding, Payload, StreamPosition};
+use crate::hub::{ClientHandle, ClientId, ClientSelector, Dialect, Hub, NamedEvent, Publication};
+use crate::protocol::{ChannelName, ClientInfo, CloseCode, Payload, StreamPosition};
 
 /// A broker operation that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,7 +45,16 @@ pub struct HistoryPage {
     pub epoch: String,
     /// The channel's latest offset.
     pub offset: u64,
-    pub messages: Vec<(u64, Payload)>,
+    pub messages: Vec<HistoryMessage>,
+}
+
+/// One message kept in a channel's history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryMessage {
+    pub offset: u64,
+    pub payload: Payload,
+    /// The Pusher event it was published as, if any.
+    pub event: Option<Arc<NamedEvent>>,
 }
 
 /// What a subscribe with `recover` found.
@@ -89,14 +98,37 @@ impl Broker {
         idempotency_key: Option<&str>,
         exclude: Option<ClientId>,
     ) -> Result<PublishResult, BrokerError> {
+        let mut publication = Publication::new(channel.clone(), payload, None);
+        publication.exclude = exclude;
+        self.publish_publication(publication, ns, idempotency_key)
+            .await
+    }
+
+    /// Publishes a Pusher event on `channel` (an app channel, see `crate::pusher::channel`),
+    /// to every subscriber but `exclude`.
+    pub async fn publish_event(
+        &self,
+        channel: &ChannelName,
+        payload: Payload,
+        event: NamedEvent,
+        exclude: Option<ClientId>,
+        ns: &NamespaceConfig,
+    ) -> Result<PublishResult, BrokerError> {
+        let mut publication = Publication::new(channel.clone(), payload, None);
+        publication.exclude = exclude;
+        publication.event = Some(Arc::new(event));
+        self.publish_publication(publication, ns, None).await
+    }
+
+    async fn publish_publication(
+        &self,
+        publication: Publication,
+        ns: &NamespaceConfig,
+        idempotency_key: Option<&str>,
+    ) -> Result<PublishResult, BrokerError> {
         match self {
-            Broker::Memory(b) => Ok(b
-                .publish(channel, payload, ns, idempotency_key, exclude)
-                .await),
-            Broker::Redis(b) => {
-                b.publish(channel, payload, ns, idempotency_key, exclude)
-                    .await
-            }
+            Broker::Memory(b) => Ok(b.publish(publication, ns, idempotency_key).await),
+            Broker::Redis(b) => b.publish(publication, ns, idempotency_key).await,
         }
     }
 
@@ -267,25 +299,33 @@ impl Broker {
 
 /// Encodes the recovered messages for a client.
 pub(crate) fn encode_recovered(
-    encoding: Encoding,
+    client: &ClientHandle,
     channel: &ChannelName,
     epoch: &str,
-    messages: &[(u64, Payload)],
+    messages: &[HistoryMessage],
 ) -> Vec<Bytes> {
     messages
         .iter()
-        .filter_map(|(offset, payload)| {
+        .filter_map(|message| {
             let position = StreamPosition {
-                offset: *offset,
+                offset: message.offset,
                 epoch: epoch.to_owned(),
             };
-            crate::protocol::encode_publication(
-                encoding,
-                channel.as_str(),
-                payload,
-                Some(&position),
-            )
-            .ok()
+            match client.dialect {
+                Dialect::Native => crate::protocol::encode_publication(
+                    client.encoding,
+                    channel.as_str(),
+                    &message.payload,
+                    Some(&position),
+                )
+                .ok(),
+                Dialect::Pusher => {
+                    let mut publication =
+                        Publication::new(channel.clone(), message.payload.clone(), Some(position));
+                    publication.event = message.event.clone();
+                    crate::pusher::encode_publication(&publication)
+                }
+            }
         })
         .collect()
 }

@@ -17,6 +17,9 @@ use tokio::sync::Notify;
 
 use crate::protocol::{ChannelName, CloseCode, Encoding};
 
+/// Frames a publication may be encoded into: JSON, MessagePack, Pusher.
+pub const FRAME_SLOTS: usize = 3;
+
 /// A client id, unique across the cluster (a random node prefix plus a counter).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(pub u64);
@@ -40,6 +43,16 @@ impl ClientId {
         }
         u64::from_str_radix(text, 16).ok().map(ClientId)
     }
+}
+
+/// Which front end a client speaks: it picks the frame a publication is encoded into
+/// (see `EncodedPublication::frame_for`) and the ping the ticker sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// PROTOCOL.md, in the client's `Encoding`.
+    Native,
+    /// The Pusher Channels protocol (`crate::pusher`): JSON text, one event per frame.
+    Pusher,
 }
 
 /// Bounds of one client's outbound queue.
@@ -97,6 +110,7 @@ pub struct ClientHandle {
     pub id: ClientId,
     pub user: Arc<str>,
     pub encoding: Encoding,
+    pub dialect: Dialect,
     /// The presence `info` from the connection token, if any.
     pub info: Option<Arc<serde_json::Value>>,
     /// Index of the fan-out shard that delivers to this client.
@@ -130,6 +144,7 @@ impl ClientHandle {
             id,
             user,
             encoding,
+            dialect: Dialect::Native,
             info,
             shard,
             queue: Mutex::new(QueueState::default()),
@@ -289,6 +304,15 @@ impl ClientHandle {
 
     pub(crate) fn abort_write(&self) {
         self.abort.notify_one();
+    }
+
+    /// Index into `EncodedPublication`'s frame cache: one slot per native encoding, then
+    /// the Pusher one.
+    pub fn frame_slot(&self) -> usize {
+        match self.dialect {
+            Dialect::Native => self.encoding.index(),
+            Dialect::Pusher => FRAME_SLOTS - 1,
+        }
     }
 
     pub fn client_id(&self) -> String {

@@ -4,7 +4,9 @@
 //! its jobs in order, so every client sees a channel's publications in the order they
 //! were dispatched, while one big publication is spread over every core. A publication is
 //! encoded at most once per encoding (`EncodedPublication`), and each recipient gets a
-//! cheap `Bytes` clone in its queue; nothing is allocated per recipient.
+//! cheap `Bytes` clone in its queue; nothing is allocated per recipient. Pusher clients
+//! (`Dialect::Pusher`) have their own slot in the same cache, so a channel with both kinds
+//! of subscriber still encodes once per wire format.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -15,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{ChannelEntry, Pending, Snapshot};
-use super::client::{ClientId, PushError, QueueLimits};
+use super::client::{ClientHandle, ClientId, Dialect, FRAME_SLOTS, PushError, QueueLimits};
 use crate::metrics::Metrics;
 use crate::protocol::{
     ChannelName, ClientInfo, Encoding, Payload, ServerMessage, StreamPosition, encode,
@@ -29,15 +31,41 @@ pub struct Publication {
     pub payload: Payload,
     /// Offset and epoch, on channels with history.
     pub position: Option<StreamPosition>,
-    /// A client that does not receive it (the publisher's own connection, `exclude_client`).
+    /// A client that does not receive it (the publisher's own connection, `exclude_client`,
+    /// a Pusher client event's sender, the Pusher HTTP API's `socket_id`).
     pub exclude: Option<ClientId>,
+    /// The Pusher event this publication is (`crate::pusher`); `None` for native ones.
+    pub event: Option<Arc<NamedEvent>>,
+}
+
+/// What a Pusher publication carries besides its data. Travels with the publication
+/// through the brokers, the Redis relay and history.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedEvent {
+    /// The event name (`my-event`, `client-typing`).
+    pub name: Arc<str>,
+    /// On client events in presence channels, the sender's user id.
+    pub user_id: Option<Arc<str>>,
+}
+
+impl Publication {
+    /// A native publication that reaches every subscriber.
+    pub fn new(channel: ChannelName, payload: Payload, position: Option<StreamPosition>) -> Self {
+        Publication {
+            channel,
+            payload,
+            position,
+            exclude: None,
+            event: None,
+        }
+    }
 }
 
 /// A publication (or a presence event) plus its frames, encoded on first use per
 /// encoding.
 pub struct EncodedPublication {
     publication: Option<Publication>,
-    frames: [OnceLock<Option<Bytes>>; 2],
+    frames: [OnceLock<Option<Bytes>>; FRAME_SLOTS],
     started: Instant,
     shards_left: AtomicUsize,
 }
@@ -46,7 +74,7 @@ impl EncodedPublication {
     pub fn new(publication: Publication) -> Self {
         EncodedPublication {
             publication: Some(publication),
-            frames: [OnceLock::new(), OnceLock::new()],
+            frames: [OnceLock::new(), OnceLock::new(), OnceLock::new()],
             started: Instant::now(),
             shards_left: AtomicUsize::new(0),
         }
@@ -80,7 +108,11 @@ impl EncodedPublication {
         };
         EncodedPublication {
             publication: None,
-            frames: [frame(Encoding::Json), frame(Encoding::Msgpack)],
+            frames: [
+                frame(Encoding::Json),
+                frame(Encoding::Msgpack),
+                OnceLock::from(crate::pusher::wire::member_frame(channel, join, client)),
+            ],
             started: Instant::now(),
             shards_left: AtomicUsize::new(0),
         }
@@ -96,12 +128,15 @@ impl EncodedPublication {
         self.publication.as_ref().and_then(|p| p.position.as_ref())
     }
 
-    /// The frame for `encoding`; `None` if the data cannot be encoded.
-    pub fn frame(&self, encoding: Encoding) -> Option<&Bytes> {
-        self.frames[encoding.index()]
+    /// The frame for `client`; `None` if the data cannot be encoded for it.
+    pub fn frame_for(&self, client: &ClientHandle) -> Option<&Bytes> {
+        self.frames[client.frame_slot()]
             .get_or_init(|| {
                 let p = self.publication.as_ref()?;
-                match encode_publication(encoding, p.channel.as_str(), &p.payload, p.position.as_ref()) {
+                if client.dialect == Dialect::Pusher {
+                    return crate::pusher::encode_publication(p);
+                }
+                match encode_publication(client.encoding, p.channel.as_str(), &p.payload, p.position.as_ref()) {
                     Ok(bytes) => Some(bytes),
                     Err(err) => {
                         tracing::warn!(channel = %p.channel, error = %err, "publication cannot be encoded; not delivered");
@@ -191,7 +226,7 @@ fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) {
             }
             _ => {}
         }
-        let Some(frame) = job.publication.frame(client.encoding) else {
+        let Some(frame) = job.publication.frame_for(client) else {
             continue;
         };
         let pushed = client.push(frame.clone(), limits);

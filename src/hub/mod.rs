@@ -27,8 +27,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use client::{Batch, ClientHandle, ClientId, Closing, PushError, QueueLimits};
-pub use fanout::{EncodedPublication, Publication};
+pub use client::{
+    Batch, ClientHandle, ClientId, Closing, Dialect, FRAME_SLOTS, PushError, QueueLimits,
+};
+pub use fanout::{EncodedPublication, NamedEvent, Publication};
 
 use crate::metrics::Metrics;
 use crate::protocol::{ChannelName, CloseCode, Encoding, StreamPosition};
@@ -212,13 +214,24 @@ impl Hub {
         encoding: Encoding,
         info: Option<Arc<serde_json::Value>>,
     ) -> Arc<ClientHandle> {
+        self.register_as(user, encoding, info, Dialect::Native)
+    }
+
+    /// Registers a connected client of either front end.
+    pub fn register_as(
+        &self,
+        user: Arc<str>,
+        encoding: Encoding,
+        info: Option<Arc<serde_json::Value>>,
+        dialect: Dialect,
+    ) -> Arc<ClientHandle> {
         let counter = self.shared.id_counter.fetch_add(1, Ordering::Relaxed);
         let id = ClientId(self.shared.id_prefix | u64::from(counter));
         let shard = (counter as usize) % self.shared.workers.len();
         let next_ping = self.now_ms() + self.shared.settings.read().ping_interval_ms;
-        let client = Arc::new(ClientHandle::new(
-            id, user, encoding, info, shard, next_ping,
-        ));
+        let mut handle = ClientHandle::new(id, user, encoding, info, shard, next_ping);
+        handle.dialect = dialect;
+        let client = Arc::new(handle);
         self.shared.clients.insert(id, client.clone());
         let m = &self.shared.metrics;
         m.connections.with_label_values(&[encoding.label()]).inc();
@@ -350,7 +363,7 @@ impl Hub {
             {
                 continue;
             }
-            if let Some(frame) = publication.frame(client.encoding) {
+            if let Some(frame) = publication.frame_for(client) {
                 push(frame.clone());
             }
         }

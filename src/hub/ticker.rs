@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientHandle, Hub, HubSettings};
+use super::{ClientHandle, Dialect, Hub, HubSettings};
 use crate::protocol::{CloseCode, ping_frame};
 
 /// How often the ticker scans the clients.
@@ -74,9 +74,11 @@ fn tick(hub: &Hub) {
                 client
                     .next_ping_ms
                     .store(now + settings.ping_interval_ms, Ordering::Relaxed);
-                if client.push(ping_frame(client.encoding), limits)
-                    == Err(super::PushError::Overflow)
-                {
+                let ping = match client.dialect {
+                    Dialect::Native => ping_frame(client.encoding),
+                    Dialect::Pusher => crate::pusher::ping_frame(),
+                };
+                if client.push(ping, limits) == Err(super::PushError::Overflow) {
                     metrics.evicted(1);
                 }
             }

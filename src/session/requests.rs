@@ -355,10 +355,10 @@ where
         let messages = page
             .messages
             .iter()
-            .map(|(offset, payload)| {
-                let (data, data_b64) = data_fields(encoding, payload);
+            .map(|message| {
+                let (data, data_b64) = data_fields(encoding, &message.payload);
                 HistoryItem {
-                    offset: *offset,
+                    offset: message.offset,
                     data,
                     data_b64,
                 }

@@ -5,7 +5,9 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::hub::ClientId;
+use std::sync::Arc;
+
+use crate::hub::{ClientId, NamedEvent, Publication};
 use crate::protocol::{ClientInfo, Payload, StreamPosition};
 
 /// The body of a relayed message.
@@ -28,6 +30,9 @@ pub(crate) enum Body {
         /// The client that must not receive it (`exclude_client`); absent from older nodes.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         exclude: Option<u64>,
+        /// A Pusher publication's `NamedEvent`; absent on native ones.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event: Option<RelayedEvent>,
     },
     Join {
         client: ClientInfo,
@@ -35,6 +40,14 @@ pub(crate) enum Body {
     Leave {
         client: ClientInfo,
     },
+}
+
+/// `NamedEvent` as relayed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RelayedEvent {
+    name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
 }
 
 /// A decoded relay message.
@@ -54,8 +67,13 @@ pub(crate) enum EnvelopeError {
 }
 
 impl Envelope {
-    pub(crate) fn publication(node: &str, payload: &Payload, exclude: Option<u64>) -> Self {
-        let (json, data) = match payload {
+    pub(crate) fn publication(node: &str, publication: &Publication) -> Self {
+        let exclude = publication.exclude.map(|c| c.0);
+        let event = publication.event.as_deref().map(|e| RelayedEvent {
+            name: e.name.to_string(),
+            user_id: e.user_id.as_deref().map(str::to_owned),
+        });
+        let (json, data) = match &publication.payload {
             Payload::Json(b) => (true, b.to_vec()),
             Payload::Msgpack(b) => (false, b.to_vec()),
         };
@@ -66,6 +84,7 @@ impl Envelope {
                 json,
                 data,
                 exclude,
+                event,
             },
         }
     }
@@ -87,6 +106,20 @@ impl Body {
             } => Some(Payload::Msgpack(Bytes::from(data.clone()))),
             _ => None,
         }
+    }
+
+    /// A Pusher publication's event.
+    pub(crate) fn event(&self) -> Option<Arc<NamedEvent>> {
+        let Body::Publication {
+            event: Some(event), ..
+        } = self
+        else {
+            return None;
+        };
+        Some(Arc::new(NamedEvent {
+            name: Arc::from(event.name.as_str()),
+            user_id: event.user_id.as_deref().map(Arc::from),
+        }))
     }
 
     /// The client a publication must skip.
@@ -176,7 +209,11 @@ mod tests {
     #[test]
     fn round_trips_with_and_without_position() -> Result<(), EnvelopeError> {
         let payload = Payload::Json(Bytes::from_static(b"{\"a\":1}"));
-        let envelope = Envelope::publication("node-1", &payload, Some(9));
+        let channel =
+            crate::protocol::ChannelName::parse("news").map_err(|_| EnvelopeError::Header)?;
+        let mut publication = Publication::new(channel, payload.clone(), None);
+        publication.exclude = Some(ClientId(9));
+        let envelope = Envelope::publication("node-1", &publication);
         let mut with = b"7:abc:".to_vec();
         with.extend(envelope.encode());
         let relayed = decode(&with)?;
@@ -192,6 +229,33 @@ mod tests {
         let mut without = NO_POSITION.to_vec();
         without.extend(envelope.encode());
         assert_eq!(decode(&without)?.position, None);
+        Ok(())
+    }
+
+    #[test]
+    fn pusher_events_round_trip_and_native_ones_stay_small() -> Result<(), EnvelopeError> {
+        let payload = Payload::Json(Bytes::from_static(b"\"hi\""));
+        let channel =
+            crate::protocol::ChannelName::parse("news").map_err(|_| EnvelopeError::Header)?;
+        let mut publication = Publication::new(channel, payload, None);
+        let native = Envelope::publication("n", &publication).encode();
+        let event = NamedEvent {
+            name: Arc::from("client-typing"),
+            user_id: Some(Arc::from("u1")),
+        };
+        publication.event = Some(Arc::new(event.clone()));
+        let named = Envelope::publication("n", &publication).encode();
+        let mut message = NO_POSITION.to_vec();
+        message.extend(&named);
+        assert_eq!(
+            decode(&message)?.envelope.body.event().as_deref(),
+            Some(&event)
+        );
+        // A native envelope has no event field at all (what older nodes wrote).
+        let mut message = NO_POSITION.to_vec();
+        message.extend(&native);
+        assert_eq!(decode(&message)?.envelope.body.event(), None);
+        assert!(named.len() > native.len());
         Ok(())
     }
 

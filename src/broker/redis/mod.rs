@@ -41,11 +41,13 @@ use tokio_util::task::TaskTracker;
 pub use control::NodeStats;
 
 use super::{
-    BrokerError, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered, epoch,
+    BrokerError, HistoryMessage, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult,
+    encode_recovered, epoch,
 };
 use crate::config::{NamespaceConfig, RedisConfig};
-use crate::hub::{ClientHandle, ClientId, ClientSelector, Hub, HubEvent, Publication};
-use crate::protocol::{ChannelName, CloseCode, Payload, StreamPosition};
+use crate::hub::{ClientHandle, ClientSelector, Hub, HubEvent, Publication};
+use crate::protocol::{ChannelName, CloseCode, StreamPosition};
+use crate::pusher::channel::hub_channel;
 use conn::{CommandConn, Connector};
 use envelope::Envelope;
 use keys::Keys;
@@ -165,7 +167,7 @@ impl RelayContext {
         let Some(channel) = self
             .keys
             .channel_of(topic)
-            .and_then(|c| ChannelName::parse(c).ok())
+            .and_then(|c| ChannelName::parse(c).ok().or_else(|| hub_channel(c)))
         else {
             return;
         };
@@ -180,7 +182,7 @@ impl RelayContext {
         metrics.relay_in.inc();
         let age_us = envelope::now_us().saturating_sub(relayed.envelope.ts_us);
         metrics.relay_latency_seconds.observe(age_us as f64 / 1e6);
-        let (payload, exclude) = match relayed.envelope.body {
+        let (payload, exclude, event) = match relayed.envelope.body {
             envelope::Body::Join { client } => {
                 self.hub.dispatch_presence(&channel, true, &client).await;
                 return;
@@ -190,7 +192,7 @@ impl RelayContext {
                 return;
             }
             body => match body.payload() {
-                Some(payload) => (payload, body.excluded()),
+                Some(payload) => (payload, body.excluded(), body.event()),
                 None => return,
             },
         };
@@ -201,12 +203,9 @@ impl RelayContext {
                 return;
             }
         }
-        let publication = Publication {
-            channel,
-            payload,
-            position,
-            exclude,
-        };
+        let mut publication = Publication::new(channel, payload, position);
+        publication.exclude = exclude;
+        publication.event = event;
         self.hub.dispatch(publication).await;
     }
 
@@ -241,19 +240,15 @@ impl RelayContext {
             .await
         {
             Ok(entries) => {
-                for (offset, payload) in entries {
+                for message in entries {
                     let position = StreamPosition {
-                        offset,
+                        offset: message.offset,
                         epoch: position.epoch.clone(),
                     };
-                    self.hub
-                        .dispatch(Publication {
-                            channel: channel.clone(),
-                            payload,
-                            position: Some(position),
-                            exclude: None,
-                        })
-                        .await;
+                    let mut publication =
+                        Publication::new(channel.clone(), message.payload, Some(position));
+                    publication.event = message.event;
+                    self.hub.dispatch(publication).await;
                 }
             }
             Err(err) => {
@@ -328,7 +323,7 @@ impl RelayContext {
         through: u64,
         limit: Option<usize>,
         newest_first: bool,
-    ) -> Result<Vec<(u64, Payload)>, BrokerError> {
+    ) -> Result<Vec<HistoryMessage>, BrokerError> {
         let mut conn = self.commands()?;
         let (low, high) = (format!("{}-1", after + 1), format!("{through}-1"));
         let mut cmd = redis::cmd(if newest_first { "XREVRANGE" } else { "XRANGE" });
@@ -353,14 +348,18 @@ impl RelayContext {
 }
 
 /// Decodes one stream entry (`<offset>-1`, fields `d` envelope and `t` time).
-fn stream_entry(id: &str, fields: &[Vec<u8>]) -> Option<(u64, Payload)> {
+fn stream_entry(id: &str, fields: &[Vec<u8>]) -> Option<HistoryMessage> {
     let offset = id.split('-').next()?.parse().ok()?;
     let data = fields
         .chunks(2)
         .find(|kv| kv.first().map(Vec::as_slice) == Some(b"d"))?
         .get(1)?;
     let envelope: Envelope = rmp_serde::from_slice(data).ok()?;
-    Some((offset, envelope.body.payload()?))
+    Some(HistoryMessage {
+        offset,
+        payload: envelope.body.payload()?,
+        event: envelope.body.event(),
+    })
 }
 
 /// The Redis broker of one node.
@@ -431,17 +430,15 @@ impl RedisBroker {
 
     pub async fn publish(
         &self,
-        channel: &ChannelName,
-        payload: Payload,
+        publication: Publication,
         ns: &NamespaceConfig,
         idempotency_key: Option<&str>,
-        exclude: Option<ClientId>,
     ) -> Result<PublishResult, BrokerError> {
         let ctx = &self.ctx;
         let mut conn = ctx.commands()?;
-        let name = channel.as_str();
+        let name = publication.channel.as_str();
         let topic = ctx.keys.topic(name);
-        let envelope = Envelope::publication(&ctx.node_id, &payload, exclude.map(|c| c.0)).encode();
+        let envelope = Envelope::publication(&ctx.node_id, &publication).encode();
         let publish_command = ctx.connector.publish_command();
         let result = if ns.history_size > 0 {
             let mut script = scripts::PUBLISH_WITH_HISTORY.prepare_invoke();
@@ -564,12 +561,7 @@ impl RedisBroker {
                 let mut frames: Vec<Bytes> = reply(&result).into_iter().collect();
                 let through = result.position.clone();
                 if let Some(position) = &result.position {
-                    frames.extend(encode_recovered(
-                        client.encoding,
-                        channel,
-                        &position.epoch,
-                        &missed,
-                    ));
+                    frames.extend(encode_recovered(client, channel, &position.epoch, &missed));
                 }
                 hub.finish_pending(pending, frames, through);
                 if ns.presence {
@@ -665,7 +657,7 @@ impl RedisBroker {
         from: &StreamPosition,
         top: &StreamPosition,
         created_ms: u64,
-    ) -> Result<(bool, Vec<(u64, Payload)>), BrokerError> {
+    ) -> Result<(bool, Vec<HistoryMessage>), BrokerError> {
         let start = if from.epoch == top.epoch {
             from.offset
         } else if epoch::recovers_into_new_stream(
@@ -697,7 +689,7 @@ impl RedisBroker {
             && entries
                 .iter()
                 .zip(start + 1..)
-                .all(|((offset, _), expected)| *offset == expected);
+                .all(|(message, expected)| message.offset == expected);
         if complete {
             Ok((true, entries))
         } else {
