@@ -904,9 +904,13 @@ fn k8s_ports_probes_identity_and_selectors_agree() -> TestResult {
         assert_eq!(kube.resolve_port(&get["port"])?, http, "{probe} port");
     }
     let annotations = &kube.deployment["spec"]["template"]["metadata"]["annotations"];
+    let metrics_port = match config.server.metrics_listen.as_str() {
+        "" => http,
+        addr => port_of(addr)?,
+    };
     assert_eq!(
         yaml_string(&annotations["prometheus.io/port"]),
-        http.to_string()
+        metrics_port.to_string()
     );
     assert_eq!(yaml_string(&annotations["prometheus.io/path"]), "/metrics");
 
