@@ -1,6 +1,10 @@
 //! The control topic: every node publishes a heartbeat with its stats, and keeps a view
 //! of the cluster from the heartbeats of the others (nodes unseen for `node_timeout_ms`
 //! are dropped). Cluster-wide API requests travel here too.
+//!
+//! A node that (re)subscribes the control topic says `hello` at once, and every other
+//! node answers with its heartbeat at once: the cluster view is complete within a round
+//! trip of joining, not a heartbeat interval later.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +35,10 @@ pub struct NodeStats {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum ControlMessage {
     Heartbeat {
+        node: NodeStats,
+    },
+    /// A heartbeat that asks every other node for theirs now.
+    Hello {
         node: NodeStats,
     },
     Request {
@@ -205,6 +213,14 @@ impl ClusterView {
         nodes
     }
 
+    fn seen(&self, ctx: &RelayContext, node: NodeStats) {
+        self.others.insert(node.id.clone(), (node, Instant::now()));
+        ctx.hub
+            .metrics()
+            .cluster_nodes
+            .set(1 + self.others.len() as i64);
+    }
+
     fn prune(&self, timeout: Duration) {
         self.others.retain(|_, (_, seen)| seen.elapsed() < timeout);
     }
@@ -217,16 +233,17 @@ pub(crate) async fn on_message(ctx: &RelayContext, message: &[u8]) {
         return;
     };
     match message {
-        ControlMessage::Heartbeat { node } if node.id != ctx.node_id => {
-            ctx.cluster
-                .others
-                .insert(node.id.clone(), (node, Instant::now()));
-            ctx.hub
-                .metrics()
-                .cluster_nodes
-                .set(1 + ctx.cluster.others.len() as i64);
+        ControlMessage::Heartbeat { node } if node.id != ctx.node_id => ctx.cluster.seen(ctx, node),
+        ControlMessage::Hello { node } if node.id != ctx.node_id => {
+            ctx.cluster.seen(ctx, node);
+            let heartbeat = ControlMessage::Heartbeat {
+                node: ctx.cluster.me(&ctx.hub),
+            };
+            if let Err(err) = publish(ctx, &heartbeat).await {
+                tracing::debug!(error = %err, "cannot answer a hello");
+            }
         }
-        ControlMessage::Heartbeat { .. } => {}
+        ControlMessage::Heartbeat { .. } | ControlMessage::Hello { .. } => {}
         ControlMessage::Request { id, from, request } if from != ctx.node_id => {
             let reply = ControlMessage::Reply {
                 id,
@@ -247,15 +264,21 @@ pub(crate) async fn on_message(ctx: &RelayContext, message: &[u8]) {
     }
 }
 
-/// Publishes this node's heartbeat every `heartbeat_interval_ms`.
+/// Publishes this node's heartbeat every `heartbeat_interval_ms`, and a hello as soon as
+/// the control topic is (re)subscribed (`RelayContext::joined`), retried every 50 ms
+/// until Redis takes it.
 pub(crate) async fn heartbeat_loop(ctx: Arc<RelayContext>, stop: CancellationToken) {
     let mut interval =
         tokio::time::interval(Duration::from_millis(ctx.config.heartbeat_interval_ms));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hello = false;
     loop {
+        let retry = tokio::time::sleep(Duration::from_millis(50));
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = interval.tick() => {}
+            _ = ctx.joined.notified() => hello = true,
+            _ = retry, if hello => {}
         }
         ctx.cluster
             .prune(Duration::from_millis(ctx.config.node_timeout_ms));
@@ -263,25 +286,14 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<RelayContext>, stop: CancellationTok
             .metrics()
             .cluster_nodes
             .set(1 + ctx.cluster.others.len() as i64);
-        let heartbeat = ControlMessage::Heartbeat {
-            node: ctx.cluster.me(&ctx.hub),
+        let node = ctx.cluster.me(&ctx.hub);
+        let message = if hello {
+            ControlMessage::Hello { node }
+        } else {
+            ControlMessage::Heartbeat { node }
         };
-        let Ok(bytes) = rmp_serde::to_vec_named(&heartbeat) else {
-            continue;
-        };
-        let Ok(mut conn) = ctx.commands() else {
-            continue;
-        };
-        let mut cmd = redis::cmd(ctx.connector.publish_command());
-        cmd.arg(ctx.keys.control()).arg(bytes);
-        let publish = cmd.query_async::<i64>(&mut conn);
-        if let Ok(Err(err)) = tokio::time::timeout(
-            Duration::from_millis(ctx.config.command_timeout_ms),
-            publish,
-        )
-        .await
-        {
-            ctx.failed("control", &err);
+        if publish(&ctx, &message).await.is_ok() {
+            hello = false;
         }
     }
 }

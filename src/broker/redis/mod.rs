@@ -78,6 +78,8 @@ pub(crate) struct RelayContext {
     commands: RwLock<Option<CommandConn>>,
     /// The last stream position delivered per channel, for gap and duplicate detection.
     pub(crate) positions: DashMap<ChannelName, Followed>,
+    /// Told when the control topic is (re)subscribed: time to say hello.
+    pub(crate) joined: tokio::sync::Notify,
     /// Pub/sub connections established so far (a Redis restart replaces them).
     pub(crate) connections: AtomicU64,
     /// Channels with presence that have local subscribers, and whether they announce
@@ -393,6 +395,7 @@ impl RedisBroker {
             commands: RwLock::new(None),
             positions: DashMap::new(),
             connections: AtomicU64::new(0),
+            joined: tokio::sync::Notify::new(),
             presence_channels: DashMap::new(),
             shard_up: (0..pools).map(|_| AtomicBool::new(false)).collect(),
             commands_up: AtomicBool::new(false),

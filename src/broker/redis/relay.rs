@@ -103,6 +103,9 @@ pub(crate) async fn run_shard(
         }
         connected_before = true;
         ctx.connections.fetch_add(1, Ordering::AcqRel);
+        if index == 0 {
+            ctx.joined.notify_one();
+        }
         backoff = Duration::from_millis(100);
         ctx.shard_up[index].store(true, Ordering::Release);
         let ended = serve(
