@@ -53,4 +53,5 @@ pub mod proxy;
 pub mod pusher;
 pub mod server;
 pub mod session;
+pub mod sse;
 pub mod state;

@@ -276,6 +276,7 @@ async fn serve_connection(
 pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
     Router::new()
         .route("/ws", get(session::ws_handler))
+        .route("/sse", get(crate::sse::sse_handler))
         .merge(api::api_router(state.clone()))
         .merge(api::probe_router(with_metrics))
         .fallback(|| async { api::ApiError::not_available("no such route") })

@@ -319,6 +319,9 @@ pub(crate) fn encode_recovered(
                     Some(&position),
                 )
                 .ok(),
+                Dialect::Sse => {
+                    crate::sse::wire::encode_recovered(channel, &position, &message.payload)
+                }
                 Dialect::Pusher => {
                     let mut publication =
                         Publication::new(channel.clone(), message.payload.clone(), Some(position));

@@ -17,8 +17,8 @@ use tokio::sync::Notify;
 
 use crate::protocol::{ChannelName, CloseCode, Encoding};
 
-/// Frames a publication may be encoded into: JSON, MessagePack, Pusher.
-pub const FRAME_SLOTS: usize = 3;
+/// Frames a publication may be encoded into: JSON, MessagePack, Pusher, SSE.
+pub const FRAME_SLOTS: usize = 4;
 
 /// A client id, unique across the cluster (a random node prefix plus a counter).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -53,6 +53,8 @@ pub enum Dialect {
     Native,
     /// The Pusher Channels protocol (`crate::pusher`): JSON text, one event per frame.
     Pusher,
+    /// Server-Sent Events (`crate::sse`): a read-only stream, no pong expected.
+    Sse,
 }
 
 /// Bounds of one client's outbound queue.
@@ -311,7 +313,8 @@ impl ClientHandle {
     pub fn frame_slot(&self) -> usize {
         match self.dialect {
             Dialect::Native => self.encoding.index(),
-            Dialect::Pusher => FRAME_SLOTS - 1,
+            Dialect::Pusher => 2,
+            Dialect::Sse => 3,
         }
     }
 

@@ -74,7 +74,12 @@ impl EncodedPublication {
     pub fn new(publication: Publication) -> Self {
         EncodedPublication {
             publication: Some(publication),
-            frames: [OnceLock::new(), OnceLock::new(), OnceLock::new()],
+            frames: [
+                OnceLock::new(),
+                OnceLock::new(),
+                OnceLock::new(),
+                OnceLock::new(),
+            ],
             started: Instant::now(),
             shards_left: AtomicUsize::new(0),
         }
@@ -112,6 +117,8 @@ impl EncodedPublication {
                 frame(Encoding::Json),
                 frame(Encoding::Msgpack),
                 OnceLock::from(crate::pusher::wire::member_frame(channel, join, client)),
+                // SSE streams carry publications only.
+                OnceLock::from(None),
             ],
             started: Instant::now(),
             shards_left: AtomicUsize::new(0),
@@ -133,8 +140,10 @@ impl EncodedPublication {
         self.frames[client.frame_slot()]
             .get_or_init(|| {
                 let p = self.publication.as_ref()?;
-                if client.dialect == Dialect::Pusher {
-                    return crate::pusher::encode_publication(p);
+                match client.dialect {
+                    Dialect::Pusher => return crate::pusher::encode_publication(p),
+                    Dialect::Sse => return crate::sse::wire::encode_publication(p),
+                    Dialect::Native => {}
                 }
                 match encode_publication(client.encoding, p.channel.as_str(), &p.payload, p.position.as_ref()) {
                     Ok(bytes) => Some(bytes),

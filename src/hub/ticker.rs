@@ -70,13 +70,17 @@ fn tick(hub: &Hub) {
             }
             Some(Due::Ping) => {
                 metrics.queue_depth.observe(client.queue_len() as f64);
-                client.ping_sent_ms.store(now.max(1), Ordering::Relaxed);
+                // An SSE stream has no way to answer: its heartbeat expects no pong.
+                if client.dialect != Dialect::Sse {
+                    client.ping_sent_ms.store(now.max(1), Ordering::Relaxed);
+                }
                 client
                     .next_ping_ms
                     .store(now + settings.ping_interval_ms, Ordering::Relaxed);
                 let ping = match client.dialect {
                     Dialect::Native => ping_frame(client.encoding),
                     Dialect::Pusher => crate::pusher::ping_frame(),
+                    Dialect::Sse => crate::sse::wire::heartbeat_frame(),
                 };
                 if client.push(ping, limits) == Err(super::PushError::Overflow) {
                     metrics.evicted(1);

@@ -18,20 +18,20 @@ use crate::protocol::{
 use crate::state::AppState;
 
 /// Who the client turned out to be.
-pub(super) struct Identity {
-    pub(super) user: String,
-    pub(super) expires_at: Option<u64>,
-    pub(super) info: Option<serde_json::Value>,
-    pub(super) channels: Vec<String>,
+pub(crate) struct Identity {
+    pub(crate) user: String,
+    pub(crate) expires_at: Option<u64>,
+    pub(crate) info: Option<serde_json::Value>,
+    pub(crate) channels: Vec<String>,
     /// Granted by the connect proxy: renewed through the refresh proxy when it expires.
-    pub(super) by_proxy: bool,
+    pub(crate) by_proxy: bool,
 }
 
 /// Why a handshake ended: the close code, and a reason other than the code's default.
 #[derive(Debug)]
-pub(super) struct Refused {
-    pub(super) code: CloseCode,
-    pub(super) reason: Option<String>,
+pub(crate) struct Refused {
+    pub(crate) code: CloseCode,
+    pub(crate) reason: Option<String>,
 }
 
 impl From<CloseCode> for Refused {
@@ -81,20 +81,15 @@ where
     else {
         return Err(CloseCode::Malformed.into());
     };
-    let token = token.or(header_token).filter(|t| !t.is_empty());
-    let identity = match (token, &state.proxy) {
-        (None, Some(proxy)) if proxy.connects() => {
-            let ask = super::proxied::ConnectAsk {
-                proxy,
-                forwarded: admission.forwarded.take().unwrap_or_default(),
-                encoding: transport.encoding(),
-                client: client_name.as_deref(),
-                data: data.as_ref(),
-            };
-            super::proxied::connect(ask).await?
-        }
-        (token, _) => authenticate(state, token)?,
-    };
+    let identity = identify(
+        state,
+        token.or(header_token),
+        admission.forwarded.take(),
+        transport.encoding(),
+        client_name.as_deref(),
+        data.as_ref(),
+    )
+    .await?;
     let user: Arc<str> = Arc::from(identity.user.as_str());
     let user_slot = if user.is_empty() {
         None
@@ -158,6 +153,33 @@ where
         }
     }
     Ok((client, requests.collect()))
+}
+
+/// Who a new connection is: its token's subject, the connect proxy's grant (no token and
+/// `proxy.connect_url` set), or anonymous. Shared by every front end that takes native
+/// tokens (WebSocket sessions, SSE streams).
+pub(crate) async fn identify(
+    state: &AppState,
+    token: Option<String>,
+    forwarded: Option<crate::proxy::Forwarded>,
+    encoding: crate::protocol::Encoding,
+    client_name: Option<&str>,
+    data: Option<&crate::protocol::Payload>,
+) -> Result<Identity, Refused> {
+    let token = token.filter(|t| !t.is_empty());
+    match (token, &state.proxy) {
+        (None, Some(proxy)) if proxy.connects() => {
+            let ask = super::proxied::ConnectAsk {
+                proxy,
+                forwarded: forwarded.unwrap_or_default(),
+                encoding,
+                client: client_name,
+                data,
+            };
+            super::proxied::connect(ask).await
+        }
+        (token, _) => Ok(authenticate(state, token)?),
+    }
 }
 
 fn authenticate(state: &AppState, token: Option<String>) -> Result<Identity, CloseCode> {

@@ -20,7 +20,10 @@ use tracing::Instrument;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub(crate) use connect::{Refused, identify};
+pub(crate) use proxied::check_subscribe;
 pub use proxied::run_refresher;
+pub(crate) use upgrade::{bearer_token, origin_allowed};
 pub use upgrade::{origins_open, ws_handler};
 
 use crate::hub::ClientHandle;

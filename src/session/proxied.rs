@@ -55,7 +55,7 @@ pub(super) async fn connect(ask: ConnectAsk<'_>) -> Result<Identity, Refused> {
 use super::requests::Refusal as RequestRefusal;
 
 /// Asks the namespace's subscribe proxy, if it has one.
-pub(super) async fn check_subscribe(
+pub(crate) async fn check_subscribe(
     state: &AppState,
     url: Option<&str>,
     client: &ClientHandle,

@@ -15,7 +15,7 @@ use crate::protocol::{
 };
 
 /// A request that failed with a code and message for the `error` reply.
-pub(super) type Refusal = (ErrorCode, String);
+pub(crate) type Refusal = (ErrorCode, String);
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     (code, message.into())

@@ -182,7 +182,7 @@ fn any_origin(allowed: &[String]) -> bool {
     allowed.is_empty() || allowed.iter().any(|a| a == "*")
 }
 
-fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+pub(crate) fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     if any_origin(allowed) {
         return true;
     }
@@ -193,7 +193,7 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
 }
 
-fn bearer_token(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let token = value
         .strip_prefix("Bearer ")

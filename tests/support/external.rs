@@ -99,6 +99,20 @@ impl Script {
         }
     }
 
+    /// Asks the script to finish (SIGTERM, so a browser it drives is closed too) and
+    /// waits for it (within `WAIT`).
+    pub async fn stop(mut self) -> TestResult {
+        if let Some(pid) = self.child.id() {
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()?;
+        }
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .map_err(|_| "client script did not stop")??;
+        Ok(())
+    }
+
     /// Waits for the script to exit successfully (within `WAIT`).
     pub async fn success(mut self) -> TestResult {
         let status = tokio::time::timeout(WAIT, self.child.wait())
