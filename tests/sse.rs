@@ -163,7 +163,11 @@ async fn requests_that_cannot_be_served_get_a_clear_status() -> TestResult {
             403,
             "token-only namespace",
         ),
-        ("channel=news&token=garbage".to_string(), 401, "invalid token"),
+        (
+            "channel=news&token=garbage".to_string(),
+            401,
+            "invalid token",
+        ),
     ] {
         let (got, _, _) = RawStream::open(&server, &query).await?;
         assert_eq!(got, status, "{why}");

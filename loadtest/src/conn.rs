@@ -264,7 +264,8 @@ pub async fn establish(
     let slow = is_slow(index, ctx.slow_fraction);
     let recv_buffer = if slow { ctx.slow_recv_buffer } else { 0 };
     let source = source_for(&ctx.sources, index);
-    let ws = dial(ctx, target, source, recv_buffer).await?;
+    let channel = channel_for(&ctx.channel, ctx.channels, index);
+    let ws = dial(ctx, target, source, recv_buffer, &channel).await?;
     let mut session = Session::new(Arc::clone(ctx), index, ws, !slow);
     if ctx.handshake == Handshake::Upgrade {
         return Ok(session);
@@ -287,7 +288,6 @@ pub async fn establish(
         return Ok(session);
     }
     *stage = Stage::Subscribe;
-    let channel = channel_for(&ctx.channel, ctx.channels, index);
     let position = receipts.position.clone();
     let from = match (&position.epoch, position.offset) {
         (Some(epoch), Some(offset)) if recover => Some(RecoverFrom {
@@ -313,6 +313,7 @@ async fn dial(
     target: &Target,
     source: Option<IpAddr>,
     recv_buffer: usize,
+    channel: &str,
 ) -> anyhow::Result<Ws> {
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4(),
@@ -330,6 +331,12 @@ async fn dial(
     }
     let stream = socket.connect(target.addr).await.context("tcp connect")?;
     stream.set_nodelay(true).context("nodelay")?;
+    if ctx.encoding == Encoding::Sse {
+        let path = crate::sse::path(channel);
+        let sse =
+            crate::transport::SseStream::open(stream, &target.addr.to_string(), &path).await?;
+        return Ok(Ws::Sse(sse));
+    }
     let mut request = target
         .url
         .as_str()
@@ -343,7 +350,7 @@ async fn dial(
     let (ws, _response) = client_async_with_config(request, stream, Some(ctx.ws_config))
         .await
         .context("upgrade")?;
-    Ok(ws)
+    Ok(Ws::WebSocket(Box::new(ws)))
 }
 
 #[cfg(test)]

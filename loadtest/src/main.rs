@@ -68,7 +68,9 @@ mod seq;
 mod session;
 mod slow;
 mod spawn;
+mod sse;
 mod stats;
+mod transport;
 mod wire;
 mod worker;
 

@@ -15,10 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use futures_util::{SinkExt as _, StreamExt as _};
-use tokio::net::TcpStream;
+
 use tokio::time::{Instant, sleep_until};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::conn::ConnContext;
@@ -26,7 +24,7 @@ use crate::seq::{SeqOutcome, SeqTracker};
 use crate::stats::Stats;
 use crate::wire::{ClientMsg, Epoch, ServerMsg, ServerOp, decode_batch, unix_micros};
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub use crate::transport::Ws;
 
 /// Publisher streams a subscriber keeps trackers for; higher `s` values are ignored.
 const MAX_STREAMS: usize = 256;

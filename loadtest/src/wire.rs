@@ -27,6 +27,8 @@ pub enum Encoding {
     Json,
     Msgpack,
     Pusher,
+    /// pushwire's Server-Sent Events stream (`GET /sse`), read-only.
+    Sse,
 }
 
 impl Encoding {
@@ -35,7 +37,7 @@ impl Encoding {
         match self {
             Encoding::Json => Some("pushwire.v1.json"),
             Encoding::Msgpack => Some("pushwire.v1.msgpack"),
-            Encoding::Pusher => None,
+            Encoding::Pusher | Encoding::Sse => None,
         }
     }
 
@@ -52,6 +54,8 @@ impl Encoding {
                 }
                 ClientMsg::Pong => Message::text(crate::pusher::PONG_FRAME),
             },
+            // The request itself subscribes; nothing else is ever sent.
+            Encoding::Sse => return Ok(None),
         }))
     }
 }
@@ -220,6 +224,7 @@ pub fn decode_batch(enc: Encoding, frame: &[u8], out: &mut Vec<ServerMsg>) -> an
             }
         }
         Encoding::Pusher => crate::pusher::decode(frame, out)?,
+        Encoding::Sse => crate::sse::decode(&String::from_utf8_lossy(frame), out),
         Encoding::Msgpack => {
             let len = frame.len() as u64;
             let mut de = rmp_serde::Deserializer::new(Cursor::new(frame));
