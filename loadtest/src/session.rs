@@ -181,7 +181,8 @@ impl Session {
             return;
         };
         let top = reply.offset.unwrap_or(0);
-        if reply.epoch.is_some() && reply.epoch != position.epoch {
+        // From offset 0 (the channel had no stream yet) the stream's own epoch is no change.
+        if reply.epoch.is_some() && reply.epoch != position.epoch && from > 0 {
             Stats::bump(&counters.epoch_changes);
         }
         if reply.recovered == Some(true) {
@@ -345,7 +346,10 @@ impl Session {
         let position = &mut receipts.position;
         let changed = epoch.filter(|&e| position.epoch.as_ref() != Some(e));
         if let Some(epoch) = changed {
-            if position.epoch.is_some() {
+            // A channel first seen with no stream (offset 0) starts its epoch at offset 1:
+            // nothing was missed (docs/protocol.md section 4).
+            let stream_started = position.offset == Some(0) && offset == 1;
+            if position.epoch.is_some() && !stream_started {
                 Stats::bump(&counters.epoch_changes);
                 position.offset = None;
             }
