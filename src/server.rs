@@ -279,6 +279,7 @@ pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
         .route("/sse", get(crate::sse::sse_handler))
         .merge(api::api_router(state.clone()))
         .merge(api::probe_router(with_metrics))
+        .merge(crate::pusher::api::router())
         .fallback(|| async { api::ApiError::not_available("no such route") })
         .method_not_allowed_fallback(|| async {
             api::ApiError::new(

@@ -171,6 +171,7 @@ fn route_label(path: Option<&str>) -> &'static str {
         Some("/health") => "health",
         Some("/ready") => "ready",
         Some("/metrics") => "metrics",
-        _ => "other",
+        Some(path) => crate::pusher::api::route_label(path).unwrap_or("other"),
+        None => "other",
     }
 }

@@ -144,6 +144,11 @@ pub fn to_hub(
     Ok((hub, kind))
 }
 
+/// The prefix every hub channel of `app_id` starts with (for listing an app's channels).
+pub fn app_space(app_id: &str) -> String {
+    format!("{HUB_PREFIX}{app_id}~")
+}
+
 /// Splits a hub channel into app id and Pusher name; `None` for native channels.
 pub fn split(channel: &ChannelName) -> Option<(&str, &str)> {
     channel.as_str().strip_prefix(HUB_PREFIX)?.split_once('~')

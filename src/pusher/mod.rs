@@ -10,6 +10,7 @@
 //! - `signature`: HMAC-SHA256 channel, user, API-request and webhook signatures, as the
 //!   official SDKs make them; constant-time checks.
 //! - `channel`: Pusher channel names and kinds, and each app's channel space in the hub.
+//! - `api`: the Pusher HTTP API (`/apps/{id}/…`), signed requests only, cluster-wide.
 //! - `wire`: the Pusher frames, encoded once per publication through the hub's frame
 //!   cache (`Dialect::Pusher` has its own slot beside JSON and MessagePack).
 //!
@@ -25,6 +26,7 @@
 //! a channel that Pusher's signatures guard, and apps cannot see each other. Native code
 //! pays nothing for this beyond one pointer per publication.
 
+pub mod api;
 pub mod apps;
 pub mod channel;
 pub mod config;
