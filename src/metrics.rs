@@ -62,7 +62,7 @@ pub const REDIS_OPS: [&str; 6] = [
 ];
 
 /// Routes as labelled in `pushwire_api_requests_total`.
-pub const API_ROUTES: [&str; 15] = [
+pub const API_ROUTES: [&str; 21] = [
     "publish",
     "broadcast",
     "disconnect",
@@ -77,11 +77,17 @@ pub const API_ROUTES: [&str; 15] = [
     "health",
     "ready",
     "metrics",
+    "pusher_events",
+    "pusher_batch_events",
+    "pusher_channels",
+    "pusher_channel",
+    "pusher_users",
+    "pusher_terminate",
     "other",
 ];
 
 /// Kinds of limit as labelled in `pushwire_limit_trips_total`.
-pub const LIMIT_KINDS: [&str; 16] = [
+pub const LIMIT_KINDS: [&str; 17] = [
     "queue_overflow",
     "frame_size",
     "channels_per_connection",
@@ -98,6 +104,7 @@ pub const LIMIT_KINDS: [&str; 16] = [
     "handshake_timeout",
     "api_publish_rate",
     "proxy_renewals",
+    "pusher_event_bytes",
 ];
 
 impl Metrics {
