@@ -71,6 +71,10 @@ pub enum KeyError {
 /// Verifies tokens with every configured key.
 pub struct TokenVerifier {
     keys: Vec<(DecodingKey, Algorithm)>,
+    /// `auth.token_audience`: when set, a token's `aud` must name it.
+    audience: Option<String>,
+    /// `auth.token_issuer`: when set, a token's `iss` must equal it.
+    issuer: Option<String>,
 }
 
 impl TokenVerifier {
@@ -85,7 +89,12 @@ impl TokenVerifier {
         for path in &config.token_public_keys {
             keys.push(load_public_key(Path::new(path))?);
         }
-        Ok(TokenVerifier { keys })
+        let configured = |value: &str| (!value.is_empty()).then(|| value.to_owned());
+        Ok(TokenVerifier {
+            keys,
+            audience: configured(&config.token_audience),
+            issuer: configured(&config.token_issuer),
+        })
     }
 
     pub fn is_configured(&self) -> bool {
@@ -116,9 +125,7 @@ impl TokenVerifier {
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
         let mut last = TokenError::Invalid("no key matches the token's algorithm".into());
         for (key, alg) in self.keys.iter().filter(|(_, alg)| *alg == header.alg) {
-            let mut validation = Validation::new(*alg);
-            validation.leeway = 0;
-            validation.set_required_spec_claims(&["exp", "sub"]);
+            let validation = self.validation(*alg);
             match jsonwebtoken::decode::<T>(token, key, &validation) {
                 Ok(data) => return Ok(data.claims),
                 Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => {
@@ -128,6 +135,29 @@ impl TokenVerifier {
             }
         }
         Err(last)
+    }
+
+    /// `exp` and `sub` always; `nbf` when present; `aud` and `iss` only when configured.
+    /// An unconfigured `aud` is ignored: identity providers set it on every token, and
+    /// jsonwebtoken would otherwise refuse any token that carries one.
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp", "sub"];
+        match &self.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
+        validation
     }
 }
 
@@ -251,10 +281,13 @@ mod tests {
     fn verifier(secret: &str) -> TokenVerifier {
         let config = AuthConfig {
             token_hmac_secret: secret.into(),
-            token_public_keys: vec![],
-            expiry_grace_secs: 0,
+            ..AuthConfig::default()
         };
-        TokenVerifier::from_config(&config).unwrap_or(TokenVerifier { keys: vec![] })
+        TokenVerifier::from_config(&config).unwrap_or(TokenVerifier {
+            keys: vec![],
+            audience: None,
+            issuer: None,
+        })
     }
 
     #[test]

@@ -126,6 +126,11 @@ pub struct AuthConfig {
     pub token_public_keys: Vec<String>,
     /// Seconds a connection may stay open past its token's `exp` before close 4002.
     pub expiry_grace_secs: u64,
+    /// When set, a token's `aud` (a string or a list) must contain it; empty: `aud` is
+    /// not checked.
+    pub token_audience: String,
+    /// When set, a token's `iss` must equal it; empty: `iss` is not checked.
+    pub token_issuer: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -379,6 +384,8 @@ impl Default for AuthConfig {
             token_hmac_secret: String::new(),
             token_public_keys: Vec::new(),
             expiry_grace_secs: 10,
+            token_audience: String::new(),
+            token_issuer: String::new(),
         }
     }
 }
