@@ -33,6 +33,8 @@ RUN mkdir -p src loadtest/src \
 # The real sources. touch: COPY keeps the files' old timestamps, which could look older than
 # the stub build.
 COPY src src
+# The browser client the server embeds (GET /client/pushwire.min.js), committed prebuilt.
+COPY assets assets
 COPY loadtest/src loadtest/src
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked -p pushwire --bin pushwire \

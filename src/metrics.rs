@@ -62,7 +62,7 @@ pub const REDIS_OPS: [&str; 6] = [
 ];
 
 /// Routes as labelled in `pushwire_api_requests_total`.
-pub const API_ROUTES: [&str; 21] = [
+pub const API_ROUTES: [&str; 22] = [
     "publish",
     "broadcast",
     "disconnect",
@@ -74,6 +74,7 @@ pub const API_ROUTES: [&str; 21] = [
     "presence",
     "history",
     "info",
+    "client",
     "health",
     "ready",
     "metrics",

@@ -2,6 +2,7 @@
 //! `/ready` and `/metrics`. Only this module maps errors to HTTP statuses.
 
 mod body;
+mod client_bundle;
 mod commands;
 mod error;
 mod handlers;
@@ -40,9 +41,11 @@ pub fn api_router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .layer(middleware::from_fn_with_state(state, require_api_key))
 }
 
-/// `/health`, `/ready` and (unless on its own listener) `/metrics`.
+/// `/health`, `/ready`, the browser client (`/client/pushwire.min.js`) and (unless on its
+/// own listener) `/metrics`.
 pub fn probe_router(with_metrics: bool) -> Router<Arc<AppState>> {
     let router = Router::new()
+        .route("/client/pushwire.min.js", get(client_bundle::serve))
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready));
     if with_metrics {
@@ -168,6 +171,7 @@ fn route_label(path: Option<&str>) -> &'static str {
         Some("/api/presence") => "presence",
         Some("/api/history") => "history",
         Some("/api/info") => "info",
+        Some("/client/pushwire.min.js") => "client",
         Some("/health") => "health",
         Some("/ready") => "ready",
         Some("/metrics") => "metrics",

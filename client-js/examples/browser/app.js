@@ -119,10 +119,11 @@
       showNotice('Reconnected, but the server lost its history (it restarted): stories from before may be missing.');
       divider('server restarted · history reset');
     }
-    // Backfill the latest stories (only those not shown yet).
+    // Backfill the latest 20 stories (only those not shown yet): `reverse` gives the newest
+    // first; render them oldest first, since each story goes on top.
     try {
-      const history = await sub.history({ limit: 20 });
-      for (const m of history.messages) render(m.data, m.offset, history.epoch);
+      const history = await sub.history({ limit: 20, reverse: true });
+      for (const m of history.messages.slice().reverse()) render(m.data, m.offset, history.epoch);
     } catch (err) {
       if (err.code !== Pushwire.ErrorCode.NotAvailable) console.warn('history failed', err);
     }

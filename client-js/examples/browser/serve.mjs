@@ -1,7 +1,8 @@
 #!/usr/bin/env node
-// Serves the demo page and the browser bundle:
-//   npm run build && node examples/browser/serve.mjs [--port 8000]
+// Serves the demo page (the page loads the client from the pushwire node it connects to):
+//   node examples/browser/serve.mjs [--port 8000]
 // then open http://127.0.0.1:8000/?ws=ws://127.0.0.1:8080/ws&channel=feed:news
+// (/pushwire.js serves this checkout's dist/ bundle, after `npm run build`, for development.)
 import { createServer } from 'node:http';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
