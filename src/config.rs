@@ -180,6 +180,12 @@ pub struct RedisConfig {
     /// Relayed messages buffered between a pub/sub connection and the hub; beyond it
     /// messages are dropped and counted (`pushwire_relay_dropped_total`).
     pub handoff_buffer: usize,
+    /// Bytes of relayed messages buffered between a pub/sub connection and the hub;
+    /// beyond it messages are dropped, counted and logged.
+    pub handoff_buffer_bytes: usize,
+    /// The most messages one gap on the relay is filled with from history; a longer gap
+    /// is left to the clients (they see it in the offsets and recover).
+    pub gap_fill_max_messages: usize,
     /// How long a channel stays subscribed on Redis after its last local subscriber left
     /// (unsubscribes are delayed and batched to avoid churn).
     pub unsubscribe_delay_ms: u64,
@@ -418,6 +424,8 @@ impl Default for RedisConfig {
             cluster: false,
             cluster_nodes: Vec::new(),
             handoff_buffer: 65_536,
+            handoff_buffer_bytes: 64 * 1024 * 1024,
+            gap_fill_max_messages: 1_000,
             unsubscribe_delay_ms: 2_000,
             probe_interval_ms: 5_000,
             heartbeat_interval_ms: 2_000,

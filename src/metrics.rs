@@ -88,7 +88,7 @@ pub const API_ROUTES: [&str; 22] = [
 ];
 
 /// Kinds of limit as labelled in `pushwire_limit_trips_total`.
-pub const LIMIT_KINDS: [&str; 17] = [
+pub const LIMIT_KINDS: [&str; 19] = [
     "queue_overflow",
     "frame_size",
     "channels_per_connection",
@@ -106,6 +106,8 @@ pub const LIMIT_KINDS: [&str; 17] = [
     "api_publish_rate",
     "proxy_renewals",
     "pusher_event_bytes",
+    "relay_handoff",
+    "relay_gap_fill",
 ];
 
 impl Metrics {

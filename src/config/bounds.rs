@@ -30,6 +30,14 @@ fn check_redis(config: &Config) -> Result<(), ConfigError> {
         ("redis.connect_timeout_ms", redis.connect_timeout_ms),
         ("redis.command_timeout_ms", redis.command_timeout_ms),
         ("redis.handoff_buffer", redis.handoff_buffer as u64),
+        (
+            "redis.handoff_buffer_bytes",
+            redis.handoff_buffer_bytes as u64,
+        ),
+        (
+            "redis.gap_fill_max_messages",
+            redis.gap_fill_max_messages as u64,
+        ),
         ("redis.probe_interval_ms", redis.probe_interval_ms),
         ("redis.heartbeat_interval_ms", redis.heartbeat_interval_ms),
         ("redis.node_timeout_ms", redis.node_timeout_ms),
@@ -108,6 +116,8 @@ mod tests {
             "connect_timeout_ms",
             "command_timeout_ms",
             "handoff_buffer",
+            "handoff_buffer_bytes",
+            "gap_fill_max_messages",
             "probe_interval_ms",
             "heartbeat_interval_ms",
             "node_timeout_ms",

@@ -232,32 +232,92 @@ impl RelayContext {
         }
         let previous = previous.position;
         self.follow(channel, position, replaced);
-        if position.offset == previous.offset + 1 {
-            return true;
+        if position.offset > previous.offset + 1 {
+            self.fill(
+                channel,
+                &position.epoch,
+                previous.offset,
+                position.offset - 1,
+            )
+            .await;
         }
-        let missing = position.offset - previous.offset - 1;
+        true
+    }
+
+    /// Delivers the stream's entries `after < offset <= through` from history, if there
+    /// are at most `redis.gap_fill_max_messages` of them (this runs on the pub/sub
+    /// connection's task, which must not stall); a longer gap is left to client
+    /// recovery. Returns whether it filled.
+    async fn fill(&self, channel: &ChannelName, epoch: &str, after: u64, through: u64) -> bool {
+        let missing = through - after;
+        if missing > self.config.gap_fill_max_messages as u64 {
+            self.hub.metrics().limit_tripped("relay_gap_fill");
+            tracing::warn!(channel = %channel, missing, "offset gap on the relay too long to fill; clients recover it");
+            return false;
+        }
         tracing::warn!(channel = %channel, missing, "offset gap on the relay; filling from history");
-        match self
-            .read_stream(channel, previous.offset, position.offset - 1, None, false)
-            .await
-        {
+        match self.read_stream(channel, after, through, None, false).await {
             Ok(entries) => {
                 for message in entries {
                     let position = StreamPosition {
                         offset: message.offset,
-                        epoch: position.epoch.clone(),
+                        epoch: epoch.to_owned(),
                     };
                     let mut publication =
                         Publication::new(channel.clone(), message.payload, Some(position));
                     publication.event = message.event;
                     self.hub.dispatch(publication).await;
                 }
+                true
             }
             Err(err) => {
-                tracing::warn!(channel = %channel, error = %err, "cannot fill the gap; clients will see it")
+                tracing::warn!(channel = %channel, error = %err, "cannot fill the gap; clients will see it");
+                false
             }
         }
-        true
+    }
+
+    /// After pub/sub connection `shard` was replaced: fills, for every channel it follows,
+    /// what was published while it was down (otherwise that shows only when the next
+    /// publication arrives, if one ever does).
+    pub(crate) async fn catch_up(&self, shard: usize) {
+        let shards = self.shard_up.len();
+        let followed: Vec<(ChannelName, StreamPosition)> = self
+            .positions
+            .iter()
+            .filter(|f| shard_index(f.key(), shards) == shard)
+            .map(|f| (f.key().clone(), f.value().position.clone()))
+            .collect();
+        for (channel, delivered) in followed {
+            let Ok(mut conn) = self.commands() else {
+                return;
+            };
+            let top: Result<(Option<String>, Option<u64>), RedisError> = redis::cmd("HMGET")
+                .arg(self.keys.meta(channel.as_str()))
+                .arg("e")
+                .arg("o")
+                .query_async(&mut conn)
+                .await;
+            let (epoch, offset) = match top {
+                Ok((Some(epoch), Some(offset))) => (epoch, offset),
+                Ok(_) => continue,
+                Err(err) => {
+                    self.failed("history", &err);
+                    return;
+                }
+            };
+            if epoch != delivered.epoch || offset <= delivered.offset {
+                continue;
+            }
+            if self.fill(&channel, &epoch, delivered.offset, offset).await {
+                let top = StreamPosition { offset, epoch };
+                let replaced = self
+                    .positions
+                    .get(&channel)
+                    .and_then(|f| f.replaced.clone());
+                self.follow(&channel, &top, replaced);
+            }
+        }
     }
 
     fn follow(&self, channel: &ChannelName, position: &StreamPosition, replaced: Option<String>) {
@@ -349,6 +409,13 @@ impl RelayContext {
     }
 }
 
+/// The pub/sub connection of a channel among `shards` (a fixed hash).
+fn shard_index(channel: &ChannelName, shards: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    channel.hash(&mut hasher);
+    (hasher.finish() as usize) % shards.max(1)
+}
+
 /// Decodes one stream entry (`<offset>-1`, fields `d` envelope and `t` time).
 fn stream_entry(id: &str, fields: &[Vec<u8>]) -> Option<HistoryMessage> {
     let offset = id.split('-').next()?.parse().ok()?;
@@ -426,9 +493,7 @@ impl RedisBroker {
 
     /// The pub/sub connection of a channel (a fixed hash: always the same one).
     fn shard_of(&self, channel: &ChannelName) -> usize {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        channel.hash(&mut hasher);
-        (hasher.finish() as usize) % self.shards.len()
+        shard_index(channel, self.shards.len())
     }
 
     pub async fn publish(

@@ -8,7 +8,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::{PushInfo, PushKind, Value};
@@ -51,17 +51,16 @@ pub(crate) async fn run_shard(
     let mut connected_before = false;
     loop {
         let (tx, rx) = mpsc::channel::<PushInfo>(ctx.config.handoff_buffer);
-        let dropped = ctx.hub.metrics().relay_dropped.clone();
+        let handoff = Arc::new(Handoff::new(ctx.config.handoff_buffer_bytes));
+        let metrics = ctx.hub.metrics().clone();
+        let held = handoff.clone();
         let sender = move |info: PushInfo| {
-            if tx.try_send(info).is_err() {
-                // Warn on the first drop and then every 10,000th: the counter has them all.
-                if dropped.get() % 10_000 == 0 {
-                    tracing::warn!(
-                        dropped_so_far = dropped.get(),
-                        "relay hand-off buffer full; dropping messages from Redis"
-                    );
-                }
-                dropped.inc();
+            let size = push_size(&info);
+            if !held.take(size) {
+                held.dropped(&metrics, index, size);
+            } else if tx.try_send(info).is_err() {
+                held.give_back(size);
+                held.dropped(&metrics, index, size);
             }
             Ok::<(), redis::aio::SendError>(())
         };
@@ -90,6 +89,9 @@ pub(crate) async fn run_shard(
             continue;
         }
         if connected_before {
+            // Publications made while the connection was down show up as a gap only
+            // with the next one: look at the end of every followed stream now.
+            ctx.catch_up(index).await;
             let metrics = ctx.hub.metrics();
             metrics.redis_reconnects.inc();
             metrics
@@ -112,7 +114,7 @@ pub(crate) async fn run_shard(
             &ctx,
             index,
             &mut conn,
-            rx,
+            (rx, &handoff),
             &mut commands,
             &mut wanted,
             &stop,
@@ -167,7 +169,7 @@ async fn serve(
     ctx: &RelayContext,
     index: usize,
     conn: &mut PubSubConn,
-    mut pushes: mpsc::Receiver<PushInfo>,
+    (mut pushes, handoff): (mpsc::Receiver<PushInfo>, &Handoff),
     commands: &mut mpsc::UnboundedReceiver<ShardCommand>,
     wanted: &mut HashSet<String>,
     stop: &CancellationToken,
@@ -183,6 +185,7 @@ async fn serve(
             _ = stop.cancelled() => return Ended::Stop,
             push = pushes.recv() => {
                 let Some(push) = push else { return Ended::Reconnect };
+                handoff.give_back(push_size(&push));
                 match push.kind {
                     PushKind::Disconnection => {
                         tracing::warn!(shard = index, "redis pub/sub connection lost");
@@ -283,4 +286,70 @@ fn topic_and_message(data: &[Value]) -> Option<(String, Vec<u8>)> {
         _ => return None,
     };
     Some((topic, message))
+}
+
+/// The byte bound of one connection's hand-off buffer (its count bound is the channel's
+/// capacity), and the rate-limited warning for what it drops.
+struct Handoff {
+    max_bytes: usize,
+    held: AtomicUsize,
+    last_warning_ms: AtomicU64,
+}
+
+impl Handoff {
+    fn new(max_bytes: usize) -> Self {
+        Handoff {
+            max_bytes,
+            held: AtomicUsize::new(0),
+            last_warning_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Reserves `size` bytes; false (and nothing reserved) when they do not fit.
+    fn take(&self, size: usize) -> bool {
+        let before = self.held.fetch_add(size, Ordering::AcqRel);
+        if before.saturating_add(size) > self.max_bytes {
+            self.give_back(size);
+            return false;
+        }
+        true
+    }
+
+    fn give_back(&self, size: usize) {
+        self.held.fetch_sub(size, Ordering::AcqRel);
+    }
+
+    /// Counts a dropped message, and warns at most once a second with the total so far.
+    fn dropped(&self, metrics: &crate::metrics::Metrics, shard: usize, size: usize) {
+        metrics.relay_dropped.inc();
+        metrics.limit_tripped("relay_handoff");
+        let now = super::epoch::now_ms();
+        let last = self.last_warning_ms.load(Ordering::Acquire);
+        if now.saturating_sub(last) >= 1_000
+            && self
+                .last_warning_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            tracing::warn!(
+                shard,
+                bytes = size,
+                held_bytes = self.held.load(Ordering::Acquire),
+                dropped_total = metrics.relay_dropped.get(),
+                "relay hand-off buffer full; dropping messages from Redis (history channels fill the gap from history, others lose them)"
+            );
+        }
+    }
+}
+
+/// The bytes a pushed message holds.
+fn push_size(push: &PushInfo) -> usize {
+    push.data
+        .iter()
+        .map(|value| match value {
+            Value::BulkString(bytes) => bytes.len(),
+            Value::SimpleString(s) => s.len(),
+            _ => 0,
+        })
+        .sum()
 }

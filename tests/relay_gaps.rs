@@ -1,0 +1,95 @@
+//! The relay between Redis and the hub when messages go missing: publications made while
+//! a node's pub/sub connection was down arrive as soon as it is back (not with the next
+//! publication), and what the hand-off buffer drops is bounded in bytes and counted.
+
+mod support;
+
+use serde_json::json;
+use support::{Encoding, RedisServer, TestResult, TestServer, WsClient, fail};
+
+fn node_config(redis_url: &str, extra: &str) -> String {
+    format!(
+        "[broker]\nkind = \"redis\"\n[redis]\nurl = \"{redis_url}\"\nkey_prefix = \"gaps\"\npubsub_connections = 1\nprobe_interval_ms = 300\n{extra}\n[namespaces.feed]\nhistory_size = 100\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_made_while_pubsub_was_down_arrive_when_it_is_back() -> TestResult {
+    let redis = RedisServer::start().await?;
+    // Node `a` connects as its own Redis user, so its pub/sub can be cut alone.
+    let created = redis
+        .cli(&[
+            "ACL",
+            "SETUSER",
+            "a",
+            "on",
+            ">secret-a",
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .await?;
+    assert_eq!(created.trim(), "OK");
+    let a_url = format!("redis://a:secret-a@127.0.0.1:{}", redis.port);
+    let a = TestServer::start(&node_config(&a_url, "")).await?;
+    let b = TestServer::start(&node_config(&redis.url(), "")).await?;
+    a.wait_ready().await?;
+    b.wait_ready().await?;
+    let (mut client, _) = WsClient::connect(&a.ws_url(), Encoding::Json).await?;
+    client
+        .request("subscribe", json!({"channel": "feed:gap"}))
+        .await?;
+    b.publish("feed:gap", json!(1)).await?;
+    assert_eq!(client.recv_message().await?["data"], json!(1));
+
+    // Redis drops `a`'s pub/sub connection and refuses its subscriptions meanwhile.
+    redis.cli(&["ACL", "SETUSER", "a", "resetchannels"]).await?;
+    a.wait_ready_is(503).await?;
+    for n in 2..=4 {
+        b.publish("feed:gap", json!(n)).await?;
+    }
+    redis.cli(&["ACL", "SETUSER", "a", "allchannels"]).await?;
+    a.wait_ready().await?;
+    // No further publication: the node looked at the end of the stream by itself.
+    for n in 2..=4 {
+        let message = client.recv_message().await?;
+        assert_eq!(
+            (message["data"].clone(), message["offset"].clone()),
+            (json!(n), json!(n))
+        );
+    }
+    b.publish("feed:gap", json!(5)).await?;
+    assert_eq!(client.recv_message().await?["data"], json!(5));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handoff_buffer_is_bounded_in_bytes_and_counts_every_drop() -> TestResult {
+    let redis = RedisServer::start().await?;
+    let node = TestServer::start(&node_config(&redis.url(), "handoff_buffer_bytes = 4096")).await?;
+    node.wait_ready().await?;
+    let (mut client, _) = WsClient::connect(&node.ws_url(), Encoding::Json).await?;
+    client
+        .request("subscribe", json!({"channel": "news"}))
+        .await?;
+    let metrics = &node.state.metrics;
+    let trips = || {
+        metrics
+            .limit_trips
+            .with_label_values(&["relay_handoff"])
+            .get()
+    };
+    assert_eq!((metrics.relay_dropped.get(), trips()), (0, 0));
+    // Bigger than the whole buffer: dropped on the relay, and counted.
+    node.publish("news", json!("x".repeat(8192))).await?;
+    node.publish("news", json!("small")).await?;
+    assert_eq!(client.recv_message().await?["data"], json!("small"));
+    if metrics.relay_dropped.get() != 1 || trips() != 1 {
+        return fail(format!(
+            "dropped {} / trips {}",
+            metrics.relay_dropped.get(),
+            trips()
+        ));
+    }
+    Ok(())
+}
