@@ -35,6 +35,8 @@ pub struct Config {
     pub redis: RedisConfig,
     /// The backend proxy (`crate::proxy`); off while no URL is set.
     pub proxy: crate::proxy::ProxyConfig,
+    /// OpenTelemetry traces (`crate::telemetry`); off by default.
+    pub tracing: crate::telemetry::TracingConfig,
     /// Channel namespaces by name; `default` holds channels without `:`.
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// The Pusher protocol front end: `[[pusher.apps]]` (src/pusher/config.rs).
@@ -306,6 +308,7 @@ impl Default for Config {
             broker: BrokerConfig::default(),
             redis: RedisConfig::default(),
             proxy: crate::proxy::ProxyConfig::default(),
+            tracing: crate::telemetry::TracingConfig::default(),
             namespaces: BTreeMap::from([(
                 DEFAULT_NAMESPACE.to_owned(),
                 NamespaceConfig::default(),
@@ -616,6 +619,9 @@ impl Config {
             }
         }
         if let Some((key, message)) = self.proxy.invalid() {
+            return invalid(key, &message);
+        }
+        if let Some((key, message)) = self.tracing.invalid() {
             return invalid(key, &message);
         }
         if self.redis.cluster && self.redis.cluster_nodes.is_empty() {

@@ -35,7 +35,9 @@
 //! - `metrics`: the Prometheus registry. Invariant: at most an atomic add per delivery
 //!   (counts are added per publication, per shard job, or per 64 frames of a session).
 //! - `server`: listeners, routing, graceful shutdown; `state`: what they all share.
-//! - `logging`: tracing setup.
+//! - `logging`: tracing setup. `telemetry`: OpenTelemetry trace spans (target
+//!   `pushwire::trace`) exported over OTLP. Invariant: with tracing off, the hot path
+//!   pays one atomic load per publication and creates no span.
 //! - `pusher`: the Pusher Channels protocol front end (apps, signatures, its WebSocket
 //!   endpoint and HTTP API) on the same hub and broker. Invariant: an app's channels
 //!   live in their own hub namespace (`pusher~{app_id}~…`) no native name can form.
@@ -55,3 +57,4 @@ pub mod server;
 pub mod session;
 pub mod sse;
 pub mod state;
+pub mod telemetry;

@@ -6,31 +6,48 @@ use std::io::IsTerminal as _;
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::Registry;
 use tracing_subscriber::filter::{FilterFn, filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{LogConfig, LogFormat};
 
-/// Installs the global subscriber; a second call does nothing.
-pub fn init(config: &LogConfig) {
-    let filter = EnvFilter::try_from_default_env()
+/// A layer beside the logs (the OpenTelemetry exporter of `crate::telemetry`).
+pub type ExtraLayer = Box<dyn tracing_subscriber::Layer<Registry> + Send + Sync>;
+
+/// Installs the global subscriber: logs on stderr, plus `traces` when given; a second
+/// call does nothing. The log filters apply to the logs only, so `RUST_LOG=warn` does not
+/// silence trace spans, and trace spans (target `crate::telemetry::TARGET`) stay out of
+/// the logs.
+pub fn init(config: &LogConfig, traces: Option<ExtraLayer>) {
+    let level = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let not_traces = filter_fn(|meta: &Metadata<'_>| meta.target() != crate::telemetry::TARGET);
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colors_wanted());
-    let _ = match config.format {
-        LogFormat::Json => builder
+    let logs: Box<dyn tracing_subscriber::Layer<_> + Send + Sync> = match config.format {
+        LogFormat::Json => fmt
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .finish()
-            .with(payload_logging_cap())
-            .try_init(),
-        LogFormat::Text => builder.finish().with(payload_logging_cap()).try_init(),
+            .with_filter(level)
+            .with_filter(payload_logging_cap())
+            .with_filter(not_traces)
+            .boxed(),
+        LogFormat::Text => fmt
+            .with_filter(level)
+            .with_filter(payload_logging_cap())
+            .with_filter(not_traces)
+            .boxed(),
     };
+    let _ = tracing_subscriber::registry()
+        .with(traces)
+        .with(logs)
+        .try_init();
 }
 
 /// Colours only on a terminal, and never when `NO_COLOR` is set (no-color.org): logs

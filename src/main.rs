@@ -94,13 +94,28 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(config: Config, common: Common, overrides: Overrides) -> anyhow::Result<()> {
-    pushwire::logging::init(&config.log);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.server.threads())
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(async move {
+    // The trace exporter's batch processor runs on the runtime: build it inside.
+    let traces = if config.tracing.enabled {
+        let _inside = runtime.enter();
+        let provider = pushwire::telemetry::otlp_provider(&config.tracing, &config.node_name)
+            .context("starting the trace exporter ([tracing])")?;
+        Some(provider)
+    } else {
+        None
+    };
+    pushwire::logging::init(
+        &config.log,
+        traces.as_ref().map(|provider| {
+            Box::new(pushwire::telemetry::layer(provider, &config.tracing))
+                as pushwire::logging::ExtraLayer
+        }),
+    );
+    let served = runtime.block_on(async move {
         let server = Server::bind(config).await.context("starting the server")?;
         if let Some(key) = &server.generated_api_key {
             tracing::warn!(api_key = %key, "no api.keys configured; generated an API key for this run");
@@ -115,7 +130,15 @@ fn serve(config: Config, common: Common, overrides: Overrides) -> anyhow::Result
         server.run(shutdown_signal()).await.context("serving")?;
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    if let Some(provider) = traces {
+        // Exports what is still batched; a collector that is gone only costs a warning.
+        let _inside = runtime.enter();
+        if let Err(err) = provider.shutdown() {
+            tracing::warn!(error = %err, "trace exporter did not flush");
+        }
+    }
+    served
 }
 
 async fn shutdown_signal() {

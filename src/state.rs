@@ -120,6 +120,9 @@ impl AppState {
         if differs(&applied.proxy, &next.proxy) {
             ignored.push("proxy");
         }
+        if differs(&applied.tracing, &next.tracing) {
+            ignored.push("tracing");
+        }
         if differs(&applied.log, &next.log) || applied.node_name != next.node_name {
             ignored.push("log/node_name");
         }

@@ -91,6 +91,9 @@ async fn publish(state: &AppState, kind: BodyKind, bytes: &[u8]) -> Result<Value
         _,
     >(kind, bytes, Publish::try_from, Publish::try_from)??;
     let (channel, ns) = channel_and_namespace(state, &request.channel)?;
+    if crate::telemetry::enabled() {
+        tracing::Span::current().record("channel", channel.as_str());
+    }
     check_size(state, &request.payload)?;
     let result = state
         .broker

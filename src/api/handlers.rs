@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument as _;
+
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Query, State};
@@ -100,6 +102,35 @@ pub(super) fn check_size(state: &AppState, payload: &Payload) -> Result<(), ApiE
 
 /// `POST /api/<command>`: reads the body and runs the command (`commands`).
 async fn command(state: &AppState, command: Command, headers: &HeaderMap, body: Body) -> ApiResult {
+    if !crate::telemetry::enabled() {
+        return run_command(state, command, headers, body).await;
+    }
+    // A trace of this request (a child of its `traceparent`, if any).
+    let span = tracing::info_span!(
+        target: crate::telemetry::TARGET,
+        "api.request",
+        route = command.name(),
+        channel = tracing::field::Empty,
+        http.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_from_headers(&span, headers);
+    let result = run_command(state, command, headers, body)
+        .instrument(span.clone())
+        .await;
+    let status = match &result {
+        Ok(response) => response.status().as_u16(),
+        Err(err) => err.status.as_u16(),
+    };
+    span.record("http.status_code", status);
+    result
+}
+
+async fn run_command(
+    state: &AppState,
+    command: Command,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult {
     let limit = state.config().api.max_publish_bytes;
     let (kind, bytes) = body::read(headers, body, limit).await?;
     let result = commands::run(state, command, kind, &bytes).await?;

@@ -14,6 +14,8 @@ mod redis;
 
 use std::sync::Arc;
 
+use tracing::Instrument as _;
+
 use bytes::Bytes;
 
 pub use memory::MemoryBroker;
@@ -121,6 +123,38 @@ impl Broker {
     }
 
     async fn publish_publication(
+        &self,
+        publication: Publication,
+        ns: &NamespaceConfig,
+        idempotency_key: Option<&str>,
+    ) -> Result<PublishResult, BrokerError> {
+        if !crate::telemetry::enabled() {
+            return self.publish_now(publication, ns, idempotency_key).await;
+        }
+        let span = tracing::info_span!(
+            target: crate::telemetry::TARGET,
+            "broker.publish",
+            broker = self.kind(),
+            channel = %publication.channel,
+            offset = tracing::field::Empty,
+            epoch = tracing::field::Empty,
+        );
+        let result = self
+            .publish_now(publication, ns, idempotency_key)
+            .instrument(span.clone())
+            .await;
+        if let Ok(PublishResult {
+            offset: Some(offset),
+            epoch: Some(epoch),
+        }) = &result
+        {
+            span.record("offset", offset);
+            span.record("epoch", epoch.as_str());
+        }
+        result
+    }
+
+    async fn publish_now(
         &self,
         publication: Publication,
         ns: &NamespaceConfig,

@@ -68,6 +68,9 @@ pub struct EncodedPublication {
     frames: [OnceLock<Option<Bytes>>; FRAME_SLOTS],
     started: Instant,
     shards_left: AtomicUsize,
+    /// The trace span this publication was dispatched under (`crate::telemetry`), only
+    /// while tracing is on; each shard's fan-out span is its child.
+    pub(crate) trace: Option<tracing::Span>,
 }
 
 impl EncodedPublication {
@@ -82,6 +85,7 @@ impl EncodedPublication {
             ],
             started: Instant::now(),
             shards_left: AtomicUsize::new(0),
+            trace: None,
         }
     }
 
@@ -122,6 +126,7 @@ impl EncodedPublication {
             ],
             started: Instant::now(),
             shards_left: AtomicUsize::new(0),
+            trace: None,
         }
     }
 
@@ -201,11 +206,56 @@ pub(crate) async fn run_worker(
         };
         let Some(job) = job else { return };
         let limits = *limits.read();
-        deliver(&job, limits, &metrics);
+        match &job.publication.trace {
+            Some(parent) => deliver_traced(&job, limits, &metrics, parent),
+            None => {
+                deliver(&job, limits, &metrics);
+            }
+        }
     }
 }
 
-fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) {
+/// `deliver` inside a `fanout.shard` trace span, and for a sampled share of the shards,
+/// a `deliver` span naming one subscriber and the queue it was handed to.
+fn deliver_traced(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics, parent: &tracing::Span) {
+    use crate::telemetry::TARGET;
+    let span = tracing::info_span!(
+        target: TARGET,
+        parent: parent,
+        "fanout.shard",
+        shard = job.shard,
+        channel = %job.entry_channel(),
+        recipients = tracing::field::Empty,
+        evicted = tracing::field::Empty,
+    );
+    let _in_span = span.enter();
+    let (delivered, evicted) = deliver(job, limits, metrics);
+    span.record("recipients", delivered);
+    span.record("evicted", evicted);
+    if crate::telemetry::sample_delivery()
+        && let Some(member) = job.snapshot.by_shard[job.shard].first()
+    {
+        tracing::info_span!(
+            target: TARGET,
+            "deliver",
+            client_id = %member.client.id,
+            queue_len = member.client.queue_len(),
+        )
+        .in_scope(|| {});
+    }
+}
+
+impl FanoutJob {
+    fn entry_channel(&self) -> &str {
+        self.publication
+            .publication
+            .as_ref()
+            .map_or("", |p| p.channel.as_str())
+    }
+}
+
+/// Pushes one shard's part; returns (delivered, evicted).
+fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) -> (u64, u64) {
     let mut delivered = 0u64;
     let mut evicted = 0u64;
     let excluded = job.publication.excluded();
@@ -261,4 +311,5 @@ fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) {
             .publish_enqueue_seconds
             .observe(job.publication.started.elapsed().as_secs_f64());
     }
+    (delivered, evicted)
 }

@@ -409,8 +409,11 @@ impl Hub {
     /// recipients it was handed to. Callers dispatch one channel's publications in order.
     pub async fn dispatch(&self, publication: Publication) -> usize {
         let channel = publication.channel.clone();
-        self.dispatch_encoded(&channel, EncodedPublication::new(publication))
-            .await
+        let mut encoded = EncodedPublication::new(publication);
+        if crate::telemetry::enabled() {
+            encoded.trace = crate::telemetry::recorded_span();
+        }
+        self.dispatch_encoded(&channel, encoded).await
     }
 
     /// Delivers a `join` or `leave` to the local subscribers of `channel`.

@@ -114,6 +114,7 @@ where
     if let Some(exp) = identity.expires_at {
         client.set_expires_at(exp);
     }
+    crate::telemetry::session_started(&client);
     if identity.by_proxy && state.proxy.as_ref().is_some_and(|p| p.refreshes()) {
         client.renew_by_proxy();
     }

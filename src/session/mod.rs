@@ -319,6 +319,7 @@ where
             .with_label_values(&[label])
             .inc();
         tracing::debug!(code = label, "disconnected");
+        crate::telemetry::session_ended(self.client.id, label);
         self.transport.shutdown().await;
         self.transport.flush_metrics(&self.state.metrics);
     }

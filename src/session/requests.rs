@@ -193,7 +193,10 @@ where
             .subscribe(&self.client, &channel, &ns, recover, &reply)
             .await
         {
-            Ok(Some(_)) => Ok(()),
+            Ok(Some(_)) => {
+                crate::telemetry::session_event(self.client.id, "subscribe", channel.as_str());
+                Ok(())
+            }
             Ok(None) => Err(refuse(
                 ErrorCode::AlreadySubscribed,
                 format!("already subscribed to {channel}"),

@@ -18,6 +18,10 @@ pub(crate) struct Envelope {
     /// When it was published, in microseconds since the Unix epoch (relay latency).
     pub ts_us: u64,
     pub body: Body,
+    /// The publisher's W3C `traceparent`, only when its trace is recorded
+    /// (`crate::telemetry`); absent otherwise and from older nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +90,7 @@ impl Envelope {
                 exclude,
                 event,
             },
+            trace: crate::telemetry::current_traceparent(),
         }
     }
 

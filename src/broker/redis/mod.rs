@@ -29,6 +29,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -199,7 +200,37 @@ impl RelayContext {
             },
         };
         metrics.published_relay.inc();
-        let mut position = relayed.position;
+        match relayed.envelope.trace.as_deref() {
+            Some(parent) if crate::telemetry::enabled() => {
+                let span = tracing::info_span!(
+                    target: crate::telemetry::TARGET,
+                    "relay.receive",
+                    channel = %channel,
+                    from_node = %relayed.envelope.node,
+                    age_us,
+                );
+                crate::telemetry::continue_from_traceparent(&span, parent);
+                self.deliver_relayed(channel, relayed.position, payload, exclude, event)
+                    .instrument(span)
+                    .await;
+            }
+            _ => {
+                self.deliver_relayed(channel, relayed.position, payload, exclude, event)
+                    .await
+            }
+        }
+    }
+
+    /// Hands a relayed publication to the hub after the offset checks.
+    async fn deliver_relayed(
+        &self,
+        channel: ChannelName,
+        position: Option<StreamPosition>,
+        payload: crate::protocol::Payload,
+        exclude: Option<crate::hub::ClientId>,
+        event: Option<std::sync::Arc<crate::hub::NamedEvent>>,
+    ) {
+        let mut position = position;
         if let Some(position) = &mut position {
             if !self.fill_gap(&channel, position).await {
                 return;
@@ -666,6 +697,7 @@ impl RedisBroker {
             node: ctx.node_id.clone(),
             ts_us: envelope::now_us(),
             body,
+            trace: None,
         };
         let mut message = envelope::NO_POSITION.to_vec();
         message.extend_from_slice(&envelope.encode());
