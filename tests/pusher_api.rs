@@ -421,11 +421,12 @@ async fn two_nodes_through_redis_trigger_on_one_deliver_and_count_on_the_other()
 /// src/pusher/signature_tests.rs), for what no installed SDK sends.
 async fn signed_post(
     server: &TestServer,
+    app_id: &str,
     path: &str,
     body: &Value,
     at: u64,
 ) -> TestResult<(u16, Value)> {
-    let app = server.state.pusher.by_id(APP_ID).ok_or("no app")?.clone();
+    let app = server.state.pusher.by_id(app_id).ok_or("no app")?.clone();
     let body = body.to_string();
     let query =
         pushwire::pusher::signature::sign_request(&app, "POST", path, &[], body.as_bytes(), at);
@@ -448,7 +449,7 @@ async fn php_style_single_channel_and_stale_signatures() -> TestResult {
     let now = pushwire::auth::unix_now();
     let path = format!("/apps/{APP_ID}/events");
     let single = json!({ "name": "php", "data": "{}", "channel": "news" });
-    let (status, body) = signed_post(&server, &path, &single, now - 700).await?;
+    let (status, body) = signed_post(&server, APP_ID, &path, &single, now - 700).await?;
     assert_eq!((status, body["code"].clone()), (401, json!(401)), "{body}");
     assert!(
         body["error"]
@@ -456,10 +457,27 @@ async fn php_style_single_channel_and_stale_signatures() -> TestResult {
             .is_some_and(|e| e.contains("timestamp")),
         "{body}"
     );
-    let (status, body) = signed_post(&server, &path, &single, now - 500).await?;
+    let (status, body) = signed_post(&server, APP_ID, &path, &single, now - 500).await?;
     assert_eq!((status, body), (200, json!({})));
     assert_eq!(news.next().await?, event("php", "news", "{}"));
-    let (status, _) = signed_post(&server, "/apps/999/events", &single, now).await?;
+    let (status, _) = signed_post(&server, APP_ID, "/apps/999/events", &single, now).await?;
     assert_eq!(status, 404, "unknown app id");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_app_gets_403_once_signed_and_401_before() -> TestResult {
+    let config = format!(
+        "{}[[pusher.apps]]\nid = \"7\"\nkey = \"off-key\"\nsecret = \"off-secret\"\nenabled = false\n",
+        app_config()
+    );
+    let server = TestServer::start(&config).await?;
+    let now = pushwire::auth::unix_now();
+    let event = json!({ "name": "e", "data": "{}", "channels": ["news"] });
+    let (status, body) = signed_post(&server, "7", "/apps/7/events", &event, now).await?;
+    assert_eq!((status, body["code"].clone()), (403, json!(403)), "{body}");
+    // Signed with the other app's key: refused as unauthenticated, not as disabled.
+    let (status, _) = signed_post(&server, APP_ID, "/apps/7/events", &event, now).await?;
+    assert_eq!(status, 401);
     Ok(())
 }
