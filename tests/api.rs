@@ -308,13 +308,7 @@ async fn channels_info_presence_history_and_probes() -> TestResult {
     assert_eq!(health.json::<Value>().await?, json!({"status": "ok"}));
     let ready = server.http().get(server.http_url("/ready")).send().await?;
     assert_eq!(ready.status().as_u16(), 200);
-    let metrics = server
-        .http()
-        .get(server.http_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = server.metrics_text().await?;
     for name in [
         "pushwire_connections{encoding=\"json\"} 2",
         "pushwire_subscriptions 3",

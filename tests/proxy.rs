@@ -262,13 +262,7 @@ async fn the_breaker_opens_on_a_failing_backend_and_closes_when_it_recovers() ->
         3,
         "open breaker calls nobody"
     );
-    let metrics = server
-        .http()
-        .get(server.http_url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = server.metrics_text().await?;
     assert!(
         metrics.contains(r#"pushwire_proxy_calls_total{kind="connect",outcome="breaker_open"} 5"#),
         "{metrics}"

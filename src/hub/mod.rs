@@ -240,6 +240,19 @@ impl Hub {
     }
 
     /// Removes a client and all its subscriptions.
+    /// Unregisters a client whose connection ended and counts the ending by its close
+    /// code (`1006` when it ended without one); returns that label.
+    pub fn unregister_ended(&self, client: &ClientHandle) -> &'static str {
+        self.unregister(client);
+        let label = client.closing().map_or("1006", |c| c.code.label());
+        self.shared
+            .metrics
+            .disconnects
+            .with_label_values(&[label])
+            .inc();
+        label
+    }
+
     pub fn unregister(&self, client: &ClientHandle) {
         if self.shared.clients.remove(&client.id).is_none() {
             return;

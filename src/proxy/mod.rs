@@ -66,6 +66,15 @@ pub enum Verdict<T> {
     Refused(Refusal),
 }
 
+impl<T> Verdict<T> {
+    fn map<U>(self, grant: impl FnOnce(T) -> U) -> Verdict<U> {
+        match self {
+            Verdict::Granted(granted) => Verdict::Granted(grant(granted)),
+            Verdict::Refused(refusal) => Verdict::Refused(refusal),
+        }
+    }
+}
+
 /// The headers of an upgrade that the connect proxy passes on.
 #[derive(Debug, Default)]
 pub struct Forwarded {
@@ -220,10 +229,7 @@ impl BackendProxy {
         };
         let endpoint = self.endpoint("subscribe", url);
         let verdict: Verdict<Allowed> = self.call(endpoint, &body, &HeaderMap::new()).await?;
-        Ok(match verdict {
-            Verdict::Granted(_) => Verdict::Granted(()),
-            Verdict::Refused(r) => Verdict::Refused(r),
-        })
+        Ok(verdict.map(|_| ()))
     }
 
     /// Asks whether a client publication may go ahead; the backend may replace its data.
@@ -243,10 +249,7 @@ impl BackendProxy {
         };
         let endpoint = self.endpoint("publish", url);
         let verdict: Verdict<PublishGrant> = self.call(endpoint, &body, &HeaderMap::new()).await?;
-        Ok(match verdict {
-            Verdict::Granted(grant) => Verdict::Granted(grant.data),
-            Verdict::Refused(r) => Verdict::Refused(r),
-        })
+        Ok(verdict.map(|grant| grant.data))
     }
 
     /// Asks for a new expiry of a connection the connect proxy granted.

@@ -311,13 +311,7 @@ where
 
     /// Unregisters the client and records why the connection ended.
     async fn finish(&mut self) {
-        self.state.hub.unregister(&self.client);
-        let label = self.client.closing().map_or("1006", |c| c.code.label());
-        self.state
-            .metrics
-            .disconnects
-            .with_label_values(&[label])
-            .inc();
+        let label = self.state.hub.unregister_ended(&self.client);
         tracing::debug!(code = label, "disconnected");
         crate::telemetry::session_ended(self.client.id, label);
         self.transport.shutdown().await;

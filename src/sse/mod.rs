@@ -67,13 +67,7 @@ struct Stream {
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        self.state.hub.unregister(&self.client);
-        let label = self.client.closing().map_or("1006", |c| c.code.label());
-        self.state
-            .metrics
-            .disconnects
-            .with_label_values(&[label])
-            .inc();
+        self.state.hub.unregister_ended(&self.client);
     }
 }
 

@@ -78,6 +78,17 @@ impl TestServer {
         Ok((status, body))
     }
 
+    /// The node's Prometheus text (`/metrics`).
+    pub async fn metrics_text(&self) -> TestResult<String> {
+        Ok(self
+            .http
+            .get(self.http_url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     /// GETs an API route with the test key.
     pub async fn get(&self, path: &str) -> TestResult<(u16, Value)> {
         let response = self
