@@ -8,8 +8,13 @@ use serde_json::json;
 use support::{Encoding, RedisServer, TestResult, TestServer, WsClient, fail};
 
 fn node_config(redis_url: &str, extra: &str) -> String {
+    let probe = if extra.contains("probe_interval_ms") {
+        ""
+    } else {
+        "probe_interval_ms = 300\n"
+    };
     format!(
-        "[broker]\nkind = \"redis\"\n[redis]\nurl = \"{redis_url}\"\nkey_prefix = \"gaps\"\npubsub_connections = 1\nprobe_interval_ms = 300\n{extra}\n[namespaces.feed]\nhistory_size = 100\n"
+        "[broker]\nkind = \"redis\"\n[redis]\nurl = \"{redis_url}\"\nkey_prefix = \"gaps\"\npubsub_connections = 1\n{probe}{extra}\n[namespaces.feed]\nhistory_size = 100\n"
     )
 }
 
@@ -91,5 +96,39 @@ async fn the_handoff_buffer_is_bounded_in_bytes_and_counts_every_drop() -> TestR
             trips()
         ));
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_redis_refused_does_not_tear_down_a_working_pubsub_connection() -> TestResult {
+    let redis = RedisServer::start().await?;
+    let node = TestServer::start(&node_config(
+        &redis.url(),
+        "probe_interval_ms = 100\nheartbeat_interval_ms = 100\nnode_timeout_ms = 1000",
+    ))
+    .await?;
+    node.wait_ready().await?;
+    let metrics = &node.state.metrics;
+    let errors = |op: &str| metrics.redis_errors.with_label_values(&[op]).get();
+    let reconnects_before = metrics.redis_reconnects.get();
+    // Redis refuses every PUBLISH (probes and heartbeats); pub/sub itself is fine.
+    redis
+        .cli(&["ACL", "SETUSER", "default", "-publish"])
+        .await?;
+    let control_before = errors("control");
+    // Ten refused publishes later (well past several probe intervals)...
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    while errors("control") < control_before + 10 {
+        if tokio::time::Instant::now() > deadline {
+            return fail("publishes were never refused");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // ...the pub/sub connection was never declared dead.
+    assert_eq!(errors("pubsub"), 0);
+    assert_eq!(metrics.redis_reconnects.get(), reconnects_before);
+    redis
+        .cli(&["ACL", "SETUSER", "default", "+publish"])
+        .await?;
     Ok(())
 }

@@ -146,19 +146,29 @@ impl RelayContext {
     }
 
     /// Publishes a probe to a pub/sub connection's own topic (bounded by the command
-    /// timeout). Whether Redis took it does not matter: only its echo counts.
-    pub(crate) async fn send_probe(&self, topic: &str) {
+    /// timeout). Returns whether it went out: Redis took it, or did not answer in time
+    /// (a silent Redis is what the missing echo must reveal). A probe that could not be
+    /// sent (no command connection, or Redis refused it) proves nothing about the
+    /// pub/sub connection, so its missing echo must not count.
+    pub(crate) async fn send_probe(&self, topic: &str) -> bool {
         let Ok(mut conn) = self.commands() else {
-            return;
+            return false;
         };
         let mut cmd = redis::cmd(self.connector.publish_command());
         cmd.arg(topic).arg("probe");
         let publish = cmd.query_async::<i64>(&mut conn);
-        let _ = tokio::time::timeout(
+        match tokio::time::timeout(
             Duration::from_millis(self.config.command_timeout_ms),
             publish,
         )
-        .await;
+        .await
+        {
+            Ok(Ok(_)) | Err(_) => true,
+            Ok(Err(err)) => {
+                self.failed("control", &err);
+                false
+            }
+        }
     }
 
     /// Handles one message pushed by Redis.

@@ -73,7 +73,7 @@ pub(crate) async fn run_shard(
             Ok(conn) => conn,
             Err(err) => {
                 ctx.pubsub_failed(index, &err.to_string());
-                if wait_offline(&ctx, &mut commands, &mut wanted, backoff, &stop).await {
+                if wait_offline(&ctx, &mut commands, &mut wanted, jittered(backoff), &stop).await {
                     return;
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -83,7 +83,7 @@ pub(crate) async fn run_shard(
         let topics: Vec<String> = wanted.iter().cloned().collect();
         if let Err(err) = subscribe_batched(&mut conn, &topics).await {
             ctx.pubsub_failed(index, &err.to_string());
-            if wait_offline(&ctx, &mut commands, &mut wanted, backoff, &stop).await {
+            if wait_offline(&ctx, &mut commands, &mut wanted, jittered(backoff), &stop).await {
                 return;
             }
             continue;
@@ -217,10 +217,7 @@ async fn serve(
                     tracing::warn!(shard = index, "redis pub/sub connection stopped delivering; reconnecting");
                     return Ended::Reconnect;
                 }
-                if probe_sent.is_none() {
-                    // A probe Redis did not even accept counts as sent: if Redis has gone
-                    // silent, the missing echo is how this connection finds out.
-                    ctx.send_probe(&probe_topic).await;
+                if probe_sent.is_none() && ctx.send_probe(&probe_topic).await {
                     probe_sent = Some(Instant::now());
                 }
             }
@@ -352,4 +349,28 @@ fn push_size(push: &PushInfo) -> usize {
             _ => 0,
         })
         .sum()
+}
+
+/// `backoff` spread over [backoff / 2, backoff * 3 / 2): nodes that lost Redis together
+/// do not all come back in the same millisecond.
+fn jittered(backoff: Duration) -> Duration {
+    backoff.mul_f64(0.5 + rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_backoffs_are_spread() {
+        let backoff = Duration::from_millis(800);
+        let waits: Vec<Duration> = (0..64).map(|_| jittered(backoff)).collect();
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w >= backoff / 2 && *w < backoff * 3 / 2)
+        );
+        let distinct: std::collections::HashSet<Duration> = waits.iter().copied().collect();
+        assert!(distinct.len() > 32, "{distinct:?}");
+    }
 }
