@@ -4,7 +4,7 @@
 //! backend services publish through the HTTP API (`api`). This is the code map; each
 //! module's own `//!` header says more.
 //!
-//! - `protocol`: the wire contract (PROTOCOL.md): message types, error and close codes,
+//! - `protocol`: the wire contract (docs/protocol.md): message types, error and close codes,
 //!   channel names, JSON and MessagePack codecs with batching. Pure, no I/O.
 //! - `config`: typed configuration from defaults, file, `PUSHWIRE_*` env and flags, with
 //!   validation that names the offending key.
