@@ -41,6 +41,8 @@ pub struct Config {
     pub namespaces: BTreeMap<String, NamespaceConfig>,
     /// The Pusher protocol front end: `[[pusher.apps]]` (src/pusher/config.rs).
     pub pusher: crate::pusher::PusherConfig,
+    /// Native webhooks, and the delivery settings every webhook endpoint shares.
+    pub webhooks: crate::webhook::WebhooksConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -314,6 +316,7 @@ impl Default for Config {
                 NamespaceConfig::default(),
             )]),
             pusher: crate::pusher::PusherConfig::default(),
+            webhooks: crate::webhook::WebhooksConfig::default(),
         }
     }
 }
@@ -623,6 +626,9 @@ impl Config {
         }
         if let Some((key, message)) = self.tracing.invalid() {
             return invalid(key, &message);
+        }
+        if let Err((key, message)) = self.webhooks.validate() {
+            return invalid(&key, &message);
         }
         if self.redis.cluster && self.redis.cluster_nodes.is_empty() {
             return invalid(

@@ -41,6 +41,10 @@
 //! - `pusher`: the Pusher Channels protocol front end (apps, signatures, its WebSocket
 //!   endpoint and HTTP API) on the same hub and broker. Invariant: an app's channels
 //!   live in their own hub namespace (`pusher~{app_id}~…`) no native name can form.
+//! - `webhook`: webhooks for the native protocol and the Pusher apps: events batched per
+//!   endpoint, signed, retried with backoff behind a circuit breaker; vacated and leave
+//!   held a few seconds. Invariant: emitting never waits; a dead endpoint only fills its
+//!   own bounded queue.
 
 pub mod api;
 pub mod auth;
@@ -58,3 +62,4 @@ pub mod session;
 pub mod sse;
 pub mod state;
 pub mod telemetry;
+pub mod webhook;

@@ -224,8 +224,8 @@ fn healthcheck(config: &Config) -> anyhow::Result<()> {
 /// Shown instead of a secret by `check-config`, whose output ends up in CI logs.
 const REDACTED: &str = "<redacted>";
 
-/// The configuration with its secrets (token secret, API keys, Redis passwords, Pusher
-/// app secrets, the backend proxy's static headers) replaced.
+/// The configuration with its secrets (token and webhook secrets, API keys, Redis
+/// passwords, Pusher app secrets, the backend proxy's static headers) replaced.
 fn redacted(mut config: Config) -> Config {
     config.pusher.redact_secrets(REDACTED);
     if !config.auth.token_hmac_secret.is_empty() {
@@ -236,6 +236,9 @@ fn redacted(mut config: Config) -> Config {
     }
     for value in config.proxy.static_headers.values_mut() {
         *value = REDACTED.into();
+    }
+    if !config.webhooks.secret.is_empty() {
+        config.webhooks.secret = REDACTED.into();
     }
     config.redis.url = redact_url_password(&config.redis.url);
     for node in &mut config.redis.cluster_nodes {

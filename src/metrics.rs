@@ -52,13 +52,14 @@ pub struct Metrics {
 }
 
 /// Redis operations as labelled in `pushwire_redis_errors_total`.
-pub const REDIS_OPS: [&str; 6] = [
+pub const REDIS_OPS: [&str; 7] = [
     "publish",
     "subscribe",
     "pubsub",
     "history",
     "presence",
     "control",
+    "occupancy",
 ];
 
 /// Routes as labelled in `pushwire_api_requests_total`.

@@ -28,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
 use crate::session;
 use crate::state::{AppState, NodeIdentity, hub_settings};
+use crate::webhook::{WebhookError, Webhooks};
 
 /// A server that cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +43,8 @@ pub enum ServerError {
     Key(#[from] KeyError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Webhook(#[from] WebhookError),
 }
 
 /// Expired proxy-granted connections waiting for the refresh proxy; more close with 4002.
@@ -83,8 +86,23 @@ impl Server {
             version: env!("CARGO_PKG_VERSION"),
             started: Instant::now(),
         };
+        let webhooks = Webhooks::start(
+            &config.webhooks,
+            Webhooks::native_endpoints(&config.webhooks)
+                .into_iter()
+                .chain(Webhooks::pusher_endpoints(&config.pusher))
+                .collect(),
+            &metrics,
+            &background,
+            background_stop.clone(),
+        )?;
         let broker = match config.broker.kind {
-            BrokerKind::Memory => Broker::memory(hub.clone(), &background, background_stop.clone()),
+            BrokerKind::Memory => Broker::memory(
+                hub.clone(),
+                webhooks.clone(),
+                &background,
+                background_stop.clone(),
+            ),
             BrokerKind::Redis => {
                 let stats = NodeStats {
                     id: node.id.clone(),
@@ -99,6 +117,7 @@ impl Server {
                     hub.clone(),
                     &config.redis,
                     stats,
+                    webhooks.clone(),
                     &background,
                     background_stop.clone(),
                 )?;
@@ -109,16 +128,19 @@ impl Server {
         let mut keys = config.api.keys.clone();
         let generated_api_key = keys.is_empty().then(random_key);
         keys.extend(generated_api_key.clone());
-        let state = Arc::new(AppState::new(
-            Arc::new(config),
-            hub,
-            broker,
-            metrics,
-            tokens,
-            ApiKeys::new(&keys),
-            node,
-            CancellationToken::new(),
-        ));
+        let state = Arc::new(
+            AppState::new(
+                Arc::new(config),
+                hub,
+                broker,
+                metrics,
+                tokens,
+                ApiKeys::new(&keys),
+                node,
+                CancellationToken::new(),
+            )
+            .with_webhooks(webhooks),
+        );
         Ok(Server {
             state,
             listener,

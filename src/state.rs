@@ -15,6 +15,7 @@ use crate::hub::{Hub, HubSettings, QueueLimits};
 use crate::limits::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::pusher::PusherApps;
+use crate::webhook::Webhooks;
 
 /// Identity of this node in the cluster.
 #[derive(Debug, Clone)]
@@ -45,6 +46,8 @@ pub struct AppState {
     pub pusher: PusherApps,
     /// The backend proxy, when any proxy URL is configured (fixed until restart).
     pub proxy: Option<Arc<crate::proxy::BackendProxy>>,
+    /// Webhook endpoints (native and Pusher apps); see `with_webhooks`.
+    pub webhooks: Webhooks,
 }
 
 impl AppState {
@@ -81,7 +84,14 @@ impl AppState {
             shutdown,
             sessions: TaskTracker::new(),
             limits: ConnectionLimits::new(),
+            webhooks: Webhooks::disabled(),
         }
+    }
+
+    /// The same state, sending webhooks through `webhooks`.
+    pub fn with_webhooks(mut self, webhooks: Webhooks) -> Self {
+        self.webhooks = webhooks;
+        self
     }
 
     /// The configuration in force (replaced as a whole on reload).
@@ -122,6 +132,9 @@ impl AppState {
         }
         if differs(&applied.tracing, &next.tracing) {
             ignored.push("tracing");
+        }
+        if differs(&applied.webhooks, &next.webhooks) {
+            ignored.push("webhooks");
         }
         if differs(&applied.log, &next.log) || applied.node_name != next.node_name {
             ignored.push("log/node_name");

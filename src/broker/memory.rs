@@ -18,12 +18,14 @@ use dashmap::DashMap;
 use tokio::sync::Mutex;
 
 use super::epoch::{self, new_epoch, no_stream_position, recovers_into_new_stream};
+use super::occupancy::{LocalOccupancy, emit_local, emit_presence};
 use super::{
     HistoryMessage, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered,
 };
 use crate::config::NamespaceConfig;
 use crate::hub::{ClientHandle, Hub, HubEvent, Publication};
 use crate::protocol::{ChannelName, ClientInfo, StreamPosition};
+use crate::webhook::Webhooks;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -107,18 +109,21 @@ impl Stream {
 /// The in-memory broker.
 pub struct MemoryBroker {
     hub: Hub,
-    /// Channels with local subscribers whose namespace announces joins and leaves.
-    join_leave: DashMap<ChannelName, ()>,
+    /// Channels with local subscribers in a presence namespace, and whether they
+    /// announce joins and leaves to subscribers.
+    presence: DashMap<ChannelName, bool>,
+    webhooks: Webhooks,
     streams: DashMap<ChannelName, Arc<Mutex<Stream>>>,
     stripes: Vec<Mutex<()>>,
     idempotency: DashMap<String, (Instant, PublishResult)>,
 }
 
 impl MemoryBroker {
-    pub fn new(hub: Hub) -> Self {
+    pub fn new(hub: Hub, webhooks: Webhooks) -> Self {
         MemoryBroker {
             hub,
-            join_leave: DashMap::new(),
+            presence: DashMap::new(),
+            webhooks,
             streams: DashMap::new(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             idempotency: DashMap::new(),
@@ -230,21 +235,25 @@ impl MemoryBroker {
         let result = self
             .subscribe_ordered(client, channel, ns, recover, reply)
             .await?;
-        if ns.join_leave {
-            self.join_leave.insert(channel.clone(), ());
-            self.hub
-                .dispatch_presence(channel, true, &client.info_for_presence())
-                .await;
+        if ns.presence {
+            self.presence.insert(channel.clone(), ns.join_leave);
+            let info = client.info_for_presence();
+            if ns.join_leave {
+                self.hub.dispatch_presence(channel, true, &info).await;
+            }
+            emit_presence(&self.webhooks, channel, &info, true);
         }
         Some(result)
     }
 
-    /// Follows hub membership events: announces leaves.
+    /// Follows hub membership events: announces leaves, and tells webhooks about
+    /// leaves and occupancy.
     pub async fn run_events(
         self: Arc<Self>,
         mut events: mpsc::UnboundedReceiver<HubEvent>,
         stop: CancellationToken,
     ) {
+        let mut occupancy = LocalOccupancy::default();
         loop {
             let event = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -253,14 +262,23 @@ impl MemoryBroker {
             match event {
                 None => return,
                 Some(HubEvent::Left { channel, client }) => {
-                    if self.join_leave.contains_key(&channel) {
+                    let Some(announce) = self.presence.get(&channel).map(|a| *a) else {
+                        continue;
+                    };
+                    if announce {
                         self.hub.dispatch_presence(&channel, false, &client).await;
                     }
+                    emit_presence(&self.webhooks, &channel, &client, false);
                 }
-                Some(HubEvent::Released(channel)) => {
+                Some(HubEvent::Released(channel) | HubEvent::Occupied(channel)) => {
                     // A new subscriber may have come since; it re-inserted the entry.
                     if !self.hub.has_subscribers(&channel) {
-                        self.join_leave.remove(&channel);
+                        self.presence.remove(&channel);
+                    }
+                    if self.webhooks.enabled()
+                        && let Some(occupied) = occupancy.transition(&self.hub, &channel)
+                    {
+                        emit_local(&self.webhooks, &channel, occupied);
                     }
                 }
             }

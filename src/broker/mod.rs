@@ -10,6 +10,7 @@
 
 mod epoch;
 mod memory;
+mod occupancy;
 mod redis;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ pub use redis::{NodeStats, RedisBroker};
 use crate::config::NamespaceConfig;
 use crate::hub::{ClientHandle, ClientId, ClientSelector, Dialect, Hub, NamedEvent, Publication};
 use crate::protocol::{ChannelName, ClientInfo, CloseCode, Payload, StreamPosition};
+use crate::webhook::Webhooks;
 
 /// A broker operation that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,10 +82,11 @@ impl Broker {
     /// The embedded single-node broker, with its event task on `tracker`.
     pub fn memory(
         hub: Hub,
+        webhooks: Webhooks,
         tracker: &tokio_util::task::TaskTracker,
         stop: tokio_util::sync::CancellationToken,
     ) -> Broker {
-        let broker = Arc::new(MemoryBroker::new(hub.clone()));
+        let broker = Arc::new(MemoryBroker::new(hub.clone(), webhooks));
         let (events_tx, events_rx) = tokio::sync::mpsc::unbounded_channel();
         hub.on_event(events_tx);
         tracker.spawn(broker.clone().run_events(events_rx, stop));

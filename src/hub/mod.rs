@@ -77,6 +77,8 @@ struct Shared {
 /// What brokers may want to hear about local membership.
 #[derive(Debug, Clone)]
 pub enum HubEvent {
+    /// A channel got its first local subscriber.
+    Occupied(ChannelName),
     /// The last local subscriber of a channel left.
     Released(ChannelName),
     /// A client left a channel (unsubscribed or disconnected).
@@ -331,6 +333,7 @@ impl Hub {
         let m = &self.shared.metrics;
         if first_local {
             m.channels.inc();
+            self.emit(|| HubEvent::Occupied(channel.clone()));
         }
         if !added {
             return None;

@@ -87,6 +87,19 @@ impl Breaker {
         self.inner.lock().state
     }
 
+    /// How long the breaker stays open from now (zero when a call or probe may go out):
+    /// lets a caller that queues its work (webhooks) sleep instead of asking again.
+    pub fn open_for(&self) -> std::time::Duration {
+        let inner = self.inner.lock();
+        match inner.state {
+            BreakerState::Open => self
+                .settings
+                .open_for
+                .saturating_sub(inner.opened_at.elapsed()),
+            _ => std::time::Duration::ZERO,
+        }
+    }
+
     /// Asks to make a call now.
     pub fn admit(&self) -> Admit {
         let mut inner = self.inner.lock();

@@ -92,7 +92,12 @@ mod tests {
     async fn events_fan_out_as_pusher_frames_with_exclusion_and_history() -> TestResult {
         let (tracker, stop) = (TaskTracker::new(), CancellationToken::new());
         let hub = hub(&tracker, &stop);
-        let broker = Broker::memory(hub.clone(), &tracker, stop.clone());
+        let broker = Broker::memory(
+            hub.clone(),
+            crate::webhook::Webhooks::disabled(),
+            &tracker,
+            stop.clone(),
+        );
         let pusher =
             |hub: &Hub| hub.register_as(Arc::from(""), Encoding::Json, None, Dialect::Pusher);
         let (a, b) = (pusher(&hub), pusher(&hub));

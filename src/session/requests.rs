@@ -13,6 +13,7 @@ use crate::protocol::{
     ChannelName, CloseCode, ErrorCode, HistoryItem, Payload, Request, RequestError, ServerMessage,
     StreamPosition, data_fields, encode,
 };
+use crate::webhook::WebhookEvent;
 
 /// A request that failed with a code and message for the `error` reply.
 pub(crate) type Refusal = (ErrorCode, String);
@@ -285,6 +286,11 @@ where
                 format!("data cannot be delivered: {e}"),
             )
         })?;
+        let webhooks = &self.state.webhooks;
+        let (target, name) = webhooks.target_of(&channel);
+        let event = webhooks
+            .wants(&target, "publish")
+            .then(|| WebhookEvent::publish(&name, &self.client.info_for_presence(), &data));
         let result = self
             .state
             .broker
@@ -292,6 +298,9 @@ where
             .await
             .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
         self.state.metrics.published_client.inc();
+        if let Some(event) = event {
+            webhooks.emit(&target, event);
+        }
         self.send(&ServerMessage::Published {
             id,
             offset: result.offset,

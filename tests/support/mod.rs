@@ -8,6 +8,7 @@ pub mod external;
 pub mod observability;
 pub mod redis_server;
 pub mod server;
+pub mod webhook_receiver;
 
 pub use client::{Encoding, WsClient};
 #[allow(unused_imports)]

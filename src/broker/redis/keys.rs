@@ -53,6 +53,31 @@ impl Keys {
         format!("{}:ph:{{{channel}}}", self.prefix)
     }
 
+    /// Set of the ids of the nodes where the channel has subscribers (webhook occupancy).
+    pub(crate) fn occupancy(&self, channel: &str) -> String {
+        format!("{}:o:{{{channel}}}", self.prefix)
+    }
+
+    /// Token of the node holding back the channel's `channel_vacated` (it expires).
+    pub(crate) fn vacating(&self, channel: &str) -> String {
+        format!("{}:ov:{{{channel}}}", self.prefix)
+    }
+
+    /// Set of the channels a node holds in the occupancy sets (for crash cleanup).
+    pub(crate) fn node_channels(&self, node_id: &str) -> String {
+        format!("{}:on:{node_id}", self.prefix)
+    }
+
+    /// Set of the node ids that have a `node_channels` set.
+    pub(crate) fn occupancy_nodes(&self) -> String {
+        format!("{}:onodes", self.prefix)
+    }
+
+    /// Exists while the node is alive (refreshed with a TTL of `node_timeout_ms`).
+    pub(crate) fn node_alive(&self, node_id: &str) -> String {
+        format!("{}:alive:{node_id}", self.prefix)
+    }
+
     /// The cluster's control topic: heartbeats and cluster-wide requests.
     pub(crate) fn control(&self) -> String {
         format!("{}:control", self.prefix)

@@ -20,6 +20,7 @@ mod conn;
 mod control;
 mod envelope;
 mod keys;
+mod occupancy;
 mod presence;
 mod relay;
 mod scripts;
@@ -49,6 +50,7 @@ use crate::config::{NamespaceConfig, RedisConfig};
 use crate::hub::{ClientHandle, ClientSelector, Hub, HubEvent, Publication};
 use crate::protocol::{ChannelName, CloseCode, StreamPosition};
 use crate::pusher::channel::hub_channel;
+use crate::webhook::Webhooks;
 use conn::{CommandConn, Connector};
 use envelope::Envelope;
 use keys::Keys;
@@ -92,6 +94,7 @@ pub(crate) struct RelayContext {
     pub(crate) cluster: control::ClusterView,
     /// Cluster requests of this node waiting for replies, by request id.
     pub(crate) waiting: DashMap<u64, mpsc::UnboundedSender<control::ClusterReply>>,
+    pub(crate) webhooks: Webhooks,
 }
 
 impl RelayContext {
@@ -485,6 +488,7 @@ impl RedisBroker {
         hub: Hub,
         config: &RedisConfig,
         node: NodeStats,
+        webhooks: Webhooks,
         tracker: &TaskTracker,
         stop: CancellationToken,
     ) -> Result<Arc<RedisBroker>, BrokerError> {
@@ -510,6 +514,7 @@ impl RedisBroker {
             last_error: Mutex::new(None),
             cluster: control::ClusterView::new(node),
             waiting: DashMap::new(),
+            webhooks,
             hub: hub.clone(),
         });
         hub.metrics().redis_up.set(0);
@@ -693,6 +698,7 @@ impl RedisBroker {
         if let Err(err) = presence::add(ctx, channel, std::slice::from_ref(&info)).await {
             tracing::warn!(channel = %channel, error = %err, "presence update failed");
         }
+        crate::broker::occupancy::emit_presence(&ctx.webhooks, channel, &info, true);
         if announce {
             self.announce(channel, envelope::Body::Join { client: info })
                 .await;
@@ -726,6 +732,7 @@ impl RedisBroker {
         if let Err(err) = presence::remove(&self.ctx, channel, &client.client_id).await {
             tracing::warn!(channel = %channel, error = %err, "presence update failed");
         }
+        crate::broker::occupancy::emit_presence(&self.ctx.webhooks, channel, &client, false);
         if announce {
             self.announce(channel, envelope::Body::Leave { client })
                 .await;
@@ -993,7 +1000,8 @@ async fn health_loop(ctx: Arc<RelayContext>, stop: CancellationToken) {
 
 /// Follows local membership: leaves update presence; released channels are unsubscribed
 /// after `unsubscribe_delay_ms`, in batches per connection, unless they got local
-/// subscribers again.
+/// subscribers again; occupancy changes go to the cluster-wide record when webhooks are
+/// on.
 async fn events_loop(
     broker: Arc<RedisBroker>,
     mut events: mpsc::UnboundedReceiver<HubEvent>,
@@ -1003,18 +1011,32 @@ async fn events_loop(
     let mut waiting: Vec<(tokio::time::Instant, ChannelName)> = Vec::new();
     let mut tick =
         tokio::time::interval(Duration::from_millis(100).min(delay.max(Duration::from_millis(10))));
+    let ctx = &broker.ctx;
+    let mut occupancy = occupancy::ClusterOccupancy::default();
+    let webhooks = ctx.webhooks.enabled();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             event = events.recv() => match event {
                 Some(HubEvent::Released(channel)) => {
                     broker.ctx.presence_channels.remove(&channel);
+                    if webhooks {
+                        occupancy.reconcile(ctx, &channel).await;
+                    }
                     waiting.push((tokio::time::Instant::now() + delay, channel));
+                }
+                Some(HubEvent::Occupied(channel)) => {
+                    if webhooks {
+                        occupancy.reconcile(ctx, &channel).await;
+                    }
                 }
                 Some(HubEvent::Left { channel, client }) => broker.left(&channel, client).await,
                 None => return,
             },
             _ = tick.tick() => {
+                if webhooks {
+                    occupancy.tick(ctx).await;
+                }
                 let now = tokio::time::Instant::now();
                 let (due, later): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(at, _)| *at <= now);
                 waiting = later;

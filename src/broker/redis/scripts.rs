@@ -83,3 +83,54 @@ return {epoch, 0}
 "#,
     )
 });
+
+/// KEYS: occupancy set, vacating key. ARGV: node id.
+/// Returns 1 when the channel became occupied cluster-wide (send `channel_occupied`),
+/// 2 when it came back while a node held its `channel_vacated` (send nothing: the holder
+/// finds its token gone), 0 when other nodes had it already.
+pub(crate) static OCCUPY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 1 then
+  if redis.call('DEL', KEYS[2]) == 1 then
+    return 2
+  end
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// KEYS: occupancy set, vacating key. ARGV: node id, token, token TTL in ms (0: no hold).
+/// Returns 1 when the channel was vacated cluster-wide and is not held (send
+/// `channel_vacated` now), 2 when it was vacated and the token is set (hold, then
+/// `CONFIRM_VACATED`), 0 when other nodes still have it.
+pub(crate) static VACATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('SREM', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 0 then
+  if tonumber(ARGV[3]) > 0 then
+    redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+    return 2
+  end
+  return 1
+end
+return 0
+"#,
+    )
+});
+
+/// KEYS: vacating key. ARGV: token. Returns 1 (and clears the token) when the held
+/// `channel_vacated` stands: nobody came back during the hold.
+pub(crate) static CONFIRM_VACATED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#,
+    )
+});
