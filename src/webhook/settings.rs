@@ -117,23 +117,31 @@ impl WebhooksConfig {
     }
 }
 
-/// A webhook URL this build can post to: `http://host[:port]/path`.
+/// A webhook URL this build can post to: `http(s)://host[:port]/path` (TLS by rustls,
+/// with the Mozilla root certificates).
 pub fn check_url(url: &str) -> Result<(), String> {
     let parsed: http::Uri = url
         .parse()
         .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
     match parsed.scheme_str() {
-        Some("http") if parsed.host().is_some() => Ok(()),
-        Some("https") => Err(format!(
-            "{url:?}: https is not built in; post to a local TLS proxy over http"
+        Some("http" | "https") if parsed.host().is_some() => Ok(()),
+        _ => Err(format!(
+            "{url:?} must be an http:// or https:// URL with a host"
         )),
-        _ => Err(format!("{url:?} must be an http:// URL with a host")),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_and_https_urls_are_accepted_others_refused() {
+        assert!(check_url("http://backend.internal/hooks").is_ok());
+        assert!(check_url("https://hooks.example.com/pusher").is_ok());
+        assert!(check_url("ftp://x/y").is_err());
+        assert!(check_url("https:///nohost").is_err());
+    }
 
     #[test]
     fn defaults_are_valid_and_leave_publish_out() {
