@@ -119,6 +119,21 @@ impl Breaker {
         }
     }
 
+    /// Admits a call (`None` when the breaker refuses it) as a `Pending` that records its
+    /// outcome. A `Pending` dropped without an outcome (the caller's future was
+    /// cancelled: its client went away, a timeout around it) frees the half-open probe
+    /// slot; else a probe that never reports would keep the breaker refusing every call.
+    pub fn start(&self) -> Option<Pending<'_>> {
+        match self.admit() {
+            Admit::Refused => None,
+            admitted => Some(Pending {
+                breaker: self,
+                admitted,
+                recorded: false,
+            }),
+        }
+    }
+
     /// Records the outcome of an admitted call; returns the state after it.
     pub fn record(&self, admitted: Admit, ok: bool) -> BreakerState {
         let mut inner = self.inner.lock();
@@ -137,7 +152,11 @@ impl Breaker {
         if inner.state != BreakerState::Closed {
             return inner.state;
         }
-        inner.in_a_row = if ok { 0 } else { inner.in_a_row + 1 };
+        inner.in_a_row = if ok {
+            0
+        } else {
+            inner.in_a_row.saturating_add(1)
+        };
         let window = self.settings.window.max(1) as usize;
         inner.recent.push_back(!ok);
         while inner.recent.len() > window {
@@ -154,6 +173,30 @@ impl Breaker {
             inner.opened_at = Instant::now();
         }
         inner.state
+    }
+}
+
+/// A call the breaker admitted, until its outcome is recorded (`Breaker::start`).
+#[derive(Debug)]
+pub struct Pending<'a> {
+    breaker: &'a Breaker,
+    admitted: Admit,
+    recorded: bool,
+}
+
+impl Pending<'_> {
+    /// Records the call's outcome; returns the breaker's state after it.
+    pub fn finish(mut self, ok: bool) -> BreakerState {
+        self.recorded = true;
+        self.breaker.record(self.admitted, ok)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if !self.recorded && self.admitted == Admit::Probe {
+            self.breaker.inner.lock().probe_out = false;
+        }
     }
 }
 
@@ -220,5 +263,18 @@ mod tests {
         call(&b, false);
         let probe = b.admit();
         assert_eq!(b.record(probe, false), BreakerState::Open);
+    }
+
+    #[test]
+    fn a_probe_dropped_without_an_outcome_frees_the_probe_slot() {
+        let b = breaker(1, 0.0, 10, 0);
+        call(&b, false);
+        let probe = b.start();
+        assert!(probe.is_some());
+        assert!(b.start().is_none(), "one probe at a time");
+        drop(probe);
+        let next = b.start();
+        assert!(next.is_some(), "the abandoned probe no longer blocks");
+        assert_eq!(next.map(|p| p.finish(true)), Some(BreakerState::Closed));
     }
 }

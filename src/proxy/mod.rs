@@ -33,7 +33,6 @@ pub use metrics::ProxyMetrics;
 pub use wire::{Grant, Refusal};
 
 use crate::config::Config;
-use breaker::Admit;
 use wire::{
     Allowed, Answer, ConnectRequest, PublishGrant, PublishRequest, RefreshRequest, SubscribeRequest,
 };
@@ -281,15 +280,16 @@ impl BackendProxy {
             self.metrics.outcome(kind, "busy");
             return Err(ProxyError::Busy(kind));
         };
-        let admitted = endpoint.breaker.admit();
-        if admitted == Admit::Refused {
+        // Dropped with this future (the client went away mid-call), `pending` frees the
+        // breaker's probe slot.
+        let Some(pending) = endpoint.breaker.start() else {
             self.metrics.outcome(kind, "breaker_open");
             return Err(ProxyError::BreakerOpen(kind));
-        }
+        };
         let started = std::time::Instant::now();
         let result = self.send(&endpoint, body, forwarded).await;
         self.metrics.observe(kind, started.elapsed());
-        let state = endpoint.breaker.record(admitted, result.is_ok());
+        let state = pending.finish(result.is_ok());
         self.metrics.breaker(kind, state);
         match &result {
             Ok(Verdict::Granted(_)) => self.metrics.outcome(kind, "granted"),
@@ -376,4 +376,47 @@ fn describe(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Encoding;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    #[tokio::test]
+    async fn a_cancelled_probe_does_not_leave_the_breaker_refusing() -> TestResult {
+        // A backend that accepts connections and never answers.
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/connect", backend.local_addr()?);
+        let mut config = Config::default();
+        config.proxy.connect_url = url.clone();
+        config.proxy.breaker_consecutive_failures = 1;
+        config.proxy.breaker_open_ms = 0;
+        let proxy = BackendProxy::from_config(&config, &prometheus::Registry::new())?
+            .ok_or("no proxy built")?;
+        let endpoint = proxy.endpoint("connect", &url).ok_or("no endpoint")?;
+        endpoint.breaker.record(breaker::Admit::Call, false);
+        assert_eq!(endpoint.breaker.state(), BreakerState::Open);
+        let forwarded = Forwarded::default();
+        // The probe's caller goes away once the backend has the call (a client that
+        // disconnected mid-handshake).
+        tokio::select! {
+            verdict = proxy.connect(&forwarded, Encoding::Json, None, None) => {
+                return Err(format!("the silent backend answered: {verdict:?}").into());
+            }
+            accepted = backend.accept() => drop(accepted?),
+        }
+        // The next call is let through as a new probe, not refused forever.
+        tokio::select! {
+            verdict = proxy.connect(&forwarded, Encoding::Json, None, None) => {
+                Err(format!("the next call did not reach the backend: {verdict:?}").into())
+            }
+            accepted = backend.accept() => {
+                accepted?;
+                Ok(())
+            }
+        }
+    }
 }
