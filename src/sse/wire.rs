@@ -87,13 +87,33 @@ fn event_frame(id: Option<(&ChannelName, &StreamPosition)>, event: &str, data: &
     out.put_u8(b'\n');
     // A line break inside the JSON text (pretty-printed data) starts another `data:` line;
     // the client joins them back with `\n`.
-    for line in data.split(|b| *b == b'\n') {
+    for line in lines(data) {
         out.put_slice(b"data: ");
-        out.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
+        out.put_slice(line);
         out.put_u8(b'\n');
     }
     out.put_u8(b'\n');
     out.freeze()
+}
+
+/// The lines of `data` as an event stream parser sees them: `\r\n`, `\n` and a lone `\r`
+/// each end one (a bare `\r` is legal JSON whitespace and would otherwise cut the data).
+fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(data);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let Some(end) = text.iter().position(|b| matches!(b, b'\n' | b'\r')) else {
+            rest = None;
+            return Some(text);
+        };
+        let (line, tail) = text.split_at(end);
+        let tail = tail
+            .strip_prefix(b"\r\n")
+            .or_else(|| tail.get(1..))
+            .unwrap_or_default();
+        rest = Some(tail);
+        Some(line)
+    })
 }
 
 #[cfg(test)]
@@ -132,6 +152,19 @@ mod tests {
         assert_eq!(
             encode_publication(&p).unwrap(),
             "event: news\ndata: {\ndata:  \"a\": 1\ndata: }\n\n"
+        );
+    }
+
+    #[test]
+    fn carriage_returns_in_json_end_data_lines_too() {
+        let p = Publication::new(
+            channel("news"),
+            Payload::Json(Bytes::from_static(b"{\"a\":1,\r\"b\":2,\r\n\"c\":3}")),
+            None,
+        );
+        assert_eq!(
+            encode_publication(&p).unwrap(),
+            "event: news\ndata: {\"a\":1,\ndata: \"b\":2,\ndata: \"c\":3}\n\n"
         );
     }
 
