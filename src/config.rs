@@ -214,7 +214,14 @@ pub struct NamespaceConfig {
     pub history_size: usize,
     pub history_ttl_secs: u64,
     pub presence: bool,
+    /// Announce a user's first connection (`join`) and last (`leave`); needs `presence`.
     pub join_leave: bool,
+    /// Joins and leaves a second one channel delivers on one node; the rest are dropped
+    /// (limit `join_leave_rate`). 0: no bound.
+    pub join_leave_rate_per_sec: u32,
+    /// The most entries one presence page holds (a request without `limit`, or with a
+    /// larger one, gets this many and a cursor).
+    pub presence_max_page: usize,
     pub allow_subscribe: SubscribePolicy,
     pub allow_publish: PublishPolicy,
     /// The most messages a recovering subscribe replays; a longer gap answers
@@ -449,6 +456,8 @@ impl Default for NamespaceConfig {
             history_ttl_secs: 300,
             presence: false,
             join_leave: false,
+            join_leave_rate_per_sec: 50,
+            presence_max_page: 1000,
             allow_subscribe: SubscribePolicy::All,
             allow_publish: PublishPolicy::None,
             max_recover_messages: 10_000,
@@ -619,6 +628,12 @@ impl Config {
             }
             if let Some((key, message)) = proxy_opt_in_error(ns, &self.proxy) {
                 return invalid(&format!("namespaces.{name}.{key}"), message);
+            }
+            if ns.presence_max_page == 0 {
+                return invalid(
+                    &format!("namespaces.{name}.presence_max_page"),
+                    "must be at least 1",
+                );
             }
         }
         if let Some((key, message)) = self.proxy.invalid() {

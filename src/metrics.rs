@@ -63,7 +63,7 @@ pub const REDIS_OPS: [&str; 7] = [
 ];
 
 /// Routes as labelled in `pushwire_api_requests_total`.
-pub const API_ROUTES: [&str; 22] = [
+pub const API_ROUTES: [&str; 23] = [
     "publish",
     "broadcast",
     "disconnect",
@@ -73,6 +73,7 @@ pub const API_ROUTES: [&str; 22] = [
     "batch",
     "channels",
     "presence",
+    "presence_stats",
     "history",
     "info",
     "client",
@@ -89,7 +90,7 @@ pub const API_ROUTES: [&str; 22] = [
 ];
 
 /// Kinds of limit as labelled in `pushwire_limit_trips_total`.
-pub const LIMIT_KINDS: [&str; 19] = [
+pub const LIMIT_KINDS: [&str; 21] = [
     "queue_overflow",
     "frame_size",
     "channels_per_connection",
@@ -109,6 +110,8 @@ pub const LIMIT_KINDS: [&str; 19] = [
     "pusher_event_bytes",
     "relay_handoff",
     "relay_gap_fill",
+    "join_leave_rate",
+    "presence_reply_size",
 ];
 
 impl Metrics {

@@ -105,7 +105,22 @@ fn request() -> impl Strategy<Value = (Request, Option<Value>)> {
             };
             (request, Some(data))
         }),
-        (id, text()).prop_map(|(id, channel)| (Request::Presence { id, channel }, None)),
+        (
+            id,
+            text(),
+            prop::option::of(any::<u64>()),
+            prop::option::of(text())
+        )
+            .prop_map(|(id, channel, limit, cursor)| {
+                let request = Request::Presence {
+                    id,
+                    channel,
+                    limit,
+                    cursor,
+                };
+                (request, None)
+            }),
+        (id, text()).prop_map(|(id, channel)| (Request::PresenceStats { id, channel }, None)),
         (
             id,
             text(),
@@ -161,9 +176,20 @@ fn to_wire(request: &Request, data: Option<&Value>) -> Value {
             set("recover", position(recover));
             set("token", json!(token));
         }
-        Request::Unsubscribe { id, channel } | Request::Presence { id, channel } => {
+        Request::Unsubscribe { id, channel } | Request::PresenceStats { id, channel } => {
             set("id", json!(id));
             set("channel", json!(channel));
+        }
+        Request::Presence {
+            id,
+            channel,
+            limit,
+            cursor,
+        } => {
+            set("id", json!(id));
+            set("channel", json!(channel));
+            set("limit", json!(limit));
+            set("cursor", json!(cursor));
         }
         Request::Publish { id, channel, .. } => {
             set("id", json!(id));

@@ -25,6 +25,7 @@ pub fn decode_and_deliver(encoding: Encoding, frame: &[u8]) {
             Request::Subscribe { channel, .. }
             | Request::Unsubscribe { channel, .. }
             | Request::Presence { channel, .. }
+            | Request::PresenceStats { channel, .. }
             | Request::History { channel, .. } => {
                 if let Ok(channel) = ChannelName::parse(&channel) {
                     let _ = channel.namespace();

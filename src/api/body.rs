@@ -168,6 +168,13 @@ pub struct HistoryRemoveBody {
     pub channel: String,
 }
 
+/// `POST /api/presence_stats`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PresenceStatsBody {
+    pub channel: String,
+}
+
 /// A publication decoded from either encoding.
 pub struct Publish {
     pub channel: String,

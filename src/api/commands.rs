@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::ApiError;
 use super::body::{
-    self, BodyKind, Broadcast, BroadcastBody, DisconnectBody, HistoryRemoveBody, Publish,
-    PublishBody, UnsubscribeBody,
+    self, BodyKind, Broadcast, BroadcastBody, DisconnectBody, HistoryRemoveBody, PresenceStatsBody,
+    Publish, PublishBody, UnsubscribeBody,
 };
 use super::handlers::{channel_and_namespace, check_size, selector};
 use crate::auth::KeyIndex;
@@ -28,16 +28,18 @@ pub enum Command {
     Subscribe,
     Unsubscribe,
     HistoryRemove,
+    PresenceStats,
 }
 
 impl Command {
-    pub const ALL: [Command; 6] = [
+    pub const ALL: [Command; 7] = [
         Command::Publish,
         Command::Broadcast,
         Command::Disconnect,
         Command::Subscribe,
         Command::Unsubscribe,
         Command::HistoryRemove,
+        Command::PresenceStats,
     ];
 
     /// The command's name: its route (`/api/<name>`) and its key in a batch.
@@ -49,6 +51,7 @@ impl Command {
             Command::Subscribe => "subscribe",
             Command::Unsubscribe => "unsubscribe",
             Command::HistoryRemove => "history_remove",
+            Command::PresenceStats => "presence_stats",
         }
     }
 
@@ -76,6 +79,7 @@ pub async fn run(
         Command::Subscribe => subscribe(state, body::decode(kind, bytes)?).await,
         Command::Unsubscribe => unsubscribe(state, body::decode(kind, bytes)?).await,
         Command::HistoryRemove => history_remove(state, body::decode(kind, bytes)?).await,
+        Command::PresenceStats => presence_stats(state, body::decode(kind, bytes)?).await,
     }
 }
 
@@ -189,6 +193,18 @@ async fn unsubscribe(state: &AppState, request: UnsubscribeBody) -> Result<Value
         .unsubscribe(&state.hub, &selector, &channel)
         .await?;
     Ok(json!({ "unsubscribed": unsubscribed }))
+}
+
+/// Connection and user counts of a channel's presence, without the members.
+async fn presence_stats(state: &AppState, request: PresenceStatsBody) -> Result<Value, ApiError> {
+    let (channel, ns) = channel_and_namespace(state, &request.channel)?;
+    if !ns.presence {
+        return Err(ApiError::not_available(format!(
+            "presence is off for the namespace of {channel}"
+        )));
+    }
+    let stats = state.broker.presence_stats(&channel).await?;
+    Ok(json!({ "clients": stats.clients, "users": stats.users }))
 }
 
 async fn history_remove(state: &AppState, request: HistoryRemoveBody) -> Result<Value, ApiError> {

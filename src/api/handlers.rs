@@ -17,7 +17,7 @@ use super::ApiError;
 use super::body;
 use super::commands::{self, Command};
 use crate::auth::KeyIndex;
-use crate::broker::NodeStats;
+use crate::broker::{NodeStats, PresenceQuery};
 use crate::config::NamespaceConfig;
 use crate::hub::ClientSelector;
 use crate::protocol::{
@@ -235,6 +235,7 @@ pub async fn channels(
 pub struct ChannelQuery {
     channel: Option<String>,
     limit: Option<usize>,
+    cursor: Option<String>,
     since_offset: Option<u64>,
     since_epoch: Option<String>,
     #[serde(default)]
@@ -264,8 +265,28 @@ pub async fn presence(
             "presence is off for the namespace of {channel}"
         )));
     }
-    let clients = state.broker.presence(&channel).await?;
-    respond(&headers, &json!({ "clients": clients }))
+    let query = PresenceQuery::capped(
+        query.limit.map(|l| l as u64),
+        query.cursor,
+        ns.presence_max_page,
+    );
+    let page = state.broker.presence(&channel, &query).await?;
+    match page.cursor {
+        Some(cursor) => respond(
+            &headers,
+            &json!({ "clients": page.clients, "cursor": cursor }),
+        ),
+        None => respond(&headers, &json!({ "clients": page.clients })),
+    }
+}
+
+/// `POST /api/presence_stats`: connection and user counts, without the members.
+pub async fn presence_stats(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult {
+    command(&state, Command::PresenceStats, &headers, body).await
 }
 
 pub async fn history(

@@ -35,6 +35,7 @@ pub fn api_router(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/batch", post(handlers::batch))
         .route("/api/channels", get(handlers::channels))
         .route("/api/presence", get(handlers::presence))
+        .route("/api/presence_stats", post(handlers::presence_stats))
         .route("/api/history", get(handlers::history))
         .route("/api/info", get(handlers::info))
         .route("/api/{*rest}", axum::routing::any(handlers::not_found))
@@ -169,6 +170,7 @@ fn route_label(path: Option<&str>) -> &'static str {
         Some("/api/batch") => "batch",
         Some("/api/channels") => "channels",
         Some("/api/presence") => "presence",
+        Some("/api/presence_stats") => "presence_stats",
         Some("/api/history") => "history",
         Some("/api/info") => "info",
         Some("/client/pushwire.min.js") => "client",

@@ -1,6 +1,10 @@
 //! The embedded single-node broker: per-channel streams with offsets and history in
 //! process memory, idempotency keys, and presence read straight from the hub.
 //!
+//! Presence users are counted from the hub's `Joined` and `Left` events on one task, in
+//! the order the hub made them, so a user joins on its first connection and leaves on its
+//! last however subscribes and leaves race (see `broker::presence`).
+//!
 //! A channel's lock is held from offset assignment through `Hub::dispatch` and through a
 //! recovering subscribe, so history, offsets and live delivery can never disagree.
 //! A stream unused for its `history_ttl` is dropped; the next publication starts a new
@@ -19,12 +23,13 @@ use tokio::sync::Mutex;
 
 use super::epoch::{self, new_epoch, no_stream_position, recovers_into_new_stream};
 use super::occupancy::{LocalOccupancy, emit_local, emit_presence};
+use super::presence::{LocalUsers, PresenceMode, PresencePage, PresenceQuery, PresenceStats};
 use super::{
     HistoryMessage, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered,
 };
 use crate::config::NamespaceConfig;
 use crate::hub::{ClientHandle, Hub, HubEvent, Publication};
-use crate::protocol::{ChannelName, ClientInfo, StreamPosition};
+use crate::protocol::{ChannelName, StreamPosition};
 use crate::webhook::Webhooks;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -109,9 +114,8 @@ impl Stream {
 /// The in-memory broker.
 pub struct MemoryBroker {
     hub: Hub,
-    /// Channels with local subscribers in a presence namespace, and whether they
-    /// announce joins and leaves to subscribers.
-    presence: DashMap<ChannelName, bool>,
+    /// Channels with presence: connections per user, and the join/leave gate.
+    users: DashMap<ChannelName, LocalUsers>,
     webhooks: Webhooks,
     streams: DashMap<ChannelName, Arc<Mutex<Stream>>>,
     stripes: Vec<Mutex<()>>,
@@ -122,7 +126,7 @@ impl MemoryBroker {
     pub fn new(hub: Hub, webhooks: Webhooks) -> Self {
         MemoryBroker {
             hub,
-            presence: DashMap::new(),
+            users: DashMap::new(),
             webhooks,
             streams: DashMap::new(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
@@ -223,7 +227,8 @@ impl MemoryBroker {
         }
     }
 
-    /// Subscribes, then announces the join where the namespace wants it.
+    /// Subscribes; where the namespace has presence, the hub's `Joined` event counts the
+    /// connection in (and announces its user's join).
     pub async fn subscribe(
         &self,
         client: &Arc<ClientHandle>,
@@ -232,22 +237,12 @@ impl MemoryBroker {
         recover: Option<&StreamPosition>,
         reply: ReplyBuilder<'_>,
     ) -> Option<SubscribeResult> {
-        let result = self
-            .subscribe_ordered(client, channel, ns, recover, reply)
-            .await?;
-        if ns.presence {
-            self.presence.insert(channel.clone(), ns.join_leave);
-            let info = client.info_for_presence();
-            if ns.join_leave {
-                self.hub.dispatch_presence(channel, true, &info).await;
-            }
-            emit_presence(&self.webhooks, channel, &info, true);
-        }
-        Some(result)
+        self.subscribe_ordered(client, channel, ns, recover, reply)
+            .await
     }
 
-    /// Follows hub membership events: announces leaves, and tells webhooks about
-    /// leaves and occupancy.
+    /// Follows hub membership events: counts presence users, announces their joins
+    /// and leaves, and tells webhooks about them and about occupancy.
     pub async fn run_events(
         self: Arc<Self>,
         mut events: mpsc::UnboundedReceiver<HubEvent>,
@@ -261,20 +256,43 @@ impl MemoryBroker {
             };
             match event {
                 None => return,
-                Some(HubEvent::Left { channel, client }) => {
-                    let Some(announce) = self.presence.get(&channel).map(|a| *a) else {
-                        continue;
+                Some(HubEvent::Joined {
+                    channel,
+                    client,
+                    mode,
+                }) => {
+                    let (first, announce) = {
+                        let mut users = self
+                            .users
+                            .entry(channel.clone())
+                            .or_insert_with(|| LocalUsers::new(mode));
+                        let first = users.add(&client);
+                        (first, first && users.gate.admit(self.hub.metrics()))
                     };
+                    if announce {
+                        self.hub.dispatch_presence(&channel, true, &client).await;
+                    }
+                    if first {
+                        emit_presence(&self.webhooks, &channel, &client, true);
+                    }
+                }
+                Some(HubEvent::Left { channel, client }) => {
+                    let (last, announce) =
+                        self.users
+                            .get_mut(&channel)
+                            .map_or((false, false), |mut users| {
+                                let last = users.remove(&client);
+                                (last, last && users.gate.admit(self.hub.metrics()))
+                            });
+                    self.users.remove_if(&channel, |_, u| u.counts.is_empty());
                     if announce {
                         self.hub.dispatch_presence(&channel, false, &client).await;
                     }
-                    emit_presence(&self.webhooks, &channel, &client, false);
+                    if last {
+                        emit_presence(&self.webhooks, &channel, &client, false);
+                    }
                 }
                 Some(HubEvent::Released(channel) | HubEvent::Occupied(channel)) => {
-                    // A new subscriber may have come since; it re-inserted the entry.
-                    if !self.hub.has_subscribers(&channel) {
-                        self.presence.remove(&channel);
-                    }
                     if self.webhooks.enabled()
                         && let Some(occupied) = occupancy.transition(&self.hub, &channel)
                     {
@@ -300,8 +318,7 @@ impl MemoryBroker {
             };
             let _order = self.stripe(channel).lock().await;
             return self
-                .hub
-                .subscribe(client, channel, reply(&result).into_iter().collect())
+                .hub_subscribe(client, channel, ns, reply(&result).into_iter().collect())
                 .then_some(result);
         }
         let Some(stream) = self.existing(channel) else {
@@ -329,8 +346,7 @@ impl MemoryBroker {
         };
         let mut frames: Vec<_> = reply(&result).into_iter().collect();
         frames.extend(encode_recovered(client, channel, &stream.epoch, &missed));
-        self.hub
-            .subscribe(client, channel, frames)
+        self.hub_subscribe(client, channel, ns, frames)
             .then_some(result)
     }
 
@@ -355,9 +371,26 @@ impl MemoryBroker {
             position: Some(no_stream_position(now)),
             recovered: recover.map(|from| recovers_into_new_stream(from, now, true, lifetime, now)),
         };
-        self.hub
-            .subscribe(client, channel, reply(&result).into_iter().collect())
+        self.hub_subscribe(client, channel, ns, reply(&result).into_iter().collect())
             .then_some(result)
+    }
+
+    fn hub_subscribe(
+        &self,
+        client: &Arc<ClientHandle>,
+        channel: &ChannelName,
+        ns: &NamespaceConfig,
+        frames: Vec<bytes::Bytes>,
+    ) -> bool {
+        if ns.presence {
+            let mode = PresenceMode {
+                announce: ns.join_leave,
+                max_per_sec: ns.join_leave_rate_per_sec,
+            };
+            self.hub.subscribe_present(client, channel, frames, mode)
+        } else {
+            self.hub.subscribe(client, channel, frames)
+        }
     }
 
     pub async fn history(
@@ -402,16 +435,28 @@ impl MemoryBroker {
         }
     }
 
-    pub fn presence(&self, channel: &ChannelName) -> Vec<ClientInfo> {
-        self.hub
+    /// A page of the channel's presence on this node.
+    pub fn presence(&self, channel: &ChannelName, query: &PresenceQuery) -> PresencePage {
+        let clients = self
+            .hub
             .subscribers(channel)
             .iter()
-            .map(|c| ClientInfo {
-                client_id: c.client_id(),
-                user: c.user.to_string(),
-                info: c.info.as_deref().cloned(),
-            })
-            .collect()
+            .map(|c| c.info_for_presence())
+            .collect();
+        super::presence::page_of(clients, query)
+    }
+
+    /// Connection and user counts of this node's subscribers (one pass, nothing encoded).
+    pub fn presence_stats(&self, channel: &ChannelName) -> PresenceStats {
+        let subscribers = self.hub.subscribers(channel);
+        let users: std::collections::HashSet<String> = subscribers
+            .iter()
+            .map(|c| super::presence::user_key_of(&c.user, &c.client_id()))
+            .collect();
+        PresenceStats {
+            clients: subscribers.len() as u64,
+            users: users.len() as u64,
+        }
     }
 
     /// How many channel streams this node holds.

@@ -5,12 +5,16 @@
 //! relays between nodes. `Broker` is an enum, not a trait object: there are few kinds and
 //! every call site stays a plain `await`.
 //!
+//! Presence is per connection for listing and per user for `join`/`leave`; `presence`
+//! documents that API for every front end.
+//!
 //! Architecture Invariant: a channel's publications reach `Hub::dispatch` one at a time,
 //! in offset order; that is what makes per-channel order the same for every client.
 
 mod epoch;
 mod memory;
 mod occupancy;
+pub mod presence;
 mod redis;
 
 use std::sync::Arc;
@@ -20,11 +24,12 @@ use tracing::Instrument as _;
 use bytes::Bytes;
 
 pub use memory::MemoryBroker;
+pub use presence::{PresencePage, PresenceQuery, PresenceStats};
 pub use redis::{NodeStats, RedisBroker};
 
 use crate::config::NamespaceConfig;
 use crate::hub::{ClientHandle, ClientId, ClientSelector, Dialect, Hub, NamedEvent, Publication};
-use crate::protocol::{ChannelName, ClientInfo, CloseCode, Payload, StreamPosition};
+use crate::protocol::{ChannelName, CloseCode, Payload, StreamPosition};
 use crate::webhook::Webhooks;
 
 /// A broker operation that failed.
@@ -201,11 +206,27 @@ impl Broker {
         }
     }
 
-    /// Clients present in `channel`.
-    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<ClientInfo>, BrokerError> {
+    /// A page of `channel`'s presence: its connections, or one entry per user
+    /// (`query.by_user`); see `presence` for the order and the cursor.
+    pub async fn presence(
+        &self,
+        channel: &ChannelName,
+        query: &PresenceQuery,
+    ) -> Result<PresencePage, BrokerError> {
         match self {
-            Broker::Memory(b) => Ok(b.presence(channel)),
-            Broker::Redis(b) => b.presence(channel).await,
+            Broker::Memory(b) => Ok(b.presence(channel, query)),
+            Broker::Redis(b) => b.presence(channel, query).await,
+        }
+    }
+
+    /// How many connections and distinct users are present in `channel`.
+    pub async fn presence_stats(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<PresenceStats, BrokerError> {
+        match self {
+            Broker::Memory(b) => Ok(b.presence_stats(channel)),
+            Broker::Redis(b) => b.presence_stats(channel).await,
         }
     }
 

@@ -81,6 +81,13 @@ pub enum HubEvent {
     Occupied(ChannelName),
     /// The last local subscriber of a channel left.
     Released(ChannelName),
+    /// A client subscribed through `subscribe_present` (sent under the channel lock, so
+    /// it always comes before the same subscription's `Left`).
+    Joined {
+        channel: ChannelName,
+        client: crate::protocol::ClientInfo,
+        mode: PresenceMode,
+    },
     /// A client left a channel (unsubscribed or disconnected).
     Left {
         channel: ChannelName,
@@ -89,6 +96,15 @@ pub enum HubEvent {
 }
 
 type FanoutSender = fanout::FanoutJob;
+
+/// How a broker follows a channel's presence (see `broker::presence`): whether joins and
+/// leaves are announced, and at most how many a second per channel on this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceMode {
+    pub announce: bool,
+    /// 0: no bound.
+    pub max_per_sec: u32,
+}
 
 /// Which clients a server-API request is about.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -283,6 +299,29 @@ impl Hub {
                     break;
                 }
             }
+        })
+        .is_some()
+    }
+
+    /// `subscribe`, and a `HubEvent::Joined` for a channel whose presence is followed.
+    pub fn subscribe_present(
+        &self,
+        client: &Arc<ClientHandle>,
+        channel: &ChannelName,
+        frames: Vec<Bytes>,
+        mode: PresenceMode,
+    ) -> bool {
+        self.add_member(client, channel, None, || {
+            for frame in frames {
+                if client.push_reserved(frame).is_err() {
+                    break;
+                }
+            }
+            self.emit(|| HubEvent::Joined {
+                channel: channel.clone(),
+                client: client.info_for_presence(),
+                mode,
+            });
         })
         .is_some()
     }

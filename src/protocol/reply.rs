@@ -67,6 +67,15 @@ pub enum ServerMessage<'a> {
         id: u64,
         channel: &'a str,
         clients: &'a [ClientInfo],
+        /// Present when there may be more: pass it back for the next page.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<&'a str>,
+    },
+    PresenceStats {
+        id: u64,
+        channel: &'a str,
+        clients: u64,
+        users: u64,
     },
     History {
         id: u64,

@@ -46,6 +46,14 @@ pub enum Request {
     Presence {
         id: u64,
         channel: String,
+        /// The most entries in the reply (capped by the namespace's `presence_max_page`).
+        limit: Option<u64>,
+        /// Where the previous page ended (its reply's `cursor`).
+        cursor: Option<String>,
+    },
+    PresenceStats {
+        id: u64,
+        channel: String,
     },
     History {
         id: u64,
@@ -70,6 +78,7 @@ impl Request {
             Request::Unsubscribe { .. } => "unsubscribe",
             Request::Publish { .. } => "publish",
             Request::Presence { .. } => "presence",
+            Request::PresenceStats { .. } => "presence_stats",
             Request::History { .. } => "history",
             Request::Refresh { .. } => "refresh",
             Request::Pong => "pong",
@@ -104,6 +113,7 @@ struct Envelope<D> {
     since: Option<StreamPosition>,
     limit: Option<u64>,
     reverse: Option<bool>,
+    cursor: Option<String>,
 }
 
 /// Reads just enough of a message whose fields did not fit `Envelope` to answer it.
@@ -224,6 +234,7 @@ fn into_request<D>(
         "unsubscribe",
         "publish",
         "presence",
+        "presence_stats",
         "history",
         "refresh",
     ];
@@ -264,6 +275,12 @@ fn into_request<D>(
             data: env.data.map(payload).unwrap_or_else(Payload::null),
         },
         "presence" => Request::Presence {
+            id,
+            channel: require(env.channel, "channel")?,
+            limit: env.limit,
+            cursor: env.cursor,
+        },
+        "presence_stats" => Request::PresenceStats {
             id,
             channel: require(env.channel, "channel")?,
         },

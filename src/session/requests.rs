@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::rate::Verdict;
 use super::{Flow, Session};
 use crate::auth::{TokenError, may_publish, may_subscribe};
+use crate::broker::PresenceQuery;
 use crate::config::{NamespaceConfig, SubscribePolicy};
 use crate::protocol::{
     ChannelName, CloseCode, ErrorCode, HistoryItem, Payload, Request, RequestError, ServerMessage,
@@ -75,7 +76,13 @@ where
             }
             Request::Unsubscribe { channel, .. } => self.unsubscribe(id, &channel),
             Request::Publish { channel, data, .. } => self.publish(id, &channel, data).await,
-            Request::Presence { channel, .. } => self.presence(id, &channel).await,
+            Request::Presence {
+                channel,
+                limit,
+                cursor,
+                ..
+            } => self.presence(id, &channel, limit, cursor).await,
+            Request::PresenceStats { channel, .. } => self.presence_stats(id, &channel).await,
             Request::History {
                 channel,
                 since,
@@ -308,7 +315,8 @@ where
         })
     }
 
-    async fn presence(&mut self, id: u64, name: &str) -> Result<(), Refusal> {
+    /// Checks a `presence` or `presence_stats` request (102, 107, 108, 103).
+    fn presence_channel(&self, name: &str) -> Result<(ChannelName, NamespaceConfig), Refusal> {
         let (channel, ns) = self.channel(name)?;
         if !ns.presence {
             return Err(refuse(
@@ -322,16 +330,65 @@ where
                 format!("not allowed to see presence of {channel}"),
             ));
         }
-        let clients = self
+        Ok((channel, ns))
+    }
+
+    /// A page of presence. A reply that could not fit the client's queue is refused
+    /// (106), never queued: it would evict the client that asked.
+    async fn presence(
+        &mut self,
+        id: u64,
+        name: &str,
+        limit: Option<u64>,
+        cursor: Option<String>,
+    ) -> Result<(), Refusal> {
+        let (channel, ns) = self.presence_channel(name)?;
+        let query = PresenceQuery::capped(limit, cursor, ns.presence_max_page);
+        let page = self
             .state
             .broker
-            .presence(&channel)
+            .presence(&channel, &query)
             .await
             .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
-        self.send(&ServerMessage::Presence {
+        let reply = encode(
+            self.transport.encoding(),
+            &ServerMessage::Presence {
+                id,
+                channel: channel.as_str(),
+                clients: &page.clients,
+                cursor: page.cursor.as_deref(),
+            },
+        )
+        .map_err(|e| refuse(ErrorCode::Internal, format!("reply cannot be encoded: {e}")))?;
+        let bound = self.state.config().client.queue_max_bytes;
+        if reply.len() > bound {
+            self.state.metrics.limit_tripped("presence_reply_size");
+            return Err(refuse(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "presence reply of {} entries ({} bytes) exceeds client.queue_max_bytes ({bound}); ask with a smaller limit, or use presence_stats",
+                    page.clients.len(),
+                    reply.len()
+                ),
+            ));
+        }
+        self.enqueue(reply);
+        Ok(())
+    }
+
+    async fn presence_stats(&mut self, id: u64, name: &str) -> Result<(), Refusal> {
+        let (channel, _) = self.presence_channel(name)?;
+        let stats = self
+            .state
+            .broker
+            .presence_stats(&channel)
+            .await
+            .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
+        self.send(&ServerMessage::PresenceStats {
             id,
             channel: channel.as_str(),
-            clients: &clients,
+            clients: stats.clients,
+            users: stats.users,
         })
     }
 
@@ -408,6 +465,7 @@ fn request_id(request: &Request) -> u64 {
         | Request::Unsubscribe { id, .. }
         | Request::Publish { id, .. }
         | Request::Presence { id, .. }
+        | Request::PresenceStats { id, .. }
         | Request::History { id, .. }
         | Request::Refresh { id, .. } => *id,
         Request::Pong => 0,

@@ -78,6 +78,16 @@ impl Keys {
         format!("{}:alive:{node_id}", self.prefix)
     }
 
+    /// Sorted set (scores 0) of `user key NUL client id`: presence in page order.
+    pub(crate) fn presence_index(&self, channel: &str) -> String {
+        format!("{}:pi:{{{channel}}}", self.prefix)
+    }
+
+    /// Hash of presence user key -> connections.
+    pub(crate) fn presence_users(&self, channel: &str) -> String {
+        format!("{}:pu:{{{channel}}}", self.prefix)
+    }
+
     /// The cluster's control topic: heartbeats and cluster-wide requests.
     pub(crate) fn control(&self) -> String {
         format!("{}:control", self.prefix)

@@ -42,13 +42,14 @@ use tokio_util::task::TaskTracker;
 
 pub use control::NodeStats;
 
+use super::presence::{JoinLeaveGate, PresenceMode, PresencePage, PresenceQuery, PresenceStats};
 use super::{
     BrokerError, HistoryMessage, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult,
     encode_recovered, epoch,
 };
 use crate::config::{NamespaceConfig, RedisConfig};
 use crate::hub::{ClientHandle, ClientSelector, Hub, HubEvent, Publication};
-use crate::protocol::{ChannelName, CloseCode, StreamPosition};
+use crate::protocol::{ChannelName, ClientInfo, CloseCode, StreamPosition};
 use crate::pusher::channel::hub_channel;
 use crate::webhook::Webhooks;
 use conn::{CommandConn, Connector};
@@ -85,9 +86,8 @@ pub(crate) struct RelayContext {
     pub(crate) joined: tokio::sync::Notify,
     /// Pub/sub connections established so far (a Redis restart replaces them).
     pub(crate) connections: AtomicU64,
-    /// Channels with presence that have local subscribers, and whether they announce
-    /// joins and leaves.
-    pub(crate) presence_channels: DashMap<ChannelName, bool>,
+    /// Channels with presence that have local subscribers, with their join/leave gate.
+    pub(crate) presence_channels: DashMap<ChannelName, JoinLeaveGate>,
     pub(crate) shard_up: Vec<AtomicBool>,
     commands_up: AtomicBool,
     last_error: Mutex<Option<String>>,
@@ -200,11 +200,11 @@ impl RelayContext {
         metrics.relay_latency_seconds.observe(age_us as f64 / 1e6);
         let (payload, exclude, event) = match relayed.envelope.body {
             envelope::Body::Join { client } => {
-                self.hub.dispatch_presence(&channel, true, &client).await;
+                self.deliver_presence(&channel, true, &client).await;
                 return;
             }
             envelope::Body::Leave { client } => {
-                self.hub.dispatch_presence(&channel, false, &client).await;
+                self.deliver_presence(&channel, false, &client).await;
                 return;
             }
             body => match body.payload() {
@@ -253,6 +253,58 @@ impl RelayContext {
         publication.exclude = exclude;
         publication.event = event;
         self.hub.dispatch(publication).await;
+    }
+
+    /// Delivers a user's join or leave to the local subscribers, within the channel's
+    /// join/leave rate.
+    async fn deliver_presence(&self, channel: &ChannelName, join: bool, client: &ClientInfo) {
+        let admitted = self
+            .presence_channels
+            .get_mut(channel)
+            .is_none_or(|mut gate| gate.admit(self.hub.metrics()));
+        if admitted {
+            self.hub.dispatch_presence(channel, join, client).await;
+        }
+    }
+
+    /// A user joined (its first connection) or left (its last): tells webhooks, and the
+    /// channel's subscribers on every node where it announces joins and leaves.
+    pub(crate) async fn user_changed(&self, channel: &ChannelName, join: bool, client: ClientInfo) {
+        crate::broker::occupancy::emit_presence(&self.webhooks, channel, &client, join);
+        self.announce(channel, join, client).await;
+    }
+
+    /// Publishes a user's join or leave on the channel's topic (no stream position), if
+    /// the channel announces them.
+    pub(crate) async fn announce(&self, channel: &ChannelName, join: bool, client: ClientInfo) {
+        let announces = self
+            .presence_channels
+            .get(channel)
+            .is_some_and(|gate| gate.announces());
+        if !announces {
+            return;
+        }
+        let Ok(mut conn) = self.commands() else {
+            return;
+        };
+        let body = if join {
+            envelope::Body::Join { client }
+        } else {
+            envelope::Body::Leave { client }
+        };
+        let envelope = Envelope {
+            node: self.node_id.clone(),
+            ts_us: envelope::now_us(),
+            body,
+            trace: None,
+        };
+        let mut message = envelope::NO_POSITION.to_vec();
+        message.extend_from_slice(&envelope.encode());
+        let mut cmd = redis::cmd(self.connector.publish_command());
+        cmd.arg(self.keys.topic(channel.as_str())).arg(message);
+        if let Err(err) = cmd.query_async::<i64>(&mut conn).await {
+            self.failed("presence", &err);
+        }
     }
 
     /// Checks `position` against the last one delivered on `channel`: false for a
@@ -679,7 +731,7 @@ impl RedisBroker {
                 }
                 hub.finish_pending(pending, frames, through);
                 if ns.presence {
-                    self.joined(client, channel, ns.join_leave).await;
+                    self.joined(client, channel, ns).await;
                 }
                 Ok(Some(result))
             }
@@ -690,52 +742,43 @@ impl RedisBroker {
         }
     }
 
-    /// Records a new subscriber in presence and announces it where joins are on.
-    async fn joined(&self, client: &ClientHandle, channel: &ChannelName, announce: bool) {
+    /// Records a new subscriber in presence and announces its user's join if it is the
+    /// user's first connection. A subscriber that left meanwhile (its `Left` may have been
+    /// handled before this) is taken out again.
+    async fn joined(&self, client: &ClientHandle, channel: &ChannelName, ns: &NamespaceConfig) {
         let ctx = &self.ctx;
-        ctx.presence_channels.insert(channel.clone(), announce);
+        let mode = PresenceMode {
+            announce: ns.join_leave,
+            max_per_sec: ns.join_leave_rate_per_sec,
+        };
+        ctx.presence_channels
+            .entry(channel.clone())
+            .or_insert_with(|| JoinLeaveGate::new(mode));
         let info = client.info_for_presence();
-        if let Err(err) = presence::add(ctx, channel, std::slice::from_ref(&info)).await {
-            tracing::warn!(channel = %channel, error = %err, "presence update failed");
+        match presence::add(ctx, channel, std::slice::from_ref(&info)).await {
+            Ok(first) => {
+                for joined in first {
+                    ctx.user_changed(channel, true, joined).await;
+                }
+            }
+            Err(err) => tracing::warn!(channel = %channel, error = %err, "presence update failed"),
         }
-        crate::broker::occupancy::emit_presence(&ctx.webhooks, channel, &info, true);
-        if announce {
-            self.announce(channel, envelope::Body::Join { client: info })
-                .await;
+        if !client.is_subscribed(channel) {
+            self.left(channel, info).await;
         }
     }
 
-    /// Publishes a join or leave on the channel's topic (no stream position).
-    async fn announce(&self, channel: &ChannelName, body: envelope::Body) {
+    /// Removes a departed connection from presence; announces its user's leave if it was
+    /// the user's last connection.
+    async fn left(&self, channel: &ChannelName, client: ClientInfo) {
         let ctx = &self.ctx;
-        let Ok(mut conn) = ctx.commands() else { return };
-        let envelope = Envelope {
-            node: ctx.node_id.clone(),
-            ts_us: envelope::now_us(),
-            body,
-            trace: None,
-        };
-        let mut message = envelope::NO_POSITION.to_vec();
-        message.extend_from_slice(&envelope.encode());
-        let mut cmd = redis::cmd(ctx.connector.publish_command());
-        cmd.arg(ctx.keys.topic(channel.as_str())).arg(message);
-        if let Err(err) = cmd.query_async::<i64>(&mut conn).await {
-            ctx.failed("presence", &err);
-        }
-    }
-
-    /// Removes a departed client from presence and announces it where leaves are on.
-    async fn left(&self, channel: &ChannelName, client: crate::protocol::ClientInfo) {
-        let Some(announce) = self.ctx.presence_channels.get(channel).map(|a| *a) else {
+        if !ctx.presence_channels.contains_key(channel) {
             return;
-        };
-        if let Err(err) = presence::remove(&self.ctx, channel, &client.client_id).await {
-            tracing::warn!(channel = %channel, error = %err, "presence update failed");
         }
-        crate::broker::occupancy::emit_presence(&self.ctx.webhooks, channel, &client, false);
-        if announce {
-            self.announce(channel, envelope::Body::Leave { client })
-                .await;
+        match presence::remove(ctx, channel, &client).await {
+            Ok(true) => ctx.user_changed(channel, false, client).await,
+            Ok(false) => {}
+            Err(err) => tracing::warn!(channel = %channel, error = %err, "presence update failed"),
         }
     }
 
@@ -869,12 +912,21 @@ impl RedisBroker {
         Ok(())
     }
 
-    /// Clients present in `channel`, across the cluster.
+    /// A page of `channel`'s presence, across the cluster.
     pub async fn presence(
         &self,
         channel: &ChannelName,
-    ) -> Result<Vec<crate::protocol::ClientInfo>, BrokerError> {
-        presence::list(&self.ctx, channel).await
+        query: &PresenceQuery,
+    ) -> Result<PresencePage, BrokerError> {
+        presence::list(&self.ctx, channel, query).await
+    }
+
+    /// Connection and user counts of `channel`, across the cluster.
+    pub async fn presence_stats(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<PresenceStats, BrokerError> {
+        presence::stats(&self.ctx, channel).await
     }
 
     /// `Ok` while Redis serves this node; the reason otherwise.
@@ -1019,7 +1071,9 @@ async fn events_loop(
             _ = stop.cancelled() => return,
             event = events.recv() => match event {
                 Some(HubEvent::Released(channel)) => {
-                    broker.ctx.presence_channels.remove(&channel);
+                    // Kept if a new subscriber came meanwhile: its join and leave need it.
+                    let hub = &broker.ctx.hub;
+                    broker.ctx.presence_channels.remove_if(&channel, |c, _| !hub.has_subscribers(c));
                     if webhooks {
                         occupancy.reconcile(ctx, &channel).await;
                     }
@@ -1031,6 +1085,8 @@ async fn events_loop(
                     }
                 }
                 Some(HubEvent::Left { channel, client }) => broker.left(&channel, client).await,
+                // Redis counts presence users itself (`RedisBroker::joined`).
+                Some(HubEvent::Joined { .. }) => {}
                 None => return,
             },
             _ = tick.tick() => {

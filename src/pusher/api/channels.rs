@@ -61,7 +61,9 @@ pub async fn channel_stats(
         .find(|(name, _)| name == hub_channel.as_str())
         .map_or(0, |(_, n)| *n);
     let user_count = if fields.user_count {
-        Some(presence_users(state, hub_channel).await?.len())
+        // Presence users are per user id (`broker::presence`), counted without a listing.
+        let stats = state.broker.presence_stats(hub_channel).await?;
+        Some(usize::try_from(stats.users).unwrap_or(usize::MAX))
     } else {
         None
     };
@@ -71,16 +73,30 @@ pub async fn channel_stats(
     })
 }
 
-/// The distinct user ids present in a hub channel, cluster-wide, sorted.
+/// The distinct user ids present in a hub channel, cluster-wide, sorted: read a page at
+/// a time, one entry per user (`broker::presence`).
 async fn presence_users(
     state: &AppState,
     hub_channel: &ChannelName,
 ) -> Result<BTreeSet<String>, PusherApiError> {
-    let members = state.broker.presence(hub_channel).await?;
-    Ok(members
-        .iter()
-        .map(|member| presence_user_id(&member.user).to_owned())
-        .collect())
+    let mut users = BTreeSet::new();
+    let mut query = crate::broker::PresenceQuery {
+        limit: 1000,
+        cursor: None,
+        by_user: true,
+    };
+    loop {
+        let page = state.broker.presence(hub_channel, &query).await?;
+        users.extend(
+            page.clients
+                .iter()
+                .map(|member| presence_user_id(&member.user).to_owned()),
+        );
+        match page.cursor {
+            Some(cursor) => query.cursor = Some(cursor),
+            None => return Ok(users),
+        }
+    }
 }
 
 /// The Pusher user id of a presence member: the user part of a signed-in hub user
