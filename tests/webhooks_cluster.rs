@@ -112,3 +112,50 @@ async fn the_channels_of_a_crashed_node_are_vacated_by_another() -> TestResult {
     assert_eq!(hooks.next_named().await?, named("channel_vacated", "kept"));
     survivor.stop().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pusher_channels_of_a_crashed_node_are_vacated_too() -> TestResult {
+    let redis = RedisServer::start().await?;
+    let mut hooks = WebhookReceiver::start().await?;
+    // What a node that died holding a subscriber of app 4242's `presence-room` leaves in
+    // Redis: it is in the channel's occupancy set and its channel index, its alive key
+    // has expired. App channels live in the hub as `pusher~{app}~{name}`, which is not a
+    // native channel name.
+    let hub_channel = "pusher~4242~presence-room";
+    redis.cli(&["SADD", "ghost:onodes", "dead-node"]).await?;
+    redis
+        .cli(&["SADD", "ghost:on:dead-node", hub_channel])
+        .await?;
+    let occupancy = format!("ghost:o:{{{hub_channel}}}");
+    redis.cli(&["SADD", &occupancy, "dead-node"]).await?;
+    let config = format!(
+        r#"
+[broker]
+kind = "redis"
+[redis]
+url = "{}"
+key_prefix = "ghost"
+heartbeat_interval_ms = 200
+node_timeout_ms = 3000
+[webhooks]
+hold_ms = 300
+batch_wait_ms = 10
+[[pusher.apps]]
+id = "4242"
+key = "app-key"
+secret = "app-secret-app-secret-app-secret-0"
+[[pusher.apps.webhooks]]
+url = "{}"
+"#,
+        redis.url(),
+        hooks.url()
+    );
+    let survivor = TestServer::start(&config).await?;
+    survivor.wait_ready().await?;
+    assert_eq!(
+        hooks.next_named().await?,
+        named("channel_vacated", "presence-room")
+    );
+    assert_eq!(redis.cli(&["SCARD", &occupancy]).await?.trim(), "0");
+    survivor.stop().await
+}

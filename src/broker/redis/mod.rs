@@ -180,11 +180,7 @@ impl RelayContext {
             control::on_message(self, message).await;
             return;
         }
-        let Some(channel) = self
-            .keys
-            .channel_of(topic)
-            .and_then(|c| ChannelName::parse(c).ok().or_else(|| hub_channel(c)))
-        else {
+        let Some(channel) = self.keys.channel_of(topic).and_then(stored_channel) else {
             return;
         };
         let relayed = match envelope::decode(message) {
@@ -503,6 +499,12 @@ impl RelayContext {
             .filter_map(|(id, fields)| stream_entry(&id, &fields))
             .collect())
     }
+}
+
+/// A channel name read back from Redis (a topic, an occupancy index): a native name or a
+/// Pusher app's hub channel (`pusher~{app}~{name}`, which `ChannelName::parse` refuses).
+pub(crate) fn stored_channel(name: &str) -> Option<ChannelName> {
+    ChannelName::parse(name).ok().or_else(|| hub_channel(name))
 }
 
 /// The pub/sub connection of a channel among `shards` (a fixed hash).

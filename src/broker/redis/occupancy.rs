@@ -261,7 +261,7 @@ async fn reap_dead_nodes(
             .await
             .map_err(|e| ctx.failed("occupancy", &e))?;
         tracing::info!(node = %node, channels = channels.len(), "cleaning up the occupancy of a dead node");
-        for channel in channels.iter().filter_map(|c| ChannelName::parse(c).ok()) {
+        for channel in channels.iter().filter_map(|c| super::stored_channel(c)) {
             held.extend(vacate(ctx, &channel, node).await?);
         }
         redis::cmd("SREM")
