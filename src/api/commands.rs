@@ -331,9 +331,8 @@ fn one_command<T>(
         ));
     };
     let command = Command::named(&name).ok_or_else(|| {
-        ApiError::bad_request(format!(
-            "unknown command {name:?} (publish, broadcast, disconnect, subscribe, unsubscribe, history_remove)"
-        ))
+        let known: Vec<&str> = Command::ALL.iter().map(|c| c.name()).collect();
+        ApiError::bad_request(format!("unknown command {name:?} ({})", known.join(", ")))
     })?;
     Ok((command, encode(body)?))
 }
@@ -361,5 +360,21 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Entries<T> {
             }
         }
         deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unknown_batch_command_is_answered_with_every_known_name() {
+        let entry = Entries(vec![("publsh".to_owned(), Vec::<u8>::new())]);
+        let Err(err) = one_command(entry, Ok) else {
+            panic!("an unknown command was accepted");
+        };
+        for command in Command::ALL {
+            assert!(err.message.contains(command.name()), "{}", err.message);
+        }
     }
 }
