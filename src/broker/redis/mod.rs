@@ -149,13 +149,14 @@ impl RelayContext {
     }
 
     /// Publishes a probe to a pub/sub connection's own topic (bounded by the command
-    /// timeout). Returns whether it went out: Redis took it, or did not answer in time
-    /// (a silent Redis is what the missing echo must reveal). A probe that could not be
-    /// sent (no command connection, or Redis refused it) proves nothing about the
-    /// pub/sub connection, so its missing echo must not count.
+    /// timeout). Returns whether its missing echo must count: Redis took it, or did not
+    /// answer in time, or the command connection is down (Redis unreachable or silent:
+    /// the pub/sub connection to the same server is as suspect, and the missing echo is
+    /// what makes it reconnect). Only a probe Redis answered with an error (an ACL
+    /// refusal, say) proves nothing about the pub/sub connection and does not count.
     pub(crate) async fn send_probe(&self, topic: &str) -> bool {
         let Ok(mut conn) = self.commands() else {
-            return false;
+            return true;
         };
         let mut cmd = redis::cmd(self.connector.publish_command());
         cmd.arg(topic).arg("probe");
