@@ -268,3 +268,39 @@ async fn chromium_eventsource_resumes_with_last_event_id_after_the_server_drops_
     page.stop().await?;
     server.stop().await
 }
+
+#[tokio::test]
+async fn a_server_side_subscribe_is_announced_as_an_sse_event() -> TestResult {
+    let server = TestServer::start(&config("")).await?;
+    let (_, _, mut stream) = RawStream::open(&server, "channel=news").await?;
+    let greeting = stream.block().await?;
+    let client_id = greeting
+        .lines()
+        .find_map(|l| l.strip_prefix(": connected "))
+        .ok_or("no client id in the greeting")?
+        .to_owned();
+    let (status, reply) = server
+        .post(
+            "/api/subscribe",
+            &json!({"client_id": client_id, "channel": "hist:b"}),
+        )
+        .await?;
+    assert_eq!((status, &reply["subscribed"]), (200, &json!(1)), "{reply}");
+    let notice = stream.event().await?;
+    assert!(
+        notice.starts_with("event: subscribed\ndata: {\"channel\":\"hist:b\""),
+        "{notice:?}"
+    );
+    // The stream stays well-formed: the next publication is one whole event with its id.
+    let published = server.publish("hist:b", json!(1)).await?;
+    let id = format!(
+        "hist:b@{}:{}",
+        published["epoch"].as_str().ok_or("epoch")?,
+        published["offset"]
+    );
+    assert_eq!(
+        stream.event().await?,
+        format!("id: {id}\nevent: hist:b\ndata: 1")
+    );
+    server.stop().await
+}

@@ -283,16 +283,32 @@ impl Broker {
             if client.is_subscribed(channel) || client.channel_count() >= max_channels {
                 continue;
             }
-            let encoding = client.encoding;
+            let (encoding, dialect) = (client.encoding, client.dialect);
+            // The notice in the client's own wire format: a native frame would corrupt an
+            // SSE stream; a Pusher connection has no such notice.
             let reply = |result: &SubscribeResult| {
-                let message = crate::protocol::ServerMessage::Subscribed {
-                    id: 0,
-                    channel: channel.as_str(),
-                    epoch: result.position.as_ref().map(|p| p.epoch.as_str()),
-                    offset: result.position.as_ref().map(|p| p.offset),
-                    recovered: None,
-                };
-                crate::protocol::encode(encoding, &message).ok()
+                let position = result.position.as_ref();
+                match dialect {
+                    Dialect::Native => {
+                        let message = crate::protocol::ServerMessage::Subscribed {
+                            id: 0,
+                            channel: channel.as_str(),
+                            epoch: position.map(|p| p.epoch.as_str()),
+                            offset: position.map(|p| p.offset),
+                            recovered: None,
+                        };
+                        crate::protocol::encode(encoding, &message).ok()
+                    }
+                    Dialect::Sse => Some(crate::sse::wire::notice_frame(
+                        "subscribed",
+                        &serde_json::json!({
+                            "channel": channel.as_str(),
+                            "epoch": position.map(|p| p.epoch.as_str()),
+                            "offset": position.map(|p| p.offset),
+                        }),
+                    )),
+                    Dialect::Pusher => None,
+                }
             };
             if self
                 .subscribe(&client, channel, ns, None, &reply)
