@@ -42,6 +42,7 @@ import {
   toHistoryResult,
   toPresenceChange,
   toPresenceResult,
+  toPresenceStats,
   toPublication,
   toPublishResult,
 } from './replies.js';
@@ -51,7 +52,9 @@ import type {
   ConnectionState,
   HistoryOptions,
   HistoryResult,
+  PresenceOptions,
   PresenceResult,
+  PresenceStats,
   PublishResult,
 } from './types.js';
 
@@ -121,7 +124,8 @@ export class Client extends Emitter<ClientEvents> {
         if (this.subs.get(sub.channel) === sub) this.subs.delete(sub.channel);
       },
       publish: (channel, data) => this.publish(channel, data),
-      presence: (channel) => this.presence(channel),
+      presence: (channel, presenceOptions) => this.presence(channel, presenceOptions),
+      presenceStats: (channel) => this.presenceStats(channel),
       history: (channel, historyOptions) => this.history(channel, historyOptions),
     };
     const getToken = this.options.getToken;
@@ -227,9 +231,21 @@ export class Client extends Emitter<ClientEvents> {
     return toPublishResult(await this.call('publish', { channel, data }));
   }
 
-  /** Who is on `channel` (the namespace must have presence = true). */
-  async presence(channel: string): Promise<PresenceResult> {
-    return toPresenceResult(await this.call('presence', { channel }), channel);
+  /**
+   * Who is on `channel` (the namespace must have presence = true), one page at a
+   * time: the result has `cursor` when there may be more; pass it back in
+   * `options.cursor` for the next page.
+   */
+  async presence(channel: string, options: PresenceOptions = {}): Promise<PresenceResult> {
+    const fields: Record<string, unknown> = { channel };
+    if (options.limit !== undefined) fields.limit = options.limit;
+    if (options.cursor !== undefined) fields.cursor = options.cursor;
+    return toPresenceResult(await this.call('presence', fields), channel);
+  }
+
+  /** How many connections and distinct users are on `channel` (presence = true). */
+  async presenceStats(channel: string): Promise<PresenceStats> {
+    return toPresenceStats(await this.call('presence_stats', { channel }));
   }
 
   /** Recent messages on `channel` (the namespace must have history_size > 0). */

@@ -12,6 +12,7 @@ import type {
   HistoryResult,
   PresenceChange,
   PresenceResult,
+  PresenceStats,
   Publication,
   PublishResult,
 } from './types.js';
@@ -38,10 +39,17 @@ export function toPublishResult(reply: WireMessage): PublishResult {
   return result;
 }
 
-/** `presence` {channel, clients: [{client_id, user, info?}]}. */
+/** `presence` {channel, clients: [{client_id, user, info?}], cursor?}. */
 export function toPresenceResult(reply: WireMessage, channel: string): PresenceResult {
   const clients = Array.isArray(reply.clients) ? reply.clients.map(toClientInfo) : [];
-  return { channel: String(reply.channel ?? channel), clients };
+  const result: PresenceResult = { channel: String(reply.channel ?? channel), clients };
+  if (typeof reply.cursor === 'string') result.cursor = reply.cursor;
+  return result;
+}
+
+/** `presence_stats` {channel, clients, users}. */
+export function toPresenceStats(reply: WireMessage): PresenceStats {
+  return { clients: Number(reply.clients ?? 0), users: Number(reply.users ?? 0) };
 }
 
 /** `history` {channel, epoch, offset, messages: [{offset, data | data_b64}]}. */

@@ -28,7 +28,9 @@ import type {
   HistoryOptions,
   HistoryResult,
   PresenceChange,
+  PresenceOptions,
   PresenceResult,
+  PresenceStats,
   Publication,
   PublishResult,
   StreamPosition,
@@ -63,7 +65,8 @@ export interface SubscriptionHost {
   request(op: string, fields: Record<string, unknown>, callback: ReplyCallback): void;
   remove(subscription: Subscription): void;
   publish(channel: string, data: unknown): Promise<PublishResult>;
-  presence(channel: string): Promise<PresenceResult>;
+  presence(channel: string, options?: PresenceOptions): Promise<PresenceResult>;
+  presenceStats(channel: string): Promise<PresenceStats>;
   history(channel: string, options?: HistoryOptions): Promise<HistoryResult>;
 }
 
@@ -119,8 +122,14 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     return this.host.publish(this.channel, data);
   }
 
-  presence(): Promise<PresenceResult> {
-    return this.host.presence(this.channel);
+  /** One page of who is on this channel: see `Client.presence`. */
+  presence(options?: PresenceOptions): Promise<PresenceResult> {
+    return this.host.presence(this.channel, options);
+  }
+
+  /** How many connections and distinct users are on this channel. */
+  presenceStats(): Promise<PresenceStats> {
+    return this.host.presenceStats(this.channel);
   }
 
   history(options?: HistoryOptions): Promise<HistoryResult> {

@@ -38,10 +38,34 @@ export interface PublishResult {
   epoch?: string;
 }
 
-/** Reply to `presence`. */
+/** Options of `presence`: one page of a channel's presence. */
+export interface PresenceOptions {
+  /**
+   * At most this many entries (the server also caps a page at the namespace's
+   * `presence_max_page`, which is the page size without `limit`; 0 counts as 1).
+   */
+  limit?: number;
+  /** The `cursor` of the previous page: this page starts after its last entry. */
+  cursor?: string;
+}
+
+/** Reply to `presence`: one page, ordered by user, then by connection. */
 export interface PresenceResult {
   channel: string;
   clients: ClientInfo[];
+  /**
+   * Present when there may be more: pass it back as `cursor` for the next page.
+   * Absent on the last page.
+   */
+  cursor?: string;
+}
+
+/** Reply to `presenceStats`: counts without listing anyone. */
+export interface PresenceStats {
+  /** Connections subscribed to the channel. */
+  clients: number;
+  /** Distinct users among them; each anonymous connection counts as one user. */
+  users: number;
 }
 
 /** Options of `history`. */

@@ -8,6 +8,8 @@ import {
   TimeoutError,
   type ConnectedEvent,
   type HistoryResult,
+  type PresenceResult,
+  type PresenceStats,
   type Publication,
   type Subscription,
   type SubscribedEvent,
@@ -37,11 +39,21 @@ export async function usage(): Promise<void> {
     const history: HistoryResult = await sub.history({ limit: 10 });
     const { clients } = await client.presence('feed:news');
     console.log(offset, history.messages[0]?.offset, clients[0]?.clientId);
+    let cursor: string | undefined;
+    do {
+      const page: PresenceResult = await sub.presence({ limit: 100, cursor });
+      console.log(page.clients.length);
+      cursor = page.cursor;
+    } while (cursor !== undefined);
+    const stats: PresenceStats = await client.presenceStats('feed:news');
+    console.log(stats.clients.toFixed(), stats.users.toFixed());
   } catch (err) {
     if (err instanceof ServerError && err.code === ErrorCode.PermissionDenied) return;
     if (err instanceof TimeoutError || err instanceof ConnectionClosedError) return;
     throw err;
   }
+  // @ts-expect-error: a presence cursor is the opaque string from the previous page
+  await client.presence('feed:news', { cursor: 3 });
   // @ts-expect-error: encoding is 'json' | 'msgpack'
   new Client('ws://h/ws', { encoding: 'cbor' });
   // @ts-expect-error: internal members are not part of the public types

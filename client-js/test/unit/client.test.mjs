@@ -88,6 +88,45 @@ test('publish, presence, history resolve with camelCased replies', async (t) => 
   assert.deepEqual([...result.messages[1].data], [1, 2]);
 });
 
+test('presence pages: the call without options sends only the channel; limit, cursor and the reply cursor pass through; presenceStats counts', async (t) => {
+  const { client, socket } = await connected();
+  t.after(() => client.disconnect());
+  const plain = client.presence('room');
+  const p0 = await socket.nextMessage('presence');
+  assert.deepEqual({ ...p0, id: 0 }, { op: 'presence', id: 0, channel: 'room' });
+  socket.push({ op: 'presence', id: p0.id, channel: 'room', clients: [] });
+  assert.deepEqual(await plain, { channel: 'room', clients: [] });
+
+  const first = client.presence('room', { limit: 2 });
+  const p1 = await socket.nextMessage('presence');
+  assert.deepEqual({ ...p1, id: 0 }, { op: 'presence', id: 0, channel: 'room', limit: 2 });
+  socket.push({ op: 'presence', id: p1.id, channel: 'room', clients: [{ client_id: 'c1', user: 'ann' }, { client_id: 'c2', user: 'bob' }], cursor: 'bob\u0000c2' });
+  assert.deepEqual(await first, { channel: 'room', clients: [{ clientId: 'c1', user: 'ann' }, { clientId: 'c2', user: 'bob' }], cursor: 'bob\u0000c2' });
+
+  const sub = client.subscribe('room');
+  const subscribe = await socket.nextMessage('subscribe');
+  socket.push({ op: 'subscribed', id: subscribe.id, channel: 'room' });
+  const last = sub.presence({ limit: 2, cursor: 'bob\u0000c2' });
+  const p2 = await socket.nextMessage('presence');
+  assert.deepEqual({ ...p2, id: 0 }, { op: 'presence', id: 0, channel: 'room', limit: 2, cursor: 'bob\u0000c2' });
+  socket.push({ op: 'presence', id: p2.id, channel: 'room', clients: [{ client_id: 'c3', user: 'cy' }] });
+  const page = await last;
+  assert.deepEqual(page, { channel: 'room', clients: [{ clientId: 'c3', user: 'cy' }] });
+  assert.equal('cursor' in page, false, 'the last page has no cursor');
+
+  const stats = client.presenceStats('room');
+  const s = await socket.nextMessage('presence_stats');
+  assert.deepEqual({ ...s, id: 0 }, { op: 'presence_stats', id: 0, channel: 'room' });
+  socket.push({ op: 'presence_stats', id: s.id, channel: 'room', clients: 3, users: 2 });
+  assert.deepEqual(await stats, { clients: 3, users: 2 });
+
+  const viaSub = sub.presenceStats();
+  const s2 = await socket.nextMessage('presence_stats');
+  assert.equal(s2.channel, 'room');
+  socket.push({ op: 'error', id: s2.id, code: 108, message: 'presence disabled' });
+  await assert.rejects(viaSub, (err) => err instanceof ServerError && err.code === 108);
+});
+
 test('replies are matched by id even when they arrive out of order in one batch', async (t) => {
   const { client, socket } = await connected();
   t.after(() => client.disconnect());

@@ -20,6 +20,7 @@ function fakeHost({ connected = true } = {}) {
     remove: (sub) => host.removed.push(sub),
     publish: async (channel, data) => ({ channel, data }),
     presence: async (channel) => ({ channel, clients: [] }),
+    presenceStats: async () => ({ clients: 0, users: 0 }),
     history: async (channel) => ({ channel, epoch: 'e', offset: 0, messages: [] }),
     /** Answers the last request. */
     reply: (reply) => host.requests.at(-1).callback(null, { id: 1, ...reply }),
