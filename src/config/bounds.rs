@@ -61,21 +61,33 @@ fn check_redis(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// One publication of `api.max_publish_bytes` must fit into an empty client queue: a
-/// larger one evicts every subscriber (4008). Data grows when it is rendered for the other
-/// encoding (binary data becomes base64 for JSON clients, a third more) and gains its
-/// envelope, so the queue must hold at least twice the largest publication.
+/// One publication of `api.max_publish_bytes` (or a Pusher app's event of
+/// `max_event_bytes`) must fit into an empty client queue: a larger one evicts every
+/// subscriber (4008). Data grows when it is rendered for the other encoding (binary data
+/// becomes base64 for JSON clients, a third more) and gains its envelope, so the queue
+/// must hold at least twice the largest publication.
 fn check_publication_fits_queue(config: &Config) -> Result<(), ConfigError> {
-    let publish = config.api.max_publish_bytes;
     let queue = config.client.queue_max_bytes;
-    if publish.saturating_mul(2) > queue {
-        return invalid(
-            "api.max_publish_bytes",
-            format!(
-                "must be at most half of client.queue_max_bytes ({queue}): a publication \
-                 larger than a client's queue evicts every subscriber"
-            ),
-        );
+    let api = (
+        "api.max_publish_bytes".to_owned(),
+        config.api.max_publish_bytes,
+    );
+    let apps = config.pusher.apps.iter().enumerate().map(|(index, app)| {
+        (
+            format!("pusher.apps[{index}].max_event_bytes"),
+            app.max_event_bytes,
+        )
+    });
+    for (key, largest) in std::iter::once(api).chain(apps) {
+        if largest.saturating_mul(2) > queue {
+            return invalid(
+                &key,
+                format!(
+                    "must be at most half of client.queue_max_bytes ({queue}): a publication \
+                     larger than a client's queue evicts every subscriber"
+                ),
+            );
+        }
     }
     Ok(())
 }
@@ -136,6 +148,12 @@ mod tests {
             error_of("[client]\nqueue_max_bytes = 100000\n[api]\nmax_publish_bytes = 60000\n");
         assert!(error.contains("api.max_publish_bytes"), "{error}");
         assert!(Config::from_toml("[client]\nqueue_max_bytes = 131072\n").is_ok());
+        let app = "[[pusher.apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
+        let error = error_of(&format!(
+            "[client]\nqueue_max_bytes = 131072\n{app}max_event_bytes = 70000\n"
+        ));
+        assert!(error.contains("pusher.apps[0].max_event_bytes"), "{error}");
+        assert!(Config::from_toml(&format!("{app}max_event_bytes = 65536\n")).is_ok());
     }
 
     #[test]
