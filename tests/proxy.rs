@@ -52,6 +52,9 @@ async fn connect(
             "user": "alice", "info": {"name": "Alice"}, "channels": ["news"],
             "expire_at": body["data"]["expire_at"],
         }}),
+        "session=alice-expiring" => json!({"result": {
+            "user": "alice", "expire_at": unix_now() + 1,
+        }}),
         "session=banned" => json!({"disconnect": {"code": 4403, "reason": "banned"}}),
         "session=stall" => {
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
@@ -378,4 +381,31 @@ async fn a_proxy_url_that_is_not_http_is_refused_by_config_naming_the_key() -> T
         "{err}"
     );
     Ok(())
+}
+
+#[tokio::test]
+async fn an_sse_stream_the_connect_proxy_granted_is_renewed_too() -> TestResult {
+    let (backend, _state, mut seen) = start_backend().await?;
+    let server = TestServer::start(&config(&backend, "")).await?;
+    let mut stream = server
+        .http()
+        .get(server.http_url("/sse?channel=news"))
+        .header("cookie", "session=alice-expiring")
+        .send()
+        .await?;
+    assert_eq!(stream.status().as_u16(), 200);
+    // Renewed at its expiry (instead of ended with 4002), and still served.
+    let (_, body) = next_seen(&mut seen, "refresh").await?;
+    assert_eq!(body["user"], "alice");
+    server.publish("news", json!("still here")).await?;
+    let mut text = String::new();
+    while !text.contains("data: \"still here\"") {
+        let chunk = tokio::time::timeout(WAIT, stream.chunk())
+            .await?
+            .map_err(|e| format!("stream failed: {e}"))?
+            .ok_or_else(|| format!("stream ended: {text}"))?;
+        text.push_str(std::str::from_utf8(&chunk)?);
+    }
+    assert!(!text.contains("event: disconnect"), "{text}");
+    server.stop().await
 }

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-pub(crate) use connect::{Refused, identify};
+pub(crate) use connect::{Refused, apply_expiry, identify};
 pub(crate) use proxied::check_subscribe;
 pub use proxied::run_refresher;
 pub(crate) use upgrade::{bearer_token, origin_allowed};

@@ -158,9 +158,7 @@ async fn open(
         identity.info.map(Arc::new),
         Dialect::Sse,
     );
-    if let Some(exp) = identity.expires_at {
-        client.set_expires_at(exp);
-    }
+    crate::session::apply_expiry(&state, &client, identity.expires_at, identity.by_proxy);
     let stream = Stream {
         greeting: Some(Bytes::from(format!(
             "retry: {RETRY_MS}\n: connected {}\n\n",
