@@ -90,7 +90,7 @@ pub const API_ROUTES: [&str; 23] = [
 ];
 
 /// Kinds of limit as labelled in `pushwire_limit_trips_total`.
-pub const LIMIT_KINDS: [&str; 21] = [
+pub const LIMIT_KINDS: [&str; 23] = [
     "queue_overflow",
     "frame_size",
     "channels_per_connection",
@@ -112,6 +112,8 @@ pub const LIMIT_KINDS: [&str; 21] = [
     "relay_gap_fill",
     "join_leave_rate",
     "presence_reply_size",
+    "pusher_app_connections",
+    "pusher_client_events",
 ];
 
 impl Metrics {

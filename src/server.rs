@@ -299,6 +299,7 @@ pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
     Router::new()
         .route("/ws", get(session::ws_handler))
         .route("/sse", get(crate::sse::sse_handler))
+        .route("/app/{key}", get(session::pusher_ws_handler))
         .merge(api::api_router(state.clone()))
         .merge(api::probe_router(with_metrics))
         .merge(crate::pusher::api::router())

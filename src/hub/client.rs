@@ -57,6 +57,14 @@ pub enum Dialect {
     Sse,
 }
 
+/// What a Pusher client said about itself: the presence member it is and the user it
+/// signed in as.
+#[derive(Debug, Default)]
+struct PusherIdentity {
+    member: Option<(Arc<str>, Option<serde_json::Value>)>,
+    signed_in: Option<Arc<str>>,
+}
+
 /// Bounds of one client's outbound queue.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
@@ -120,6 +128,9 @@ pub struct ClientHandle {
     queue: Mutex<QueueState>,
     wake: Notify,
     abort: Notify,
+    /// A Pusher client's presence identity and signed-in user (`crate::pusher`); one
+    /// pointer, empty for native clients.
+    pusher: Mutex<Option<Box<PusherIdentity>>>,
     /// Channels this client is subscribed to.
     pub(crate) channels: Mutex<Vec<ChannelName>>,
     /// Liveness, in milliseconds on the hub clock.
@@ -152,6 +163,7 @@ impl ClientHandle {
             queue: Mutex::new(QueueState::default()),
             wake: Notify::new(),
             abort: Notify::new(),
+            pusher: Mutex::new(None),
             channels: Mutex::new(Vec::new()),
             next_ping_ms: AtomicU64::new(next_ping_ms),
             ping_sent_ms: AtomicU64::new(0),
@@ -322,8 +334,45 @@ impl ClientHandle {
         self.id.to_string()
     }
 
+    /// Sets a Pusher client's presence identity (from its first presence subscription's
+    /// `channel_data`); false if it already has a different one.
+    pub fn set_pusher_member(&self, user_id: &str, info: Option<serde_json::Value>) -> bool {
+        let mut identity = self.pusher.lock();
+        let identity = identity.get_or_insert_with(Box::default);
+        match &identity.member {
+            Some((user, _)) => &**user == user_id,
+            None => {
+                identity.member = Some((Arc::from(user_id), info));
+                true
+            }
+        }
+    }
+
+    /// Records a Pusher sign-in as hub user `hub_user` (see `crate::pusher::identity`).
+    pub fn set_pusher_user(&self, hub_user: &str) {
+        let mut identity = self.pusher.lock();
+        identity.get_or_insert_with(Box::default).signed_in = Some(Arc::from(hub_user));
+    }
+
+    /// Whether this client is `user`: its connection user or its Pusher sign-in.
+    pub fn is_user(&self, user: &str) -> bool {
+        &*self.user == user
+            || self
+                .pusher
+                .lock()
+                .as_ref()
+                .is_some_and(|identity| identity.signed_in.as_deref() == Some(user))
+    }
+
     /// How this client appears in presence.
     pub fn info_for_presence(&self) -> crate::protocol::ClientInfo {
+        if let Some((user, info)) = self.pusher.lock().as_ref().and_then(|i| i.member.clone()) {
+            return crate::protocol::ClientInfo {
+                client_id: self.client_id(),
+                user: user.to_string(),
+                info,
+            };
+        }
         crate::protocol::ClientInfo {
             client_id: self.client_id(),
             user: self.user.to_string(),

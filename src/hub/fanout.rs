@@ -120,7 +120,8 @@ impl EncodedPublication {
             frames: [
                 frame(Encoding::Json),
                 frame(Encoding::Msgpack),
-                OnceLock::from(crate::pusher::wire::member_frame(channel, join, client)),
+                // Pusher members are announced per user (`pusher::presence`).
+                OnceLock::from(None),
                 // SSE streams carry publications only.
                 OnceLock::from(None),
             ],

@@ -510,7 +510,7 @@ impl Hub {
         self.shared
             .clients
             .iter()
-            .filter(|c| &*c.user == user)
+            .filter(|c| c.is_user(user))
             .map(|c| c.value().clone())
             .collect()
     }

@@ -169,7 +169,8 @@ pub fn namespace_config(kind: ChannelKind) -> NamespaceConfig {
         history_size: usize::from(kind.cache),
         history_ttl_secs: CACHE_TTL_SECS,
         presence: kind.kind == Kind::Presence,
-        join_leave: kind.kind == Kind::Presence,
+        // Members are announced per user id by `pusher::presence`, not per connection.
+        join_leave: false,
         max_recover_messages: 1,
         ..NamespaceConfig::default()
     }

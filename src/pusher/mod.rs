@@ -29,8 +29,11 @@
 pub mod api;
 pub mod apps;
 pub mod channel;
+pub mod close;
 pub mod config;
 pub mod identity;
+mod presence;
+pub mod session;
 pub mod signature;
 pub mod wire;
 

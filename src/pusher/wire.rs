@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::channel;
 use crate::hub::Publication;
-use crate::protocol::{ChannelName, ClientInfo, Payload};
+use crate::protocol::Payload;
 
 /// `pusher:ping`, sent by the hub's ticker to idle Pusher clients.
 pub fn ping_frame() -> Bytes {
@@ -29,28 +29,6 @@ pub fn encode_publication(publication: &Publication) -> Option<Bytes> {
         &data,
         event.user_id.as_deref(),
     ))
-}
-
-/// `pusher_internal:member_added` (with `user_info`) or `member_removed` for a member of
-/// an app's presence channel; `None` on native channels.
-pub fn member_frame(channel: &ChannelName, join: bool, member: &ClientInfo) -> Option<Bytes> {
-    let (_, name) = channel::split(channel)?;
-    #[derive(Serialize)]
-    struct Member<'a> {
-        user_id: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        user_info: Option<&'a serde_json::Value>,
-    }
-    let (event, user_info) = if join {
-        ("pusher_internal:member_added", member.info.as_ref())
-    } else {
-        ("pusher_internal:member_removed", None)
-    };
-    let data = Member {
-        user_id: &member.user,
-        user_info,
-    };
-    Some(frame_with(event, Some(name), &data))
 }
 
 /// A frame with `data` already a JSON literal (a string, or `{}` for `pusher:error`).

@@ -8,7 +8,7 @@
 
 mod connect;
 mod proxied;
-mod rate;
+pub(crate) mod rate;
 mod requests;
 mod transport;
 mod upgrade;
@@ -24,7 +24,7 @@ pub(crate) use connect::{Refused, apply_expiry, identify};
 pub(crate) use proxied::check_subscribe;
 pub use proxied::run_refresher;
 pub(crate) use upgrade::{bearer_token, origin_allowed};
-pub use upgrade::{origins_open, ws_handler};
+pub use upgrade::{origins_open, pusher_ws_handler, ws_handler};
 
 use crate::hub::ClientHandle;
 use crate::limits::LimitSlot;
@@ -49,6 +49,8 @@ struct Session<S> {
     state: Arc<AppState>,
     client: Arc<ClientHandle>,
     rate: RateLimiter,
+    /// Set on a Pusher connection (`crate::pusher`): the same session, another front end.
+    pusher: Option<Box<crate::pusher::session::PusherConn>>,
     /// Held for the session's life; dropping it releases the connection's limit slots.
     _admission: Admission,
 }
@@ -140,6 +142,7 @@ where
     let session = Box::new(Session {
         transport,
         rate: RateLimiter::new(&config.client),
+        pusher: None,
         state,
         client,
         _admission: admission,
@@ -147,6 +150,84 @@ where
     Some(Started {
         session,
         rest,
+        span,
+    })
+}
+
+/// Starts a Pusher connection to the app with `key` (`GET /app/{key}`): refusals close
+/// with Pusher's codes (4001 unknown app, 4003 disabled, 4007 protocol, 4004 over the
+/// app's quota, 4100 over a node or IP limit); otherwise the client is registered and
+/// `pusher:connection_established` queued. `None` when it ended there.
+pub(super) async fn start_pusher<S>(
+    socket: tokio_tungstenite::WebSocketStream<S>,
+    state: Arc<AppState>,
+    key: String,
+    protocol_ok: bool,
+    mut admission: Admission,
+) -> Option<Started<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    use crate::pusher::close;
+    let config = state.config();
+    let mut transport = Transport::pusher(socket, config.client.write_timeout());
+    let app = state.pusher.by_key(&key).cloned();
+    let admitted = match &app {
+        _ if admission.over_ip_limit => Err((close::OVER_CAPACITY, "over the connection limit")),
+        None => Err((close::APP_NOT_FOUND, "App key not in this cluster")),
+        Some(app) if !app.enabled => Err((close::APP_DISABLED, "App is disabled")),
+        Some(_) if !protocol_ok => {
+            Err((close::UNSUPPORTED_PROTOCOL, "Unsupported protocol version"))
+        }
+        Some(_) if state.hub.connection_count() >= config.server.max_connections => {
+            state.metrics.limit_tripped("connections_per_node");
+            Err((close::OVER_CAPACITY, "over capacity"))
+        }
+        Some(app) => {
+            let quota_key: Arc<str> = Arc::from(format!("pusher~{}", app.id));
+            match state.limits.try_user(&quota_key, app.max_connections) {
+                Some(slot) => Ok((app.clone(), slot)),
+                None => {
+                    state.metrics.limit_tripped("pusher_app_connections");
+                    Err((close::OVER_QUOTA, "Over connection quota"))
+                }
+            }
+        }
+    };
+    let (app, slot) = match admitted {
+        Ok(admitted) => admitted,
+        Err((code, reason)) => {
+            let code = CloseCode::Custom(code);
+            transport.close(code, reason, false).await;
+            state
+                .metrics
+                .disconnects
+                .with_label_values(&[code.label()])
+                .inc();
+            return None;
+        }
+    };
+    admission.connected(Some(slot));
+    let client = state.hub.register_as(
+        Arc::from(""),
+        Encoding::Json,
+        None,
+        crate::hub::Dialect::Pusher,
+    );
+    let conn = crate::pusher::session::PusherConn::new(app, &client);
+    let _ = client.push_reserved(conn.established(config.client.ping_interval_secs));
+    let span = tracing::info_span!("pusher_session", client_id = %client.id, app = %conn.app().id);
+    let session = Box::new(Session {
+        transport,
+        rate: RateLimiter::new(&config.client),
+        pusher: Some(Box::new(conn)),
+        state,
+        client,
+        _admission: admission,
+    });
+    Some(Started {
+        session,
+        rest: Vec::new(),
         span,
     })
 }
@@ -241,6 +322,22 @@ where
     }
 
     async fn on_frame(&mut self, frame: &[u8]) -> Flow {
+        if let Some(conn) = self.pusher.as_deref_mut() {
+            match self.rate.check(std::time::Instant::now()) {
+                rate::Verdict::Allow => {}
+                rate::Verdict::Refuse => {
+                    self.state.metrics.limit_tripped("rate_limit");
+                    return Flow::Continue;
+                }
+                rate::Verdict::Disconnect => return self.rate_limited().await,
+            }
+            let next =
+                crate::pusher::session::on_frame(&self.state, &self.client, conn, frame).await;
+            if next == crate::pusher::session::Next::Close {
+                return Box::pin(self.flush()).await;
+            }
+            return Flow::Continue;
+        }
         let requests = match decode_frame(self.transport.encoding(), frame) {
             Ok(requests) => requests,
             Err(err) => {
@@ -311,7 +408,11 @@ where
 
     /// Unregisters the client and records why the connection ended.
     async fn finish(&mut self) {
+        let channels = self.client.subscribed_channels();
         let label = self.state.hub.unregister_ended(&self.client);
+        if self.pusher.is_some() {
+            crate::pusher::session::finish(&self.state, &self.client, &channels).await;
+        }
         tracing::debug!(code = label, "disconnected");
         crate::telemetry::session_ended(self.client.id, label);
         self.transport.shutdown().await;

@@ -8,13 +8,13 @@ use crate::config::ClientConfig;
 
 /// The verdict on one inbound request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Verdict {
+pub(crate) enum Verdict {
     Allow,
     Refuse,
     Disconnect,
 }
 
-pub(super) struct RateLimiter {
+pub(crate) struct RateLimiter {
     per_sec: f64,
     burst: f64,
     strikes_allowed: u32,
@@ -35,7 +35,20 @@ impl RateLimiter {
         }
     }
 
-    pub(super) fn check(&mut self, now: Instant) -> Verdict {
+    /// A plain limit of `per_sec` a second (bursts of as many) that refuses and never
+    /// disconnects: the Pusher client-event limit.
+    pub(crate) fn per_second(per_sec: u32) -> Self {
+        RateLimiter {
+            per_sec: f64::from(per_sec),
+            burst: f64::from(per_sec.max(1)),
+            strikes_allowed: u32::MAX,
+            tokens: f64::from(per_sec.max(1)),
+            strikes: 0,
+            last: Instant::now(),
+        }
+    }
+
+    pub(crate) fn check(&mut self, now: Instant) -> Verdict {
         if self.per_sec == 0.0 {
             return Verdict::Allow;
         }

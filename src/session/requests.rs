@@ -108,7 +108,7 @@ where
 
     /// Ends a connection that kept exceeding its inbound rate (4009). Not discarding:
     /// the client sees its replies and 110 errors, then `disconnect` and the close frame.
-    async fn rate_limited(&mut self) -> Flow {
+    pub(super) async fn rate_limited(&mut self) -> Flow {
         self.state.metrics.limit_tripped("rate_limit");
         self.client.close(
             CloseCode::RateLimited,

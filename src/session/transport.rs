@@ -25,6 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
+use crate::hub::Dialect;
 use crate::metrics::Metrics;
 use crate::protocol::{CloseCode, Encoding, encode_disconnect};
 
@@ -51,6 +52,8 @@ pub(super) enum Inbound {
 pub(super) struct Transport<S> {
     socket: WebSocketStream<S>,
     encoding: Encoding,
+    /// Pusher clients get one event per frame and `pusher:error` before a close.
+    dialect: Dialect,
     write_timeout: Duration,
     unreported_bytes: u64,
     unreported_frames: u64,
@@ -69,11 +72,19 @@ where
         Transport {
             socket,
             encoding,
+            dialect: Dialect::Native,
             write_timeout,
             unreported_bytes: 0,
             unreported_frames: 0,
             last_report: None,
         }
+    }
+
+    /// A transport for a Pusher connection (`crate::pusher`).
+    pub(super) fn pusher(socket: WebSocketStream<S>, write_timeout: Duration) -> Self {
+        let mut transport = Transport::new(socket, Encoding::Json, write_timeout);
+        transport.dialect = Dialect::Pusher;
+        transport
     }
 
     pub(super) fn encoding(&self) -> Encoding {
@@ -100,8 +111,17 @@ where
         }
     }
 
-    /// Writes `items` as one frame (a batch when there are several). False if it failed.
+    /// Writes `items` as one frame (a batch when there are several; Pusher clients, who
+    /// know no batches, get one frame each). False if it failed.
     pub(super) async fn send_batch(&mut self, items: &[Bytes], metrics: &Metrics) -> bool {
+        if self.dialect == Dialect::Pusher && items.len() > 1 {
+            for item in items {
+                if !Box::pin(self.send_batch(std::slice::from_ref(item), metrics)).await {
+                    return false;
+                }
+            }
+            return true;
+        }
         let payload = match items {
             [one] => one.clone(),
             many => self.encoding.join_batch(many),
@@ -154,12 +174,18 @@ where
 
     /// Sends `disconnect` and the close frame, then lingers (see the module doc).
     pub(super) async fn close(&mut self, code: CloseCode, reason: &str, reconnect: bool) {
-        let disconnect = encode_disconnect(self.encoding, code, reason, reconnect);
+        let (code, disconnect) = match self.dialect {
+            Dialect::Native | Dialect::Sse => (
+                code.as_u16(),
+                Some(encode_disconnect(self.encoding, code, reason, reconnect)),
+            ),
+            Dialect::Pusher => crate::pusher::close::closing(code, reason),
+        };
         let frame = CloseFrame {
-            code: WsCloseCode::from(code.as_u16()),
+            code: WsCloseCode::from(code),
             reason: Utf8Bytes::from(truncate_reason(reason)),
         };
-        let message = self.data_message(disconnect);
+        let message = disconnect.and_then(|d| self.data_message(d));
         let write = async {
             if let Some(message) = message {
                 self.socket.feed(message).await?;

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
@@ -22,7 +22,35 @@ use crate::protocol::{Encoding, ErrorCode};
 use crate::state::AppState;
 
 /// Accepts a WebSocket connection.
-pub async fn ws_handler(State(state): State<Arc<AppState>>, mut request: Request) -> Response {
+pub async fn ws_handler(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    upgrade(state, request, None).await
+}
+
+/// A Pusher app's key and whether the `protocol` the client asked for is one we speak.
+type PusherTarget = (String, bool);
+
+/// Accepts a Pusher connection at `GET /app/{key}` (`crate::pusher`): the same upgrade,
+/// limits and session as `/ws`; the app is checked after the upgrade, so that an unknown
+/// key gets Pusher's `pusher:error` 4001 rather than an HTTP error.
+pub async fn pusher_ws_handler(
+    State(state): State<Arc<AppState>>,
+    Path(key): Path<String>,
+    request: Request,
+) -> Response {
+    let protocol = request.uri().query().and_then(|query| {
+        query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("protocol="))
+            .map(|v| matches!(v, "5" | "6" | "7"))
+    });
+    upgrade(state, request, Some((key, protocol.unwrap_or(true)))).await
+}
+
+async fn upgrade(
+    state: Arc<AppState>,
+    mut request: Request,
+    pusher: Option<PusherTarget>,
+) -> Response {
     if state.shutdown.is_cancelled() {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -36,7 +64,11 @@ pub async fn ws_handler(State(state): State<Arc<AppState>>, mut request: Request
         Ok(key) => key,
         Err(message) => return ApiError::bad_request(message).into_response(),
     };
-    let encoding = match choose_encoding(headers) {
+    let chosen = match &pusher {
+        Some(_) => Ok(Encoding::Json),
+        None => choose_encoding(headers),
+    };
+    let encoding = match chosen {
         Ok(encoding) => encoding,
         Err(offered) => {
             let message = format!(
@@ -57,7 +89,7 @@ pub async fn ws_handler(State(state): State<Arc<AppState>>, mut request: Request
         .into_response();
     }
     let header_token = bearer_token(headers);
-    let offered_protocol = headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL);
+    let offered_protocol = pusher.is_none() && headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL);
     let Some(pending) = state
         .limits
         .try_pending(config.server.max_pending_connections)
@@ -93,7 +125,12 @@ pub async fn ws_handler(State(state): State<Arc<AppState>>, mut request: Request
             let upgraded = on_upgrade.await.ok()?;
             let io = TokioIo::new(upgraded);
             let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
-            super::start(socket, task_state, encoding, header_token, admission).await
+            match pusher {
+                Some((key, protocol_ok)) => {
+                    super::start_pusher(socket, task_state, key, protocol_ok, admission).await
+                }
+                None => super::start(socket, task_state, encoding, header_token, admission).await,
+            }
         });
         if let Some(started) = started.await {
             started.serve().await;

@@ -1,0 +1,420 @@
+//! What a Pusher connection does once connected: `pusher:ping`/`pong`, subscribe (with
+//! private and presence signatures, cache replay) and unsubscribe, client events, and
+//! `pusher:signin`. The session machinery (`crate::session`: queue, ticker, limits, drain,
+//! close) is the native one; this module only turns Pusher messages into hub and broker
+//! calls and queues Pusher replies on the client's own queue.
+//!
+//! Presence is thin glue over today's per-connection presence: a member is announced
+//! (`pusher_internal:member_added`, to everyone but itself) when its user id is not yet
+//! among the channel's members, and removed when no other connection of that user id
+//! remains; both go through the broker, so every node sees them.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::channel::{self, ChannelKind, Kind};
+use super::close::{CLIENT_EVENT_RATE_LIMIT, UNAUTHORIZED};
+use super::{PusherApp, identity, signature, wire};
+use crate::hub::{ClientHandle, NamedEvent};
+use crate::protocol::{ChannelName, ClientInfo, CloseCode, Payload, StreamPosition};
+use crate::session::rate::{RateLimiter, Verdict};
+use crate::state::AppState;
+
+/// A Pusher connection's own state, beside the native session's.
+pub struct PusherConn {
+    app: Arc<PusherApp>,
+    socket_id: String,
+    client_events: RateLimiter,
+}
+
+/// What the session does after a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Continue,
+    /// The client was asked to close (`ClientHandle::close`): flush and end.
+    Close,
+}
+
+#[derive(Deserialize)]
+struct Inbound<'a> {
+    event: String,
+    #[serde(default)]
+    channel: Option<String>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct SubscribeData {
+    channel: String,
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    channel_data: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct SigninData {
+    auth: String,
+    user_data: String,
+}
+
+impl PusherConn {
+    pub fn new(app: Arc<PusherApp>, client: &ClientHandle) -> Self {
+        PusherConn {
+            socket_id: identity::socket_id(client.id),
+            client_events: RateLimiter::per_second(app.client_event_rate_per_sec),
+            app,
+        }
+    }
+
+    pub fn app(&self) -> &Arc<PusherApp> {
+        &self.app
+    }
+
+    /// `pusher:connection_established`.
+    pub fn established(&self, activity_timeout_secs: u64) -> Bytes {
+        let data = serde_json::json!({
+            "socket_id": self.socket_id,
+            "activity_timeout": activity_timeout_secs.max(1),
+        });
+        wire::frame_with("pusher:connection_established", None, &data)
+    }
+}
+
+/// Parses `data` as an object, also when it arrives JSON-encoded in a string.
+fn object<T: for<'de> Deserialize<'de> + Default>(data: Option<&RawValue>) -> Option<T> {
+    let raw = data?.get();
+    if let Ok(text) = serde_json::from_str::<String>(raw) {
+        return serde_json::from_str(&text).ok();
+    }
+    serde_json::from_str(raw).ok()
+}
+
+fn queue(state: &AppState, client: &ClientHandle, frame: Bytes) {
+    if client.push(frame, state.hub.queue_limits()) == Err(crate::hub::PushError::Overflow) {
+        state.metrics.evicted(1);
+    }
+}
+
+fn error(state: &AppState, client: &ClientHandle, message: &str, code: Option<u16>) {
+    queue(state, client, super::close::error_frame(message, code));
+}
+
+fn subscription_error(state: &AppState, client: &ClientHandle, name: &str, message: &str) {
+    let data = serde_json::json!({"type": "AuthError", "error": message, "status": 401});
+    queue(
+        state,
+        client,
+        wire::frame_with("pusher:subscription_error", Some(name), &data),
+    );
+}
+
+/// Handles one frame from the client.
+pub async fn on_frame(
+    state: &Arc<AppState>,
+    client: &Arc<ClientHandle>,
+    conn: &mut PusherConn,
+    frame: &[u8],
+) -> Next {
+    let Ok(message) = serde_json::from_slice::<Inbound<'_>>(frame) else {
+        error(
+            state,
+            client,
+            "malformed message: expected {\"event\",\"data\"}",
+            None,
+        );
+        return Next::Continue;
+    };
+    match message.event.as_str() {
+        "pusher:ping" => queue(state, client, wire::frame("pusher:pong", None, "{}", None)),
+        "pusher:pong" => client.pong_received(),
+        "pusher:subscribe" => match object::<SubscribeData>(message.data) {
+            Some(data) => subscribe(state, client, conn, data).await,
+            None => error(state, client, "pusher:subscribe needs data.channel", None),
+        },
+        "pusher:unsubscribe" => {
+            if let Some(data) = object::<SubscribeData>(message.data) {
+                unsubscribe(state, client, conn, &data.channel).await;
+            }
+        }
+        "pusher:signin" => match object::<SigninData>(message.data) {
+            Some(data) => return signin(state, client, conn, data).await,
+            None => error(
+                state,
+                client,
+                "pusher:signin needs auth and user_data",
+                None,
+            ),
+        },
+        event if event.starts_with("client-") => {
+            let channel = message.channel.unwrap_or_default();
+            client_event(state, client, conn, event, &channel, message.data).await;
+        }
+        _ => {}
+    }
+    Next::Continue
+}
+
+async fn subscribe(
+    state: &Arc<AppState>,
+    client: &Arc<ClientHandle>,
+    conn: &PusherConn,
+    data: SubscribeData,
+) {
+    let name = data.channel.as_str();
+    let (hub, kind) = match channel::to_hub(&conn.app.id, name) {
+        Ok(found) if found.1.kind != Kind::ServerToUser => found,
+        // pusher-js subscribes to its own user's channel after `pusher:signin`.
+        Ok(found)
+            if channel::server_to_user_id(name)
+                .is_some_and(|id| client.is_user(&identity::hub_user(&conn.app.id, id))) =>
+        {
+            found
+        }
+        Ok(_) => return subscription_error(state, client, name, "not signed in as this user"),
+        Err(err) => return subscription_error(state, client, name, &err.to_string()),
+    };
+    if client.channel_count() >= state.config().client.max_channels {
+        state.metrics.limit_tripped("channels_per_connection");
+        return subscription_error(state, client, name, "too many channels");
+    }
+    if kind.needs_auth() {
+        let auth = data.auth.as_deref().unwrap_or_default();
+        let channel_data = data
+            .channel_data
+            .as_deref()
+            .filter(|_| kind.kind == Kind::Presence);
+        if let Err(err) =
+            signature::verify_channel_auth(&conn.app, &conn.socket_id, name, channel_data, auth)
+        {
+            return subscription_error(state, client, name, &format!("invalid auth: {err}"));
+        }
+    }
+    let mut presence = None;
+    if kind.kind == Kind::Presence {
+        match super::presence::join(state, client, conn, &hub, data.channel_data.as_deref()).await {
+            Ok(joined) => presence = Some(joined),
+            Err(message) => return subscription_error(state, client, name, &message),
+        }
+    }
+    let succeeded = match &presence {
+        Some(joined) => wire::frame_with(
+            "pusher_internal:subscription_succeeded",
+            Some(name),
+            &joined.members,
+        ),
+        None => wire::frame(
+            "pusher_internal:subscription_succeeded",
+            Some(name),
+            "\"{}\"",
+            None,
+        ),
+    };
+    let ns = channel::namespace_config(kind);
+    let replay = if kind.cache {
+        last_position(state, &hub, kind).await
+    } else {
+        None
+    };
+    let reply = |_: &crate::broker::SubscribeResult| Some(succeeded.clone());
+    match state
+        .broker
+        .subscribe(client, &hub, &ns, replay.as_ref(), &reply)
+        .await
+    {
+        Ok(Some(_)) => {
+            if kind.cache && replay.is_none() {
+                queue(
+                    state,
+                    client,
+                    wire::frame("pusher:cache_miss", Some(name), "\"{}\"", None),
+                );
+            }
+            if let Some(joined) = presence.filter(|j| j.first) {
+                super::presence::announce(state, client, &hub, kind, true).await;
+                drop(joined);
+            }
+        }
+        // Already subscribed: subscribing again is idempotent.
+        Ok(None) => queue(state, client, succeeded),
+        Err(err) => {
+            tracing::warn!(channel = %hub, error = %err, "pusher subscribe failed");
+            subscription_error(state, client, name, "server unavailable, retry");
+        }
+    }
+}
+
+/// For a cache channel with a last event: the position just before it, so the
+/// subscribe recovers exactly that event after `subscription_succeeded`.
+async fn last_position(
+    state: &AppState,
+    hub: &ChannelName,
+    kind: ChannelKind,
+) -> Option<StreamPosition> {
+    let ns = channel::namespace_config(kind);
+    let page = state
+        .broker
+        .history(hub, &ns, None, Some(1), true)
+        .await
+        .ok()?;
+    let last = page.messages.first()?;
+    Some(StreamPosition {
+        offset: last.offset - 1,
+        epoch: page.epoch,
+    })
+}
+
+async fn unsubscribe(
+    state: &Arc<AppState>,
+    client: &Arc<ClientHandle>,
+    conn: &PusherConn,
+    name: &str,
+) {
+    let Ok((hub, kind)) = channel::to_hub(&conn.app.id, name) else {
+        return;
+    };
+    if state.hub.unsubscribe(client, &hub) && kind.kind == Kind::Presence {
+        super::presence::leave(state, client, &hub, kind).await;
+    }
+}
+
+/// After the connection ended: `member_removed` where it was a user's last connection.
+pub async fn finish(state: &Arc<AppState>, client: &Arc<ClientHandle>, channels: &[ChannelName]) {
+    for hub in channels {
+        let Some((_, name)) = channel::split(hub) else {
+            continue;
+        };
+        if let Ok(kind) = channel::classify(name)
+            && kind.kind == Kind::Presence
+        {
+            super::presence::leave(state, client, hub, kind).await;
+        }
+    }
+}
+
+async fn client_event(
+    state: &Arc<AppState>,
+    client: &Arc<ClientHandle>,
+    conn: &mut PusherConn,
+    event: &str,
+    name: &str,
+    data: Option<&RawValue>,
+) {
+    if !conn.app.client_events {
+        return error(
+            state,
+            client,
+            "To send client events, you must enable this feature in the Settings page of your dashboard.",
+            None,
+        );
+    }
+    let Ok((hub, kind)) = channel::to_hub(&conn.app.id, name) else {
+        return error(state, client, "client event on an invalid channel", None);
+    };
+    if !kind.allows_client_events() {
+        return error(
+            state,
+            client,
+            "Client events are only allowed on private and presence channels",
+            None,
+        );
+    }
+    if !client.is_subscribed(&hub) {
+        return error(
+            state,
+            client,
+            "Client event rejected: not subscribed to the channel",
+            None,
+        );
+    }
+    if conn.client_events.check(Instant::now()) != Verdict::Allow {
+        state.metrics.limit_tripped("pusher_client_events");
+        return error(
+            state,
+            client,
+            "Client event rejected due to rate limit",
+            Some(CLIENT_EVENT_RATE_LIMIT),
+        );
+    }
+    let raw = data.map_or("null", RawValue::get);
+    if raw.len() > conn.app.max_event_bytes {
+        return error(state, client, "Client event rejected: data too large", None);
+    }
+    let payload = Payload::Json(Bytes::copy_from_slice(raw.as_bytes()));
+    let user_id = match kind.kind {
+        Kind::Presence => Some(Arc::from(client.info_for_presence().user.as_str())),
+        _ => None,
+    };
+    let named = NamedEvent {
+        name: Arc::from(event),
+        user_id,
+    };
+    let mut ns = channel::namespace_config(kind);
+    ns.history_size = 0;
+    if let Err(err) = state
+        .broker
+        .publish_event(&hub, payload, named, Some(client.id), &ns)
+        .await
+    {
+        tracing::warn!(channel = %hub, error = %err, "client event not published");
+    }
+}
+
+async fn signin(
+    state: &Arc<AppState>,
+    client: &Arc<ClientHandle>,
+    conn: &PusherConn,
+    data: SigninData,
+) -> Next {
+    let user_id = serde_json::from_str::<serde_json::Value>(&data.user_data)
+        .ok()
+        .and_then(|v| match &v["id"] {
+            serde_json::Value::String(id) if !id.is_empty() => Some(id.clone()),
+            _ => None,
+        });
+    let verified =
+        signature::verify_user_auth(&conn.app, &conn.socket_id, &data.user_data, &data.auth);
+    let (Some(user_id), Ok(())) = (user_id, verified) else {
+        client.close(
+            CloseCode::Custom(UNAUTHORIZED),
+            "Invalid signature or user data",
+            true,
+        );
+        return Next::Close;
+    };
+    client.set_pusher_user(&identity::hub_user(&conn.app.id, &user_id));
+    let personal = channel::server_to_user_channel(&user_id);
+    if let Ok((hub, kind)) = channel::to_hub(&conn.app.id, &personal) {
+        let ns = channel::namespace_config(kind);
+        if let Err(err) = state
+            .broker
+            .subscribe(client, &hub, &ns, None, &|_| None)
+            .await
+        {
+            tracing::warn!(error = %err, "server-to-user subscription failed");
+        }
+    }
+    let success = serde_json::json!({ "user_data": data.user_data });
+    queue(
+        state,
+        client,
+        wire::frame_with("pusher:signin_success", None, &success),
+    );
+    Next::Continue
+}
+
+/// Members as `subscription_succeeded` lists them.
+pub(super) fn member_list(members: &[ClientInfo]) -> serde_json::Value {
+    let mut hash = serde_json::Map::new();
+    for member in members {
+        hash.entry(member.user.clone())
+            .or_insert_with(|| member.info.clone().unwrap_or(serde_json::Value::Null));
+    }
+    let ids: Vec<&String> = hash.keys().collect();
+    serde_json::json!({"presence": {"ids": ids, "hash": hash, "count": hash.len()}})
+}
