@@ -409,3 +409,20 @@ async fn an_sse_stream_the_connect_proxy_granted_is_renewed_too() -> TestResult 
     assert!(!text.contains("event: disconnect"), "{text}");
     server.stop().await
 }
+
+#[tokio::test]
+async fn a_proxy_url_that_came_with_a_reload_refuses_instead_of_letting_through() -> TestResult {
+    // Started without any proxy URL: the node has no backend proxy until a restart.
+    let server = TestServer::start("").await?;
+    let reloaded = pushwire::config::Config::from_toml(
+        "[namespaces.vip]\nproxy_subscribe_url = \"http://127.0.0.1:9/subscribe\"\n",
+    )?;
+    server.state.reload(reloaded);
+    let (mut client, _) = WsClient::connect(&server.ws_url(), Encoding::Json).await?;
+    let reply = client
+        .request("subscribe", json!({"channel": "vip:lounge"}))
+        .await?;
+    assert_eq!(reply["op"], "error", "{reply}");
+    assert_eq!(reply["code"], 108, "{reply}");
+    server.stop().await
+}

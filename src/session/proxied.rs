@@ -61,9 +61,10 @@ pub(crate) async fn check_subscribe(
     client: &ClientHandle,
     channel: &str,
 ) -> Result<(), RequestRefusal> {
-    let (Some(proxy), Some(url)) = (&state.proxy, url) else {
+    let Some(url) = url else {
         return Ok(());
     };
+    let proxy = active_proxy(state)?;
     let verdict = proxy
         .subscribe(url, &client.client_id(), &client.user, channel)
         .await;
@@ -82,9 +83,10 @@ pub(super) async fn check_publish(
     channel: &str,
     data: Payload,
 ) -> Result<Payload, RequestRefusal> {
-    let (Some(proxy), Some(url)) = (&state.proxy, url) else {
+    let Some(url) = url else {
         return Ok(data);
     };
+    let proxy = active_proxy(state)?;
     let Some(json) = json_of(&data) else {
         return Err((ErrorCode::BadRequest, "data cannot be sent as JSON".into()));
     };
@@ -106,6 +108,18 @@ fn refused(refusal: crate::proxy::Refusal) -> RequestRefusal {
             .message
             .unwrap_or_else(|| "refused by the backend".into()),
     )
+}
+
+/// The node's backend proxy. A namespace that names a proxy URL on a node started without
+/// one (it came with a configuration reload; proxy settings need a restart) is refused,
+/// never let through unchecked.
+fn active_proxy(state: &AppState) -> Result<&BackendProxy, RequestRefusal> {
+    state.proxy.as_deref().ok_or_else(|| {
+        (
+            ErrorCode::NotAvailable,
+            "this namespace's backend proxy is not active on this node until a restart".into(),
+        )
+    })
 }
 
 fn unavailable(err: &crate::proxy::ProxyError) -> RequestRefusal {
