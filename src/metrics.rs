@@ -90,7 +90,7 @@ pub const API_ROUTES: [&str; 23] = [
 ];
 
 /// Kinds of limit as labelled in `pushwire_limit_trips_total`.
-pub const LIMIT_KINDS: [&str; 23] = [
+pub const LIMIT_KINDS: [&str; 24] = [
     "queue_overflow",
     "frame_size",
     "channels_per_connection",
@@ -114,6 +114,7 @@ pub const LIMIT_KINDS: [&str; 23] = [
     "presence_reply_size",
     "pusher_app_connections",
     "pusher_client_events",
+    "recover_bytes",
 ];
 
 impl Metrics {

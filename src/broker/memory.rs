@@ -24,11 +24,9 @@ use tokio::sync::Mutex;
 use super::epoch::{self, new_epoch, no_stream_position, recovers_into_new_stream};
 use super::occupancy::{LocalOccupancy, emit_local, emit_presence};
 use super::presence::{LocalUsers, PresenceMode, PresencePage, PresenceQuery, PresenceStats};
-use super::{
-    HistoryMessage, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, encode_recovered,
-};
+use super::{HistoryMessage, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, replay};
 use crate::config::NamespaceConfig;
-use crate::hub::{ClientHandle, Hub, HubEvent, Publication};
+use crate::hub::{ClientHandle, Hub, HubEvent, Publication, Replay};
 use crate::protocol::{ChannelName, StreamPosition};
 use crate::webhook::Webhooks;
 use tokio::sync::mpsc;
@@ -318,8 +316,13 @@ impl MemoryBroker {
             };
             let _order = self.stripe(channel).lock().await;
             return self
-                .hub_subscribe(client, channel, ns, reply(&result).into_iter().collect())
-                .then_some(result);
+                .hub_subscribe(
+                    client,
+                    channel,
+                    ns,
+                    reply(&result).into_iter().collect::<Vec<_>>().into(),
+                )
+                .map(|_| result);
         }
         let Some(stream) = self.existing(channel) else {
             return self
@@ -340,14 +343,16 @@ impl MemoryBroker {
             }
             None => (None, Vec::new()),
         };
-        let result = SubscribeResult {
+        let mut result = SubscribeResult {
             position: Some(position),
             recovered,
         };
-        let mut frames: Vec<_> = reply(&result).into_iter().collect();
-        frames.extend(encode_recovered(client, channel, &stream.epoch, &missed));
-        self.hub_subscribe(client, channel, ns, frames)
-            .then_some(result)
+        let frames = replay(&self.hub, client, channel, &mut result, &missed, reply);
+        let queued = self.hub_subscribe(client, channel, ns, frames)?;
+        if !queued {
+            result.recovered = Some(false);
+        }
+        Some(result)
     }
 
     /// Subscribes to a channel that has no stream, storing nothing: a publication that
@@ -371,8 +376,13 @@ impl MemoryBroker {
             position: Some(no_stream_position(now)),
             recovered: recover.map(|from| recovers_into_new_stream(from, now, true, lifetime, now)),
         };
-        self.hub_subscribe(client, channel, ns, reply(&result).into_iter().collect())
-            .then_some(result)
+        self.hub_subscribe(
+            client,
+            channel,
+            ns,
+            reply(&result).into_iter().collect::<Vec<_>>().into(),
+        )
+        .map(|_| result)
     }
 
     fn hub_subscribe(
@@ -380,8 +390,8 @@ impl MemoryBroker {
         client: &Arc<ClientHandle>,
         channel: &ChannelName,
         ns: &NamespaceConfig,
-        frames: Vec<bytes::Bytes>,
-    ) -> bool {
+        frames: Replay,
+    ) -> Option<bool> {
         if ns.presence {
             let mode = PresenceMode {
                 announce: ns.join_leave,

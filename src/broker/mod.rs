@@ -28,7 +28,9 @@ pub use presence::{PresencePage, PresenceQuery, PresenceStats};
 pub use redis::{NodeStats, RedisBroker};
 
 use crate::config::NamespaceConfig;
-use crate::hub::{ClientHandle, ClientId, ClientSelector, Dialect, Hub, NamedEvent, Publication};
+use crate::hub::{
+    ClientHandle, ClientId, ClientSelector, Dialect, Hub, NamedEvent, Publication, Replay,
+};
 use crate::protocol::{ChannelName, CloseCode, Payload, StreamPosition};
 use crate::webhook::Webhooks;
 
@@ -369,6 +371,48 @@ impl Broker {
             Broker::Redis(b) => b.nodes(),
         }
     }
+}
+
+/// The `subscribed` reply for `result` and the recovered `missed` messages, as the hub
+/// queues them for `client`. A recovery too large for what is left of the client's queue
+/// (twice `queue_max_bytes`, see `ClientHandle::push_replay`) is not encoded at all and
+/// `result` says `recovered: false`; the hub falls back the same way if it turns out not
+/// to fit once encoded.
+pub(crate) fn replay(
+    hub: &Hub,
+    client: &ClientHandle,
+    channel: &ChannelName,
+    result: &mut SubscribeResult,
+    missed: &[HistoryMessage],
+    reply: ReplyBuilder<'_>,
+) -> Replay {
+    let (Some(position), Some(true), false) =
+        (result.position.clone(), result.recovered, missed.is_empty())
+    else {
+        return Replay {
+            frames: reply(result).into_iter().collect(),
+            fallback: None,
+        };
+    };
+    let not_recovered = SubscribeResult {
+        position: Some(position.clone()),
+        recovered: Some(false),
+    };
+    let fallback = reply(&not_recovered);
+    // Payloads are a lower bound of their frames: a recovery that cannot fit is refused
+    // before it costs an allocation.
+    let at_least: usize = missed.iter().map(|message| message.payload.len()).sum();
+    if at_least > client.replay_room(hub.queue_limits()) {
+        hub.metrics().limit_tripped("recover_bytes");
+        *result = not_recovered;
+        return Replay {
+            frames: fallback.into_iter().collect(),
+            fallback: None,
+        };
+    }
+    let mut frames: Vec<Bytes> = reply(result).into_iter().collect();
+    frames.extend(encode_recovered(client, channel, &position.epoch, missed));
+    Replay { frames, fallback }
 }
 
 /// Encodes the recovered messages for a client.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::client::{ClientHandle, ClientId};
+use super::client::{ClientHandle, ClientId, Subscription};
 use super::fanout::EncodedPublication;
 use crate::protocol::StreamPosition;
 
@@ -31,8 +31,14 @@ pub(crate) type PendingBuffer = Mutex<Pending>;
 /// One subscriber of a channel.
 #[derive(Clone)]
 pub(crate) struct Member {
-    pub(crate) client: Arc<ClientHandle>,
+    pub(crate) subscription: Arc<Subscription>,
     pub(crate) pending: Option<Arc<PendingBuffer>>,
+}
+
+impl Member {
+    pub(crate) fn client(&self) -> &Arc<ClientHandle> {
+        &self.subscription.client
+    }
 }
 
 /// The subscribers of one channel at one moment, split by fan-out shard.
@@ -84,7 +90,7 @@ impl ChannelEntry {
         state.members.insert(
             client.id,
             Member {
-                client: client.clone(),
+                subscription: Arc::new(Subscription::new(client.clone())),
                 pending,
             },
         );
@@ -93,10 +99,17 @@ impl ChannelEntry {
         true
     }
 
-    /// Removes a subscriber; returns (was a member, channel is now empty).
+    /// Removes a subscriber and ends its subscription (snapshots still queued for
+    /// fan-out skip it); returns (was a member, channel is now empty).
     pub(crate) fn remove(&self, id: ClientId) -> (bool, bool) {
         let mut state = self.state.lock();
-        let removed = state.members.remove(&id).is_some();
+        let removed = match state.members.remove(&id) {
+            Some(member) => {
+                member.subscription.end();
+                true
+            }
+            None => false,
+        };
         if removed {
             state.snapshot = None;
         }
@@ -122,7 +135,7 @@ impl ChannelEntry {
         }
         let mut by_shard: Vec<Vec<Member>> = vec![Vec::new(); self.shards];
         for member in state.members.values() {
-            by_shard[member.client.shard % self.shards].push(member.clone());
+            by_shard[member.client().shard % self.shards].push(member.clone());
         }
         let snapshot = Arc::new(Snapshot { by_shard });
         state.snapshot = Some(snapshot.clone());
@@ -134,7 +147,7 @@ impl ChannelEntry {
             .lock()
             .members
             .values()
-            .map(|m| m.client.clone())
+            .map(|m| m.client().clone())
             .collect()
     }
 

@@ -4,12 +4,15 @@
 //! Architecture Invariant: the queue is the only path from the hub to a socket. It is
 //! bounded by messages and by bytes; the push that would overflow it discards what is
 //! queued and marks the client for close 4008, so one slow reader costs the node at most
-//! `queue_max_bytes` and never slows anyone else.
+//! `queue_max_bytes` and never slows anyone else. A subscribe's reply and recovered
+//! history (a replay) may take the queue up to twice its bounds, and only all at once:
+//! a replay that does not fit is refused, so whatever a client sends, its queue holds at
+//! most twice `queue_max_bytes` (plus one reply).
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -72,6 +75,44 @@ pub struct QueueLimits {
     pub max_bytes: usize,
 }
 
+impl QueueLimits {
+    /// What the whole queue may hold, replays included: twice the live bounds.
+    fn total_messages(self) -> usize {
+        self.max_messages.saturating_mul(2)
+    }
+
+    fn total_bytes(self) -> usize {
+        self.max_bytes.saturating_mul(2)
+    }
+}
+
+/// `write_started_ms` once the ticker gave up on the write (see `abort_stalled_write`).
+const WRITE_ABORTED: u64 = u64::MAX;
+
+/// One channel membership of a client, shared by the channel's snapshots. Fan-out
+/// delivers only while it is active, checked under the client's queue lock, so nothing
+/// from a queued fan-out job reaches the client after its `unsubscribed` reply or next
+/// to a later subscription's recovered messages.
+pub(crate) struct Subscription {
+    pub(crate) client: Arc<ClientHandle>,
+    active: AtomicBool,
+}
+
+impl Subscription {
+    pub(crate) fn new(client: Arc<ClientHandle>) -> Self {
+        Subscription {
+            client,
+            active: AtomicBool::new(true),
+        }
+    }
+
+    /// Ends this membership: after this returns, no push through it enqueues.
+    pub(crate) fn end(&self) {
+        let _queue = self.client.queue.lock();
+        self.active.store(false, Ordering::Relaxed);
+    }
+}
+
 /// Why and how a client's connection is being ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closing {
@@ -88,6 +129,10 @@ pub enum PushError {
     Closed,
     /// This push overflowed the queue: the client is now closing with 4008.
     Overflow,
+    /// The subscription it was for has ended; the message is dropped.
+    Unsubscribed,
+    /// A replay that does not fit in what is left of the queue; nothing was queued.
+    NoRoom,
 }
 
 /// One queued frame, and whether it was queued with `push_reserved`.
@@ -100,8 +145,8 @@ struct Queued {
 struct QueueState {
     items: VecDeque<Queued>,
     bytes: usize,
-    /// Of `items` and `bytes`, what was queued as replies and recovered history
-    /// (`push_reserved`): it does not count against the limits.
+    /// Of `items` and `bytes`, what was queued as replays (`push_replay`): it does not
+    /// count against the live bounds, only against the total (twice them).
     reserved_items: usize,
     reserved_bytes: usize,
     closing: Option<Closing>,
@@ -176,12 +221,37 @@ impl ClientHandle {
     /// Enqueues one encoded message. On overflow the queue is emptied and the client is
     /// marked for close 4008; the caller counts the eviction.
     pub fn push(&self, message: Bytes, limits: QueueLimits) -> Result<(), PushError> {
-        let mut state = self.queue.lock();
+        let state = self.queue.lock();
+        self.push_locked(state, message, limits)
+    }
+
+    /// `push` of a fan-out delivery: dropped if `subscription` has ended.
+    pub(crate) fn push_live(
+        &self,
+        message: Bytes,
+        limits: QueueLimits,
+        subscription: &Subscription,
+    ) -> Result<(), PushError> {
+        let state = self.queue.lock();
+        if !subscription.active.load(Ordering::Relaxed) {
+            return Err(PushError::Unsubscribed);
+        }
+        self.push_locked(state, message, limits)
+    }
+
+    fn push_locked(
+        &self,
+        mut state: parking_lot::MutexGuard<'_, QueueState>,
+        message: Bytes,
+        limits: QueueLimits,
+    ) -> Result<(), PushError> {
         if state.closing.is_some() {
             return Err(PushError::Closed);
         }
         if state.items.len() - state.reserved_items >= limits.max_messages
             || state.bytes - state.reserved_bytes + message.len() > limits.max_bytes
+            || state.items.len() >= limits.total_messages()
+            || state.bytes + message.len() > limits.total_bytes()
         {
             state.items = VecDeque::new();
             state.bytes = 0;
@@ -209,23 +279,34 @@ impl ClientHandle {
         Ok(())
     }
 
-    /// Enqueues a request's reply or recovered history: never counted against the queue
-    /// limits (what a slow consumer missed is by definition more than its queue holds, and
-    /// recovery is bounded by `max_recover_messages` instead). Live messages queued after
-    /// it still are.
-    pub fn push_reserved(&self, message: Bytes) -> Result<(), PushError> {
+    /// Bytes a replay may still take: what is left of twice `max_bytes`.
+    pub fn replay_room(&self, limits: QueueLimits) -> usize {
+        limits.total_bytes().saturating_sub(self.queue.lock().bytes)
+    }
+
+    /// Enqueues a subscribe's reply and recovered history, all or nothing. They do not
+    /// count against the live bounds (what a slow consumer missed is by definition more
+    /// than its queue held), only against the total: twice the bounds. `NoRoom` when
+    /// they do not fit; nothing is queued then.
+    pub fn push_replay(&self, frames: Vec<Bytes>, limits: QueueLimits) -> Result<(), PushError> {
         let mut state = self.queue.lock();
         if state.closing.is_some() {
             return Err(PushError::Closed);
         }
-        state.bytes += message.len();
-        state.reserved_bytes += message.len();
-        state.reserved_items += 1;
-        state.items.push_back(Queued {
-            bytes: message,
+        let bytes: usize = frames.iter().map(Bytes::len).sum();
+        if state.items.len() + frames.len() > limits.total_messages()
+            || state.bytes + bytes > limits.total_bytes()
+        {
+            return Err(PushError::NoRoom);
+        }
+        let was_empty = state.items.is_empty();
+        state.bytes += bytes;
+        state.reserved_bytes += bytes;
+        state.reserved_items += frames.len();
+        state.items.extend(frames.into_iter().map(|bytes| Queued {
+            bytes,
             reserved: true,
-        });
-        let was_empty = state.items.len() == 1;
+        }));
         drop(state);
         if was_empty {
             self.wake.notify_one();
@@ -306,18 +387,46 @@ impl ClientHandle {
         self.queue.lock().items.len()
     }
 
+    /// Bytes queued, replays included.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.lock().bytes
+    }
+
     /// Resolves when something was queued or a close was requested since the last take.
     pub async fn wait_for_work(&self) {
         self.wake.notified().await;
     }
 
-    /// Resolves when the ticker gives up on a stalled write.
+    /// Resolves when the ticker gives up on the write in progress. A wake-up left over
+    /// from an earlier write (the ticker's notice can land just after that write ended)
+    /// does not count: only `write_started_ms` says whether this write was aborted.
     pub async fn wait_for_abort(&self) {
-        self.abort.notified().await;
+        loop {
+            let notified = self.abort.notified();
+            if self.write_started_ms.load(Ordering::Acquire) == WRITE_ABORTED {
+                return;
+            }
+            notified.await;
+        }
     }
 
-    pub(crate) fn abort_write(&self) {
-        self.abort.notify_one();
+    /// Aborts the write that started at `started_ms`, if it is still in progress: a
+    /// write that ended meanwhile, or a newer one, is left alone. Returns whether it
+    /// aborted.
+    pub(crate) fn abort_stalled_write(&self, started_ms: u64) -> bool {
+        let aborted = self
+            .write_started_ms
+            .compare_exchange(
+                started_ms,
+                WRITE_ABORTED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok();
+        if aborted {
+            self.abort.notify_one();
+        }
+        aborted
     }
 
     /// Index into `EncodedPublication`'s frame cache: one slot per native encoding, then
@@ -422,11 +531,11 @@ impl ClientHandle {
 
     pub(crate) fn write_started(&self, now_ms: u64) {
         self.write_started_ms
-            .store(now_ms.max(1), Ordering::Relaxed);
+            .store(now_ms.clamp(1, WRITE_ABORTED - 1), Ordering::Release);
     }
 
     pub(crate) fn write_finished(&self) {
-        self.write_started_ms.store(0, Ordering::Relaxed);
+        self.write_started_ms.store(0, Ordering::Release);
     }
 }
 
@@ -503,16 +612,35 @@ mod tests {
     }
 
     #[test]
-    fn reserved_pushes_do_not_count_against_limits() {
+    fn replays_do_not_count_against_the_live_bounds() {
         let c = client();
-        for _ in 0..10 {
-            assert_eq!(c.push_reserved(Bytes::from_static(b"0123456789")), Ok(()));
-        }
-        assert_eq!(c.push(Bytes::from_static(b"live"), LIMITS), Ok(()));
-        assert_eq!(c.take_batch(1000).items.len(), 11);
+        let limits = QueueLimits {
+            max_messages: 10,
+            max_bytes: 30,
+        };
+        let replay = vec![Bytes::from_static(b"0123456789"); 3];
+        assert_eq!(c.push_replay(replay, limits), Ok(()));
+        assert_eq!(c.push(Bytes::from_static(b"live"), limits), Ok(()));
+        assert_eq!(c.take_batch(1000).items.len(), 4);
         for _ in 0..3 {
-            assert_eq!(c.push(Bytes::from_static(b"a"), LIMITS), Ok(()));
+            assert_eq!(c.push(Bytes::from_static(b"0123456789"), limits), Ok(()));
         }
+        assert_eq!(
+            c.push(Bytes::from_static(b"a"), limits),
+            Err(PushError::Overflow)
+        );
+    }
+
+    #[test]
+    fn a_replay_that_does_not_fit_twice_the_bounds_is_refused_whole() {
+        let c = client();
+        let big = vec![Bytes::from_static(b"0123456789"); 3];
+        assert_eq!(c.push_replay(big, LIMITS), Err(PushError::NoRoom));
+        assert_eq!(c.queue_len(), 0);
+        let fits = vec![Bytes::from_static(b"0123456789"); 2];
+        assert_eq!(c.push_replay(fits.clone(), LIMITS), Ok(()));
+        // The queue is at twice its byte bound: no further replay, and no live push.
+        assert_eq!(c.push_replay(fits, LIMITS), Err(PushError::NoRoom));
         assert_eq!(
             c.push(Bytes::from_static(b"a"), LIMITS),
             Err(PushError::Overflow)
@@ -522,13 +650,36 @@ mod tests {
     #[test]
     fn live_messages_ahead_of_a_recovery_are_counted_once() {
         let c = client();
-        assert_eq!(c.push(Bytes::from_static(b"live-1"), LIMITS), Ok(()));
-        for _ in 0..5 {
-            assert_eq!(c.push_reserved(Bytes::from_static(b"0123456789")), Ok(()));
-        }
-        // Taking only the live message must not consume the reserved allowance.
+        let limits = QueueLimits {
+            max_messages: 3,
+            max_bytes: 100,
+        };
+        assert_eq!(c.push(Bytes::from_static(b"live-1"), limits), Ok(()));
+        let replay = vec![Bytes::from_static(b"0123456789"); 5];
+        assert_eq!(c.push_replay(replay, limits), Ok(()));
+        // Taking only the live message must not consume the replay's allowance.
         assert_eq!(c.take_batch(1).items.len(), 1);
-        assert_eq!(c.push(Bytes::from_static(b"live-2"), LIMITS), Ok(()));
+        assert_eq!(c.push(Bytes::from_static(b"live-2"), limits), Ok(()));
+    }
+
+    #[test]
+    fn an_ended_subscription_delivers_nothing() {
+        let c = Arc::new(client());
+        let subscription = Subscription::new(c.clone());
+        let limits = QueueLimits {
+            max_messages: 10,
+            max_bytes: 100,
+        };
+        assert_eq!(
+            c.push_live(Bytes::from_static(b"a"), limits, &subscription),
+            Ok(())
+        );
+        subscription.end();
+        assert_eq!(
+            c.push_live(Bytes::from_static(b"b"), limits, &subscription),
+            Err(PushError::Unsubscribed)
+        );
+        assert_eq!(c.queue_len(), 1);
     }
 
     #[test]

@@ -261,7 +261,7 @@ fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) -> (u64, u64
     let mut evicted = 0u64;
     let excluded = job.publication.excluded();
     for member in &job.snapshot.by_shard[job.shard] {
-        let client = &member.client;
+        let client = member.client();
         if excluded == Some(client.id) {
             continue;
         }
@@ -289,7 +289,7 @@ fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) -> (u64, u64
         let Some(frame) = job.publication.frame_for(client) else {
             continue;
         };
-        let pushed = client.push(frame.clone(), limits);
+        let pushed = client.push_live(frame.clone(), limits, &member.subscription);
         drop(held);
         if settled {
             job.entry.settle(client.id);
@@ -300,7 +300,7 @@ fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) -> (u64, u64
                 evicted += 1;
                 tracing::debug!(client_id = %client.id, "evicting slow consumer");
             }
-            Err(PushError::Closed) => {}
+            Err(_) => {}
         }
     }
     metrics.deliveries.inc_by(delivered);

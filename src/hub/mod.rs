@@ -114,6 +114,24 @@ pub enum ClientSelector {
     ClientId(String),
 }
 
+/// What a subscribe queues: `frames`, the `subscribed` reply and the recovered messages,
+/// all at once; or, when they do not fit in the client's queue (see
+/// `ClientHandle::push_replay`), `fallback`, the reply saying `recovered: false`.
+pub struct Replay {
+    pub frames: Vec<Bytes>,
+    pub fallback: Option<Bytes>,
+}
+
+/// Frames with no recovery to fall back from.
+impl From<Vec<Bytes>> for Replay {
+    fn from(frames: Vec<Bytes>) -> Self {
+        Replay {
+            frames,
+            fallback: None,
+        }
+    }
+}
+
 /// A subscription registered with live publications held back; see `subscribe_pending`.
 pub struct PendingSubscription {
     client: Arc<ClientHandle>,
@@ -284,23 +302,39 @@ impl Hub {
             .dec();
     }
 
-    /// Subscribes `client` to `channel` and enqueues `frames` (the `subscribed` reply and
+    /// Subscribes `client` to `channel` and enqueues `replay` (the `subscribed` reply and
     /// any recovered messages) atomically with it: every publication dispatched after this
-    /// call reaches the client after them. Returns false if it was already subscribed.
+    /// call reaches the client after them. `None` if it was already subscribed, else
+    /// whether the recovered messages were queued (see `Replay`).
     pub fn subscribe(
         &self,
         client: &Arc<ClientHandle>,
         channel: &ChannelName,
-        frames: Vec<Bytes>,
-    ) -> bool {
+        replay: Replay,
+    ) -> Option<bool> {
+        let limits = self.queue_limits();
+        let mut recovered = true;
         self.add_member(client, channel, None, || {
-            for frame in frames {
-                if client.push_reserved(frame).is_err() {
-                    break;
+            recovered = self.push_replay(client, replay, limits);
+        })?;
+        Some(recovered)
+    }
+
+    /// Queues a replay, or its fallback when it does not fit; false if the fallback was
+    /// queued.
+    fn push_replay(&self, client: &ClientHandle, replay: Replay, limits: QueueLimits) -> bool {
+        match client.push_replay(replay.frames, limits) {
+            Err(PushError::NoRoom) => {
+                self.shared.metrics.limit_tripped("recover_bytes");
+                if let Some(fallback) = replay.fallback
+                    && client.push(fallback, limits) == Err(PushError::Overflow)
+                {
+                    self.shared.metrics.evicted(1);
                 }
+                false
             }
-        })
-        .is_some()
+            _ => true,
+        }
     }
 
     /// `subscribe`, and a `HubEvent::Joined` for a channel whose presence is followed.
@@ -308,22 +342,20 @@ impl Hub {
         &self,
         client: &Arc<ClientHandle>,
         channel: &ChannelName,
-        frames: Vec<Bytes>,
+        replay: Replay,
         mode: PresenceMode,
-    ) -> bool {
+    ) -> Option<bool> {
+        let limits = self.queue_limits();
+        let mut recovered = true;
         self.add_member(client, channel, None, || {
-            for frame in frames {
-                if client.push_reserved(frame).is_err() {
-                    break;
-                }
-            }
+            recovered = self.push_replay(client, replay, limits);
             self.emit(|| HubEvent::Joined {
                 channel: channel.clone(),
                 client: client.info_for_presence(),
                 mode,
             });
-        })
-        .is_some()
+        })?;
+        Some(recovered)
     }
 
     /// Subscribes `client` to `channel` with live publications held back until
@@ -381,16 +413,17 @@ impl Hub {
         Some(entry)
     }
 
-    /// Queues `frames` (the reply, then recovered messages), then the live publications
+    /// Queues `replay` (the reply, then recovered messages), then the live publications
     /// held back meanwhile, skipping those at or below `through` (the stream position the
     /// reply announced: they are among the recovered ones or before them), and switches
     /// the subscriber to live delivery, still skipping late ones at or below `through`.
+    /// Returns whether the recovered messages were queued (see `Replay`).
     pub fn finish_pending(
         &self,
         pending: PendingSubscription,
-        frames: Vec<Bytes>,
+        replay: Replay,
         through: Option<StreamPosition>,
-    ) {
+    ) -> bool {
         let limits = self.queue_limits();
         let client = &pending.client;
         let mut held = pending.buffer.lock();
@@ -408,9 +441,7 @@ impl Hub {
                 self.shared.metrics.evicted(1);
             }
         };
-        for frame in frames {
-            let _ = client.push_reserved(frame);
-        }
+        let recovered = self.push_replay(client, replay, limits);
         for publication in buffered {
             if let (Some(through), Some(position)) = (&through, publication.position())
                 && position.epoch == through.epoch
@@ -426,6 +457,7 @@ impl Hub {
         if live {
             pending.entry.settle(client.id);
         }
+        recovered
     }
 
     /// Undoes a pending subscription whose broker work failed.

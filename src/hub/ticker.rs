@@ -29,18 +29,20 @@ enum Due {
     TokenExpired,
     Ping,
     PongTimeout,
-    WriteTimeout,
+    /// The write that started at this hub time is stalled.
+    WriteTimeout(u64),
 }
 
 fn due(client: &ClientHandle, now: u64, settings: &HubSettings, unix_now: u64) -> Option<Due> {
     let (pong_timeout, write_timeout) = (settings.pong_timeout_ms, settings.write_timeout_ms);
     let expires_at = client.expires_at.load(Ordering::Relaxed);
-    if expires_at != 0 && unix_now > expires_at + settings.expiry_grace_secs {
+    // A token may say it expires near the end of time: no overflow.
+    if expires_at != 0 && unix_now > expires_at.saturating_add(settings.expiry_grace_secs) {
         return Some(Due::TokenExpired);
     }
     let write_started = client.write_started_ms.load(Ordering::Relaxed);
     if write_started != 0 && now.saturating_sub(write_started) > write_timeout {
-        return Some(Due::WriteTimeout);
+        return Some(Due::WriteTimeout(write_started));
     }
     let ping_sent = client.ping_sent_ms.load(Ordering::Relaxed);
     if ping_sent != 0 && now.saturating_sub(ping_sent) > pong_timeout {
@@ -74,9 +76,10 @@ fn tick(hub: &Hub) {
                 if client.dialect != Dialect::Sse {
                     client.ping_sent_ms.store(now.max(1), Ordering::Relaxed);
                 }
-                client
-                    .next_ping_ms
-                    .store(now + settings.ping_interval_ms, Ordering::Relaxed);
+                client.next_ping_ms.store(
+                    now.saturating_add(settings.ping_interval_ms),
+                    Ordering::Relaxed,
+                );
                 let ping = match client.dialect {
                     Dialect::Native => ping_frame(client.encoding),
                     Dialect::Pusher => crate::pusher::ping_frame(),
@@ -96,12 +99,46 @@ fn tick(hub: &Hub) {
                     metrics.limit_tripped("pong_timeout");
                 }
             }
-            Some(Due::WriteTimeout) => {
+            Some(Due::WriteTimeout(started)) if client.abort_stalled_write(started) => {
                 metrics.limit_tripped("write_timeout");
-                client.write_finished();
-                client.abort_write();
             }
-            None => {}
+            Some(Due::WriteTimeout(_)) | None => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures_util::FutureExt;
+
+    use super::*;
+    use crate::hub::ClientId;
+    use crate::protocol::Encoding;
+
+    /// The ticker found a write stalled, but it ended before the abort landed: the next
+    /// write, healthy, must not be aborted by what is left of that notice.
+    #[test]
+    fn an_abort_that_lands_after_the_write_ended_does_not_abort_the_next_one() {
+        let client = Arc::new(ClientHandle::new(
+            ClientId(1),
+            Arc::from(""),
+            Encoding::Json,
+            None,
+            0,
+            0,
+        ));
+        client.write_started(1_000);
+        let started = client.write_started_ms.load(Ordering::Relaxed);
+        // The session finishes the write just after the ticker's check ...
+        client.write_finished();
+        // ... and the ticker acts on what it saw.
+        assert!(!client.abort_stalled_write(started));
+        client.write_started(20_000);
+        assert!(client.wait_for_abort().now_or_never().is_none());
+        // A write that really is stalled is still aborted.
+        assert!(client.abort_stalled_write(20_000));
+        assert!(client.wait_for_abort().now_or_never().is_some());
     }
 }

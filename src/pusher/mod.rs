@@ -150,8 +150,8 @@ mod tests {
         let native = hub.register(Arc::from(""), Encoding::Json, None);
         let pusher = hub.register_as(Arc::from(""), Encoding::Json, None, Dialect::Pusher);
         let channel = crate::protocol::ChannelName::parse("news")?;
-        hub.subscribe(&native, &channel, Vec::new());
-        hub.subscribe(&pusher, &channel, Vec::new());
+        hub.subscribe(&native, &channel, Vec::new().into());
+        hub.subscribe(&pusher, &channel, Vec::new().into());
         let payload = Payload::Json(Bytes::from_static(b"{\"a\":1}"));
         let delivered = hub
             .dispatch(crate::hub::Publication::new(channel.clone(), payload, None))
@@ -170,7 +170,7 @@ mod tests {
             None,
         );
         named.event = Some(Arc::new(event("e")));
-        hub.subscribe(&pusher, &named.channel, Vec::new());
+        hub.subscribe(&pusher, &named.channel, Vec::new().into());
         hub.dispatch(named).await;
         assert_eq!(
             &next_frame(&pusher).await?[..],

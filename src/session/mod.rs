@@ -281,13 +281,16 @@ where
 
     /// The main loop: write what the hub queued, read what the client sends.
     ///
+    /// Not `biased`: under sustained writes the queue is ready again after every turn,
+    /// and a loop that always polled it first would never read the client's requests
+    /// and pongs. Unbiased, each turn starts with either branch at random.
+    ///
     /// While idle, a session's memory is mostly this loop's future, so the handlers are
     /// boxed: one small allocation per wake-up buys a future of a few hundred bytes less
     /// for every connection.
     async fn serve(&mut self) {
         loop {
             let flow = tokio::select! {
-                biased;
                 _ = self.client.wait_for_work() => Box::pin(self.flush()).await,
                 inbound = self.transport.next() => Box::pin(self.on_inbound(inbound)).await,
             };
@@ -389,6 +392,27 @@ where
         }
         // More is waiting: read in between, then come back.
         self.client.rewake();
+        Flow::Continue
+    }
+
+    /// Writes what is queued now (more may come meanwhile) before going on: a request
+    /// that queues a lot (a recovery) then finds the queue empty if the client reads,
+    /// and a client that does not read is stopped here by the write timeout instead of
+    /// piling up replies.
+    async fn drain(&mut self) -> Flow {
+        // A turn takes at least half its batch bytes unless the queue runs empty (a batch
+        // is filled up to `max_batch_bytes` or takes one bigger message); stop after the
+        // turns what was queued needs, even if live traffic keeps coming.
+        let per_turn = (self.state.hub.max_batch_bytes() / 2).max(1) * BATCHES_PER_TURN;
+        let turns = self.client.queued_bytes().div_ceil(per_turn);
+        for _ in 0..turns {
+            if self.client.queue_len() == 0 {
+                break;
+            }
+            if Box::pin(self.flush()).await == Flow::Stop {
+                return Flow::Stop;
+            }
+        }
         Flow::Continue
     }
 

@@ -61,6 +61,16 @@ where
             }
             Verdict::Disconnect => return self.rate_limited().await,
         }
+        if matches!(
+            request,
+            Request::Subscribe {
+                recover: Some(_),
+                ..
+            }
+        ) && self.drain().await == Flow::Stop
+        {
+            return Flow::Stop;
+        }
         let op = request.op();
         let id = request_id(&request);
         let outcome = match request {

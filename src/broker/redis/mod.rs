@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tracing::Instrument as _;
 
-use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::{Mutex, RwLock};
 use redis::RedisError;
@@ -44,8 +43,8 @@ pub use control::NodeStats;
 
 use super::presence::{JoinLeaveGate, PresenceMode, PresencePage, PresenceQuery, PresenceStats};
 use super::{
-    BrokerError, HistoryMessage, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult,
-    encode_recovered, epoch,
+    BrokerError, HistoryMessage, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, epoch,
+    replay,
 };
 use crate::config::{NamespaceConfig, RedisConfig};
 use crate::hub::{ClientHandle, ClientSelector, Hub, HubEvent, Publication};
@@ -726,13 +725,12 @@ impl RedisBroker {
             ))
         };
         match prepared.await {
-            Ok((result, missed)) => {
-                let mut frames: Vec<Bytes> = reply(&result).into_iter().collect();
+            Ok((mut result, missed)) => {
+                let frames = replay(hub, client, channel, &mut result, &missed, reply);
                 let through = result.position.clone();
-                if let Some(position) = &result.position {
-                    frames.extend(encode_recovered(client, channel, &position.epoch, &missed));
+                if !hub.finish_pending(pending, frames, through) {
+                    result.recovered = Some(false);
                 }
-                hub.finish_pending(pending, frames, through);
                 if ns.presence {
                     self.joined(client, channel, ns).await;
                 }
