@@ -42,6 +42,7 @@ async fn requests_are_read_while_the_queue_keeps_refilling() -> TestResult {
             channel: channel.clone(),
             payload: data.clone(),
             position: None,
+            exclude: None,
         })
     };
     for _ in 0..PREFILL {

@@ -8,7 +8,7 @@ use pushwire::auth::mint_hs256;
 use serde_json::json;
 use support::{Encoding, TestResult, TestServer, WsClient};
 
-const SECRET: &str = "far-future-secret-0123456789";
+const SECRET: &str = "far-future-secret-0123456789abcdef";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_expiring_near_u64_max_keeps_the_ticker_alive() -> TestResult {

@@ -35,7 +35,11 @@ async fn flood(server: &TestServer, channel: &str, count: u64, marker: &str) -> 
         let ns = config.namespace_of(&name).cloned().ok_or("no namespace")?;
         for seq in 0..n {
             let data = Payload::from_json_bytes(Bytes::from(json!({ "seq": seq }).to_string()))?;
-            server.state.broker.publish(&name, data, &ns, None).await?;
+            server
+                .state
+                .broker
+                .publish(&name, data, &ns, None, None)
+                .await?;
         }
     }
     Ok(())
