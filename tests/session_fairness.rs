@@ -38,12 +38,10 @@ async fn requests_are_read_while_the_queue_keeps_refilling() -> TestResult {
     let pad = "x".repeat(4096);
     let data = Payload::from_json_bytes(Bytes::from(json!({ "pad": pad }).to_string()))?;
     let publish = || {
-        server.state.hub.dispatch(Publication {
-            channel: channel.clone(),
-            payload: data.clone(),
-            position: None,
-            exclude: None,
-        })
+        server
+            .state
+            .hub
+            .dispatch(Publication::new(channel.clone(), data.clone(), None))
     };
     for _ in 0..PREFILL {
         publish().await;
