@@ -239,8 +239,8 @@ fn deliver_traced(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics, paren
         tracing::info_span!(
             target: TARGET,
             "deliver",
-            client_id = %member.client.id,
-            queue_len = member.client.queue_len(),
+            client_id = %member.client().id,
+            queue_len = member.client().queue_len(),
         )
         .in_scope(|| {});
     }
