@@ -215,7 +215,10 @@ where
         crate::hub::Dialect::Pusher,
     );
     let conn = crate::pusher::session::PusherConn::new(app, &client);
-    let _ = client.push_reserved(conn.established(config.client.ping_interval_secs));
+    let _ = client.push_replay(
+        vec![conn.established(config.client.ping_interval_secs)],
+        state.hub.queue_limits(),
+    );
     let span = tracing::info_span!("pusher_session", client_id = %client.id, app = %conn.app().id);
     let session = Box::new(Session {
         transport,
