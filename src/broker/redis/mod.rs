@@ -126,8 +126,22 @@ impl RelayContext {
         // A lost connection fails everything fast until the health check sees Redis back;
         // a timeout does not (under load it is one slow reply, not an outage: marking
         // Redis down then turned a busy node's publishes into 503s).
+        if matches!(
+            err.kind(),
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        ) {
+            // A Cluster failover turned the master this connection writes to into a
+            // replica: start over with a fresh slot map (the health loop reconnects).
+            *self.commands.write() = None;
+        }
         if !err.is_timeout()
-            && (err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal())
+            && (err.is_io_error()
+                || err.is_connection_dropped()
+                || err.is_connection_refusal()
+                || matches!(
+                    err.kind(),
+                    redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                ))
         {
             self.commands_up.store(false, Ordering::Release);
             self.hub.metrics().redis_up.set(0);
