@@ -59,6 +59,13 @@ pub struct ServerConfig {
     /// WebSockets that upgraded but have not sent `connect` yet; beyond it an upgrade is
     /// refused with HTTP 503. 0: unlimited.
     pub max_pending_connections: usize,
+    /// WebSockets from one client address that upgraded but have not sent `connect` yet;
+    /// beyond it an upgrade from that address is refused with HTTP 429. 0: unlimited.
+    pub max_pending_connections_per_ip: usize,
+    /// Proxies (CIDR networks or addresses) whose `Forwarded` / `X-Forwarded-For` header
+    /// names the client address for per-IP limits and logs; from any other peer the
+    /// header is ignored. Empty: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
     /// Time a client has to send its HTTP request headers (slowloris), and the longest an
     /// idle keep-alive HTTP connection stays open.
     pub handshake_timeout_secs: u64,
@@ -356,6 +363,8 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 10,
             max_connections: 100_000,
             max_pending_connections: 10_000,
+            max_pending_connections_per_ip: 100,
+            trusted_proxies: Vec::new(),
             handshake_timeout_secs: 10,
             listen_backlog: 4096,
             worker_threads: 0,

@@ -1,6 +1,8 @@
 //! Counting limits that span connections: connections per IP address and per user
 //! (close 4010 beyond them), and WebSocket connections that upgraded but have not sent
-//! `connect` yet (pending). Plus the token bucket that rate limits share.
+//! `connect` yet (pending: per node, and per address so that one address cannot take
+//! every pending place). Plus the token bucket that rate limits share. `address` finds
+//! the client address behind trusted proxies.
 //!
 //! Each admitted connection holds a `LimitSlot` per counter; dropping the slot releases it,
 //! so every way a session can end gives its place back. Counting is O(1): one `DashMap`
@@ -16,6 +18,10 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+pub mod address;
+
+pub use address::{client_ip, parse_network, trusted_networks};
+
 /// The connection counters of one node. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct ConnectionLimits {
@@ -27,11 +33,13 @@ struct Counters {
     per_ip: DashMap<IpAddr, usize>,
     per_user: DashMap<Arc<str>, usize>,
     pending: AtomicUsize,
+    pending_per_ip: DashMap<IpAddr, usize>,
 }
 
 /// Which counter a slot was taken from.
 enum SlotKind {
-    Pending,
+    /// A pending place of the node, and of the address when it is known.
+    Pending(Option<IpAddr>),
     Ip(IpAddr),
     User(Arc<str>),
 }
@@ -47,15 +55,28 @@ impl ConnectionLimits {
         Self::default()
     }
 
-    /// Takes a place among upgraded connections that have not sent `connect`;
-    /// `None` when `max` (0: unlimited) are pending already.
-    pub fn try_pending(&self, max: usize) -> Option<LimitSlot> {
+    /// Takes a place among upgraded connections that have not sent `connect`, on the node
+    /// (at most `max`) and for `ip` (at most `max_per_ip`); 0: unlimited.
+    pub fn try_pending(
+        &self,
+        ip: Option<IpAddr>,
+        max: usize,
+        max_per_ip: usize,
+    ) -> Result<LimitSlot, PendingLimit> {
+        if let Some(ip) = ip {
+            if !acquire(&self.shared.pending_per_ip, ip, max_per_ip) {
+                return Err(PendingLimit::Address);
+            }
+        }
         let before = self.shared.pending.fetch_add(1, Ordering::AcqRel);
         if max > 0 && before >= max {
             self.shared.pending.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            if let Some(ip) = ip {
+                release(&self.shared.pending_per_ip, &ip);
+            }
+            return Err(PendingLimit::Node);
         }
-        Some(self.slot(SlotKind::Pending))
+        Ok(self.slot(SlotKind::Pending(ip)))
     }
 
     /// Takes a place among the connections from `ip`; `None` beyond `max` (0: unlimited).
@@ -71,6 +92,10 @@ impl ConnectionLimits {
 
     pub fn pending_count(&self) -> usize {
         self.shared.pending.load(Ordering::Acquire)
+    }
+
+    pub fn pending_ip_count(&self, ip: IpAddr) -> usize {
+        self.shared.pending_per_ip.get(&ip).map_or(0, |c| *c)
     }
 
     pub fn ip_count(&self, ip: IpAddr) -> usize {
@@ -97,13 +122,25 @@ impl ConnectionLimits {
 impl Drop for LimitSlot {
     fn drop(&mut self) {
         match &self.kind {
-            SlotKind::Pending => {
+            SlotKind::Pending(ip) => {
                 self.counters.pending.fetch_sub(1, Ordering::AcqRel);
+                if let Some(ip) = ip {
+                    release(&self.counters.pending_per_ip, ip);
+                }
             }
             SlotKind::Ip(ip) => release(&self.counters.per_ip, ip),
             SlotKind::User(user) => release(&self.counters.per_user, user),
         }
     }
+}
+
+/// Which pending-connection limit refused an upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingLimit {
+    /// `server.max_pending_connections`.
+    Node,
+    /// `server.max_pending_connections_per_ip`.
+    Address,
 }
 
 /// Counts one more for `key` unless it already has `max` (0: no maximum).
@@ -200,14 +237,43 @@ mod tests {
     #[test]
     fn pending_slots_are_bounded() {
         let limits = ConnectionLimits::new();
-        let first = limits.try_pending(2);
-        let second = limits.try_pending(2);
-        assert!(first.is_some() && second.is_some());
-        assert!(limits.try_pending(2).is_none());
+        let first = limits.try_pending(None, 2, 0);
+        let second = limits.try_pending(None, 2, 0);
+        assert!(first.is_ok() && second.is_ok());
+        assert_eq!(
+            limits.try_pending(None, 2, 0).err(),
+            Some(PendingLimit::Node)
+        );
         assert_eq!(limits.pending_count(), 2);
         drop(first);
-        assert!(limits.try_pending(2).is_some());
+        assert!(limits.try_pending(None, 2, 0).is_ok());
         assert_eq!(limits.pending_count(), 1);
+    }
+
+    #[test]
+    fn pending_slots_are_bounded_per_address() {
+        let limits = ConnectionLimits::new();
+        let (a, b): (IpAddr, IpAddr) = ([10, 0, 0, 1].into(), [10, 0, 0, 2].into());
+        let first = limits.try_pending(Some(a), 10, 2);
+        let _second = limits.try_pending(Some(a), 10, 2);
+        assert_eq!(
+            limits.try_pending(Some(a), 10, 2).err(),
+            Some(PendingLimit::Address)
+        );
+        let other = limits.try_pending(Some(b), 3, 2);
+        assert!(other.is_ok());
+        // The node-wide refusal gives the address's place back.
+        assert_eq!(
+            limits.try_pending(Some(b), 3, 2).err(),
+            Some(PendingLimit::Node)
+        );
+        assert_eq!(limits.pending_ip_count(b), 1);
+        drop((first, other));
+        assert_eq!(
+            (limits.pending_ip_count(a), limits.pending_ip_count(b)),
+            (1, 0)
+        );
+        assert!(limits.try_pending(Some(a), 10, 2).is_ok());
     }
 
     #[test]

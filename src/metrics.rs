@@ -90,7 +90,7 @@ pub const API_ROUTES: [&str; 23] = [
 ];
 
 /// Kinds of limit as labelled in `pushwire_limit_trips_total`.
-pub const LIMIT_KINDS: [&str; 24] = [
+pub const LIMIT_KINDS: [&str; 25] = [
     "queue_overflow",
     "frame_size",
     "channels_per_connection",
@@ -104,6 +104,7 @@ pub const LIMIT_KINDS: [&str; 24] = [
     "connections_per_ip",
     "connections_per_user",
     "pending_connections",
+    "pending_connections_per_ip",
     "handshake_timeout",
     "api_publish_rate",
     "proxy_renewals",

@@ -1,6 +1,7 @@
 //! `pushwire check-config` refuses values that would crash a node or make it misbehave
 //! (zero intervals, timeouts and buffers, a node timeout within one heartbeat, a
-//! publication larger than half a client's queue, a short token secret), naming the key,
+//! publication larger than half a client's queue, a short token secret, a trusted proxy
+//! that is no address), naming the key,
 //! and prints a configuration error's cause once.
 
 mod support;
@@ -79,6 +80,22 @@ async fn inverted_pairs_are_refused() -> TestResult {
         check_config("[client]\nqueue_max_bytes = 65536\n[api]\nmax_publish_bytes = 32768\n")
             .await?;
     assert!(ok, "half the queue is allowed: {stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trusted_proxy_entry_must_parse() -> TestResult {
+    for entry in ["10.0.0.0/33", "proxy.internal", "10.0.0"] {
+        refused(
+            &format!("[server]\ntrusted_proxies = [\"127.0.0.1\", \"{entry}\"]\n"),
+            "server.trusted_proxies[1]",
+        )
+        .await?;
+    }
+    let (ok, stderr) =
+        check_config("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\", \"fd00::/8\"]\n")
+            .await?;
+    assert!(ok, "{stderr}");
     Ok(())
 }
 

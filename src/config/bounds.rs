@@ -10,6 +10,7 @@ use super::{Config, ConfigError};
 pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     check_redis(config)?;
     check_publication_fits_queue(config)?;
+    check_trusted_proxies(config)?;
     check_token_secret(config)?;
     Ok(())
 }
@@ -86,6 +87,21 @@ fn check_publication_fits_queue(config: &Config) -> Result<(), ConfigError> {
                     "must be at most half of client.queue_max_bytes ({queue}): a publication \
                      larger than a client's queue evicts every subscriber"
                 ),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every trusted proxy entry must parse: a typo would silently trust nobody (or, worse,
+/// be read as another network).
+fn check_trusted_proxies(config: &Config) -> Result<(), ConfigError> {
+    let server = &config.server;
+    for (index, entry) in server.trusted_proxies.iter().enumerate() {
+        if crate::limits::parse_network(entry).is_none() {
+            return invalid(
+                &format!("server.trusted_proxies[{index}]"),
+                format!("{entry:?} is not an IP address or a CIDR network like 10.0.0.0/8"),
             );
         }
     }

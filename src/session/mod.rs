@@ -63,6 +63,8 @@ pub(super) struct Admission {
     _ip: Option<LimitSlot>,
     /// The client's address is over `max_connections_per_ip`: close 4010 at once.
     over_ip_limit: bool,
+    /// The client's address (behind trusted proxies, the one they report), for the log.
+    client_ip: Option<IpAddr>,
     user: Option<LimitSlot>,
     /// The upgrade's headers for the connect proxy, when it is on.
     forwarded: Option<crate::proxy::Forwarded>,
@@ -79,6 +81,7 @@ impl Admission {
             pending: Some(pending),
             _ip: ip,
             over_ip_limit,
+            client_ip: peer,
             user: None,
             forwarded: None,
         }
@@ -138,7 +141,12 @@ where
     };
     // One span per session; instrumenting the future (not entering a guard) keeps it
     // attached across awaits and thread hops.
-    let span = tracing::info_span!("session", client_id = %client.id, user = %client.user);
+    let span = tracing::info_span!(
+        "session",
+        client_id = %client.id,
+        user = %client.user,
+        ip = admission.client_ip.map(tracing::field::display),
+    );
     let session = Box::new(Session {
         transport,
         rate: RateLimiter::new(&config.client),

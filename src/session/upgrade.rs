@@ -1,5 +1,6 @@
 //! The `GET /ws` upgrade (RFC 6455 handshake over hyper): subprotocol choice (PROTOCOL.md
-//! section 1), origin allowlist, the pending-connection and per-IP limits, WebSocket
+//! section 1), origin allowlist, the pending-connection limits (per node and per client
+//! address, the address read behind `server.trusted_proxies`) and the per-IP limit, WebSocket
 //! buffer sizes, and the hand-off to a tracked session task. Done here rather than through
 //! a framework extractor so the session owns the raw stream and can close with a proper
 //! lingering close.
@@ -18,6 +19,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use super::Admission;
 use crate::api::ApiError;
 use crate::config::ClientConfig;
+use crate::limits::{PendingLimit, client_ip, trusted_networks};
 use crate::protocol::{Encoding, ErrorCode};
 use crate::state::AppState;
 
@@ -90,22 +92,25 @@ async fn upgrade(
     }
     let header_token = bearer_token(headers);
     let offered_protocol = pusher.is_none() && headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL);
-    let Some(pending) = state
-        .limits
-        .try_pending(config.server.max_pending_connections)
-    else {
-        state.metrics.limit_tripped("pending_connections");
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::LimitExceeded,
-            "too many connections waiting to send connect; retry later",
-        )
-        .into_response();
-    };
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+        .map(|ConnectInfo(addr)| addr.ip())
+        .map(|peer| {
+            client_ip(
+                peer,
+                headers,
+                &trusted_networks(&config.server.trusted_proxies),
+            )
+        });
+    let pending = match state.limits.try_pending(
+        peer,
+        config.server.max_pending_connections,
+        config.server.max_pending_connections_per_ip,
+    ) {
+        Ok(pending) => pending,
+        Err(limit) => return pending_refusal(&state, limit),
+    };
     let mut admission = Admission::new(&state, pending, peer, config.client.max_connections_per_ip);
     if let Some(proxy) = state.proxy.as_ref().filter(|p| p.connects()) {
         admission.forwarded = Some(proxy.capture(request.headers(), peer.map(|ip| ip.to_string())));
@@ -150,6 +155,25 @@ async fn upgrade(
         );
     }
     response
+}
+
+/// The answer to an upgrade over a pending-connection limit: the node's cap is a
+/// temporary overload (503); one address's cap is that client's own doing (429).
+fn pending_refusal(state: &AppState, limit: PendingLimit) -> Response {
+    let (kind, status, message) = match limit {
+        PendingLimit::Node => (
+            "pending_connections",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections waiting to send connect; retry later",
+        ),
+        PendingLimit::Address => (
+            "pending_connections_per_ip",
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address waiting to send connect; retry later",
+        ),
+    };
+    state.metrics.limit_tripped(kind);
+    ApiError::new(status, ErrorCode::LimitExceeded, message).into_response()
 }
 
 /// Buffers sized for a push server: clients send little, so the read buffer starts small

@@ -110,10 +110,11 @@ async fn open(
             "more channels than client.max_channels",
         ));
     }
+    let trusted = crate::limits::trusted_networks(&config.server.trusted_proxies);
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+        .map(|ConnectInfo(addr)| crate::limits::client_ip(addr.ip(), headers, &trusted));
     let ip_slot = match peer {
         Some(ip) => Some(
             state
