@@ -26,6 +26,9 @@ const SECRET: &str = "hostile-secret-0123456789abcdefgh";
 const CONFIG: &str = r#"
 [server]
 handshake_timeout_secs = 1
+# Crowd and well-behaved clients all come from 127.0.0.1 here: the per-address pending
+# cap (tests/client_address.rs) would refuse the well-behaved with the crowd.
+max_pending_connections_per_ip = 0
 
 [client]
 connect_timeout_secs = 2
