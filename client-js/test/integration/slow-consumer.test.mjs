@@ -7,13 +7,20 @@ import { Recorder, connectedClient, subscribed } from '../support/clients.mjs';
 import { recordingWebSocket } from '../support/sockets.mjs';
 import { collect, waitForEvent } from '../support/wait.mjs';
 
-const COUNT = 600;
-const PAYLOAD = 'x'.repeat(16 * 1024);
+// The server bounds a recovery to what fits in twice the queue (docs/protocol.md, "Queue
+// bounds"), and the client's paused socket absorbs up to its receive buffer (at most
+// 6 MiB on Linux loopback) before the server's queue fills. So: 16 MiB published, a
+// 9 MiB queue (overflows after at most 6 MiB buffered), and a replay bound of 18 MiB.
+const COUNT = 512;
+const PAYLOAD = 'x'.repeat(32 * 1024);
 
 for (const encoding of ['json', 'msgpack']) {
   test(`${encoding}: slow-consumer eviction, then recovery of every message`, async (t) => {
     const server = await TestServer.start({
-      overrides: { client: { queue_max_messages: 256, queue_max_bytes: 1024 * 1024, write_timeout_secs: 30 } },
+      overrides: {
+        server: { socket_send_buffer_bytes: 16384 },
+        client: { queue_max_messages: 1000, queue_max_bytes: 9 * 1024 * 1024, write_timeout_secs: 30 },
+      },
     });
     t.after(() => server.dispose());
     const recording = recordingWebSocket();
