@@ -394,6 +394,11 @@ async fn an_sse_stream_the_connect_proxy_granted_is_renewed_too() -> TestResult 
         .send()
         .await?;
     assert_eq!(stream.status().as_u16(), 200);
+    let (_, body) = next_seen(&mut seen, "connect").await?;
+    assert_eq!(
+        body["transport"], "sse",
+        "the backend is told how the client came"
+    );
     // Renewed at its expiry (instead of ended with 4002), and still served.
     let (_, body) = next_seen(&mut seen, "refresh").await?;
     assert_eq!(body["user"], "alice");

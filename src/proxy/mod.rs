@@ -74,6 +74,25 @@ impl<T> Verdict<T> {
     }
 }
 
+/// How the client reached the node, as the connect proxy is told (`transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A WebSocket session (`/ws`).
+    WebSocket,
+    /// A Server-Sent Events stream (`/sse`).
+    Sse,
+}
+
+impl Transport {
+    /// The name sent to the backend.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
 /// The headers of an upgrade that the connect proxy passes on.
 #[derive(Debug, Default)]
 pub struct Forwarded {
@@ -198,12 +217,13 @@ impl BackendProxy {
     pub async fn connect(
         &self,
         forwarded: &Forwarded,
+        transport: Transport,
         encoding: crate::protocol::Encoding,
         client: Option<&str>,
         data: Option<&RawValue>,
     ) -> Result<Verdict<Grant>, ProxyError> {
         let body = ConnectRequest {
-            transport: "websocket",
+            transport: transport.label(),
             encoding: encoding.label(),
             client,
             data,

@@ -102,6 +102,7 @@ where
         state,
         token.or(header_token),
         admission.forwarded.take(),
+        crate::proxy::Transport::WebSocket,
         transport.encoding(),
         client_name.as_deref(),
         data.as_ref(),
@@ -175,6 +176,7 @@ pub(crate) async fn identify(
     state: &AppState,
     token: Option<String>,
     forwarded: Option<crate::proxy::Forwarded>,
+    transport: crate::proxy::Transport,
     encoding: crate::protocol::Encoding,
     client_name: Option<&str>,
     data: Option<&crate::protocol::Payload>,
@@ -185,6 +187,7 @@ pub(crate) async fn identify(
             let ask = super::proxied::ConnectAsk {
                 proxy,
                 forwarded: forwarded.unwrap_or_default(),
+                transport,
                 encoding,
                 client: client_name,
                 data,

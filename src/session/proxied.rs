@@ -13,13 +13,14 @@ use serde_json::value::RawValue;
 use super::connect::{Identity, Refused};
 use crate::hub::ClientHandle;
 use crate::protocol::{CloseCode, Encoding, ErrorCode, Payload};
-use crate::proxy::{BackendProxy, Forwarded, Verdict};
+use crate::proxy::{BackendProxy, Forwarded, Transport, Verdict};
 use crate::state::AppState;
 
 /// What a `connect` without a token asks the backend.
 pub(super) struct ConnectAsk<'a> {
     pub(super) proxy: &'a BackendProxy,
     pub(super) forwarded: Forwarded,
+    pub(super) transport: Transport,
     pub(super) encoding: Encoding,
     pub(super) client: Option<&'a str>,
     pub(super) data: Option<&'a Payload>,
@@ -30,7 +31,13 @@ pub(super) async fn connect(ask: ConnectAsk<'_>) -> Result<Identity, Refused> {
     let data = ask.data.and_then(json_of);
     let verdict = ask
         .proxy
-        .connect(&ask.forwarded, ask.encoding, ask.client, data.as_deref())
+        .connect(
+            &ask.forwarded,
+            ask.transport,
+            ask.encoding,
+            ask.client,
+            data.as_deref(),
+        )
         .await;
     match verdict {
         Ok(Verdict::Granted(grant)) => Ok(Identity {

@@ -130,9 +130,17 @@ async fn open(
         .as_ref()
         .filter(|p| p.connects())
         .map(|p| p.capture(headers, peer.map(|ip| ip.to_string())));
-    let identity = crate::session::identify(&state, token, forwarded, Encoding::Json, None, None)
-        .await
-        .map_err(refused)?;
+    let identity = crate::session::identify(
+        &state,
+        token,
+        forwarded,
+        crate::proxy::Transport::Sse,
+        Encoding::Json,
+        None,
+        None,
+    )
+    .await
+    .map_err(refused)?;
     let user: Arc<str> = Arc::from(identity.user.as_str());
     let user_slot = if user.is_empty() {
         None
