@@ -423,14 +423,14 @@ mod tests {
         // The probe's caller goes away once the backend has the call (a client that
         // disconnected mid-handshake).
         tokio::select! {
-            verdict = proxy.connect(&forwarded, Encoding::Json, None, None) => {
+            verdict = proxy.connect(&forwarded, Transport::WebSocket, Encoding::Json, None, None) => {
                 return Err(format!("the silent backend answered: {verdict:?}").into());
             }
             accepted = backend.accept() => drop(accepted?),
         }
         // The next call is let through as a new probe, not refused forever.
         tokio::select! {
-            verdict = proxy.connect(&forwarded, Encoding::Json, None, None) => {
+            verdict = proxy.connect(&forwarded, Transport::WebSocket, Encoding::Json, None, None) => {
                 Err(format!("the next call did not reach the backend: {verdict:?}").into())
             }
             accepted = backend.accept() => {
