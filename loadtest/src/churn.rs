@@ -20,12 +20,12 @@ use clap::Args;
 use serde::Serialize;
 use tokio::time::sleep;
 
-use crate::cli::{CommonArgs, PerConnectionAt};
+use crate::cli::{CommonArgs, PerConnectionAt, Ramped};
 use crate::cluster::LocalCluster;
 use crate::fanout;
-use crate::fleet::Ramped;
 use crate::publish_phase::{self, ApiArgs, POLL, Plan, Publishing};
-use crate::report::{ConnectionResults, LatencySummary, Results, Traffic, Verdict};
+use crate::report::Results;
+use crate::results::{ChurnResults, ConnectionResults, KilledNode, LatencySummary, Traffic};
 use crate::stats::Snapshot;
 
 /// The default channel: spawned nodes keep history for the `hist` namespace.
@@ -73,43 +73,6 @@ impl ChurnArgs {
         let work = Duration::from_secs(self.duration_secs + self.api.drain_secs + 40);
         self.common.deadline(self.subscribers, work)
     }
-}
-
-/// What the churn did and how the clients came through it.
-#[derive(Debug, Serialize)]
-pub struct ChurnResults {
-    pub channel: String,
-    pub churn_rate_asked_per_sec: f64,
-    /// Sessions the clients closed on purpose.
-    pub churn_closes: u64,
-    /// Sessions ended by the server or the network (node killed, 4008, ...).
-    pub interrupted: u64,
-    pub reconnects: u64,
-    pub reconnect_failures: u64,
-    /// Recovering `subscribe`s answered `recovered: true` / `false`.
-    pub recoveries: u64,
-    pub recovery_failed: u64,
-    /// Messages the recovering `subscribed` replies said the clients had missed.
-    pub recovered_messages: u64,
-    /// From losing a session to having caught up to the announced offset.
-    pub recovery_time: LatencySummary,
-    pub offset_gaps: u64,
-    pub offset_repeats: u64,
-    pub epoch_changes: u64,
-    /// Ready clients not connected when the drain ended.
-    pub disconnected_at_end: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub killed_node: Option<KilledNode>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct KilledNode {
-    pub node: usize,
-    pub pid: u32,
-    /// Seconds after publishing started.
-    pub at_secs: f64,
-    pub restarted_pid: Option<u32>,
-    pub restarted_at_secs: Option<f64>,
 }
 
 /// Runs the scenario; `cluster` is the spawned cluster, if any (for the node kill).
@@ -171,7 +134,7 @@ pub async fn run(args: &ChurnArgs, cluster: Option<&mut LocalCluster>) -> anyhow
     progress.finish();
 
     let delivery = published.delivery(&snap, expected, last_delivery);
-    let churn = ChurnResults::new(args, channel, &snap, &at_end, kill.done.clone());
+    let churn = churn_results(args, channel, &snap, &at_end, kill.done.clone());
     let mut verdict = fanout::verdict(
         c.require_zero_loss,
         args.subscribers as u64,
@@ -205,100 +168,32 @@ fn churn_status(snap: &Snapshot) -> String {
     )
 }
 
-impl ChurnResults {
-    fn new(
-        args: &ChurnArgs,
-        channel: String,
-        snap: &Snapshot,
-        at_end: &Snapshot,
-        killed_node: Option<KilledNode>,
-    ) -> ChurnResults {
-        let c = &snap.counters;
-        ChurnResults {
-            channel,
-            churn_rate_asked_per_sec: args.churn_rate,
-            churn_closes: c.churn_closes,
-            interrupted: c.interrupted,
-            reconnects: c.reconnects,
-            reconnect_failures: c.reconnect_failures,
-            recoveries: c.recoveries,
-            recovery_failed: c.recovery_failed,
-            recovered_messages: c.recovered_messages,
-            recovery_time: LatencySummary::of(&snap.recovery_latency),
-            offset_gaps: c.offset_gaps,
-            offset_repeats: c.offset_repeats,
-            epoch_changes: c.epoch_changes,
-            disconnected_at_end: at_end.counters.ready.saturating_sub(at_end.counters.up),
-            killed_node,
-        }
-    }
-
-    /// Adds the churn checks to a fan-out verdict.
-    fn judge(&self, verdict: &mut Verdict, zero_loss: bool, kill_asked: bool) {
-        if kill_asked && self.killed_node.is_none() {
-            verdict.failures.push("the node was not killed".into());
-        }
-        if zero_loss {
-            let checks = [
-                (self.recovery_failed, "recoveries answered recovered:false"),
-                (self.offset_gaps, "offsets skipped"),
-                (self.epoch_changes, "epoch changes"),
-                (self.disconnected_at_end, "clients disconnected at the end"),
-            ];
-            verdict.failures.extend(
-                checks
-                    .iter()
-                    .filter(|(n, _)| *n > 0)
-                    .map(|(n, what)| format!("{n} {what}")),
-            );
-        }
-        verdict.passed = verdict.failures.is_empty();
-    }
-
-    /// Summary table rows.
-    pub fn rows(&self, row: &mut impl FnMut(&str, String)) {
-        row(
-            "churn",
-            format!(
-                "{} closed by clients (asked {}/s), {} cut by server/network, on {}",
-                self.churn_closes, self.churn_rate_asked_per_sec, self.interrupted, self.channel
-            ),
-        );
-        if let Some(k) = &self.killed_node {
-            let restarted = match (k.restarted_pid, k.restarted_at_secs) {
-                (Some(pid), Some(at)) => format!(", restarted at {at:.1}s as pid {pid}"),
-                _ => String::new(),
-            };
-            row(
-                "killed node",
-                format!(
-                    "node {} (pid {}) SIGKILLed {:.1}s into publishing{restarted}",
-                    k.node, k.pid, k.at_secs
-                ),
-            );
-        }
-        row(
-            "reconnects",
-            format!(
-                "{} ({} failed attempts), {} disconnected at the end",
-                self.reconnects, self.reconnect_failures, self.disconnected_at_end
-            ),
-        );
-        row(
-            "recoveries",
-            format!(
-                "{} recovered:true ({} messages), {} recovered:false",
-                self.recoveries, self.recovered_messages, self.recovery_failed
-            ),
-        );
-        row("recovery time", self.recovery_time.row());
-        row(
-            "offsets",
-            format!(
-                "{} skipped, {} repeated, {} epoch changes",
-                self.offset_gaps, self.offset_repeats, self.epoch_changes
-            ),
-        );
+/// The churn section of the results, from the final snapshot and the one at the end of
+/// the drain.
+fn churn_results(
+    args: &ChurnArgs,
+    channel: String,
+    snap: &Snapshot,
+    at_end: &Snapshot,
+    killed_node: Option<KilledNode>,
+) -> ChurnResults {
+    let c = &snap.counters;
+    ChurnResults {
+        channel,
+        churn_rate_asked_per_sec: args.churn_rate,
+        churn_closes: c.churn_closes,
+        interrupted: c.interrupted,
+        reconnects: c.reconnects,
+        reconnect_failures: c.reconnect_failures,
+        recoveries: c.recoveries,
+        recovery_failed: c.recovery_failed,
+        recovered_messages: c.recovered_messages,
+        recovery_time: LatencySummary::of(&snap.recovery_latency),
+        offset_gaps: c.offset_gaps,
+        offset_repeats: c.offset_repeats,
+        epoch_changes: c.epoch_changes,
+        disconnected_at_end: at_end.counters.ready.saturating_sub(at_end.counters.up),
+        killed_node,
     }
 }
 

@@ -1,8 +1,11 @@
-//! Command-line options every scenario shares, and the helpers that turn them into a fleet,
-//! a worker count, server memory samples and the end of a run (table, JSON, exit code).
+//! Command-line options every scenario shares, and the helpers that turn them into a fleet
+//! (started and ramped: [`Ramped`]), a worker count, server memory samples and the end of a
+//! run (table, JSON, exit code).
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use anyhow::ensure;
 use clap::Args;
@@ -10,11 +13,14 @@ use serde::Serialize;
 
 use crate::addrs::{SourceSpec, Target, resolve_targets};
 use crate::cluster::{self, ClusterSpec, LocalCluster};
-use crate::conn::Handshake;
-use crate::fleet::{Fleet, FleetSpec};
+use crate::codec::Encoding;
+use crate::context::{Handshake, SlowMode};
+use crate::fleet::Fleet;
 use crate::host::{self, CpuMeter, CpuUse, MachineCpu, MachineMeter, Memory};
-use crate::report::{LoadtestProcess, Results, ServerProcess};
-use crate::wire::Encoding;
+use crate::local_fleet::FleetSpec;
+use crate::report::Results;
+use crate::results::{LoadtestProcess, ServerProcess};
+use crate::stats::Snapshot;
 
 /// Options of every scenario.
 #[derive(Debug, Clone, Args, Serialize)]
@@ -169,7 +175,7 @@ impl CommonArgs {
             channels: 1,
             random_channels: false,
             slow_fraction: 0.0,
-            slow_mode: crate::conn::SlowMode::FromStart,
+            slow_mode: SlowMode::FromStart,
             slow_recv_buffer: 0,
             durable: false,
             handshake: Handshake::Subscribe,
@@ -247,6 +253,56 @@ impl CommonArgs {
             eprintln!("results written to {}", path.display());
         }
         Ok(if results.verdict.passed { 0 } else { 2 })
+    }
+}
+
+/// A fleet started and ramped, with the clock, progress display and server watch the
+/// scenarios go on with.
+pub struct Ramped {
+    pub fleet: Fleet,
+    /// The snapshot when the ramp settled (or its time limit ran out).
+    pub at_ramp: Snapshot,
+    pub ramp_secs: f64,
+    /// When the fleet was started (the run's wall clock).
+    pub started: Instant,
+    pub started_unix: u64,
+    pub watch: ProcessWatch,
+    pub progress: crate::progress::Progress,
+}
+
+impl Ramped {
+    /// Starts `spec` (`connections` of them) and waits for it to settle, showing progress
+    /// every `poll`.
+    pub async fn start(
+        common: &CommonArgs,
+        spec: FleetSpec,
+        connections: usize,
+        deadline: Duration,
+        poll: Duration,
+    ) -> anyhow::Result<Ramped> {
+        let workers = common.workers(connections)?;
+        let total = connections as u64;
+        let started_unix = crate::host::unix_secs();
+        let watch = common.watch_servers();
+        let mut progress = crate::progress::Progress::new(total, !common.no_bars);
+        progress.phase("ramp");
+        let started = Instant::now();
+        let fleet = Fleet::start(spec, workers, deadline).await?;
+        let at_ramp = fleet
+            .wait_settled(total, common.ramp_limit(connections), poll, |s| {
+                progress.update(s, "")
+            })
+            .await;
+        let ramp_secs = started.elapsed().as_secs_f64();
+        Ok(Ramped {
+            fleet,
+            at_ramp,
+            ramp_secs,
+            started,
+            started_unix,
+            watch,
+            progress,
+        })
     }
 }
 

@@ -18,13 +18,14 @@
 //! A client still reconnecting when the run stops counts as `dropped`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{Notify, OwnedSemaphorePermit, watch};
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, MissedTickBehavior, interval, sleep, timeout};
 
-use crate::conn::{ConnContext, Stage, count_end, establish, first_session};
+use crate::conn::{Stage, count_end, establish, first_session};
+use crate::context::{ConnContext, Kick};
 use crate::rng::Rng;
 use crate::session::{CatchUp, End, Receipts, Session, short};
 use crate::stats::Stats;
@@ -36,14 +37,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// How often the churn ticker runs.
 const CHURN_TICK: Duration = Duration::from_millis(10);
-
-/// The churn ticker's handle on one durable client.
-#[derive(Debug, Default)]
-pub struct Kick {
-    /// True while the client listens on an open session.
-    up: AtomicBool,
-    notify: Notify,
-}
 
 /// Runs durable client `index` until the run stops. `permit` bounds concurrent handshakes
 /// and is released once the first session is up or has failed; a client whose first

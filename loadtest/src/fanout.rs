@@ -15,10 +15,10 @@ use clap::Args;
 use serde::Serialize;
 use tokio::time::sleep;
 
-use crate::cli::{CommonArgs, PerConnectionAt};
-use crate::fleet::Ramped;
+use crate::cli::{CommonArgs, PerConnectionAt, Ramped};
 use crate::publish_phase::{self, ApiArgs, MAX_STREAMS, POLL, Plan, Publishing};
-use crate::report::{ConnectionResults, DeliveryResults, Results, Traffic, Verdict};
+use crate::report::Results;
+use crate::results::{ConnectionResults, DeliveryResults, Traffic, Verdict};
 use crate::stats::Snapshot;
 
 /// Bound on `channels --channels`: the publisher's counts (streams × channels) travel to

@@ -11,11 +11,12 @@ use clap::Args;
 use serde::Serialize;
 use tokio::time::{Instant, sleep};
 
-use crate::cli::{CommonArgs, PerConnectionAt};
-use crate::conn::Handshake;
-use crate::fleet::{Fleet, Ramped};
+use crate::cli::{CommonArgs, PerConnectionAt, Ramped};
+use crate::context::Handshake;
+use crate::fleet::Fleet;
 use crate::progress::Progress;
-use crate::report::{ConnectionResults, Results, ServerProcess, Traffic, Verdict};
+use crate::report::Results;
+use crate::results::{ConnectionResults, ServerProcess, Traffic, Verdict};
 use crate::stats::Snapshot;
 
 const POLL: Duration = Duration::from_millis(50);

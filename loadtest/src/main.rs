@@ -1,8 +1,8 @@
 //! `pushwire-loadtest`: the load generator of pushwire.
 //!
-//! Code map:
+//! Code map, from the top down: scenarios, then the fleet, the clients, and the data types
+//! at the bottom. The imports between modules form no cycle.
 //! - `main` (this file): the command line and the hard deadline around every run.
-//! - `cli`: options shared by every scenario; turning them into a fleet and an exit code.
 //! - The scenarios, each a sequence of phases over a fleet:
 //!   - `idle`: hold connections; connect rate and server memory per connection.
 //!   - `fanout`: subscribers on one channel (or C channels, `--channels`), a publisher at a
@@ -15,26 +15,36 @@
 //!   - `recover`: one client at a time catching up on missed messages with `recover`.
 //! - `publish_phase`: the API options, publisher loop, drain and delivery results the
 //!   publishing scenarios share.
+//! - `cli`: options shared by every scenario; turning them into a fleet, starting and
+//!   ramping it (`Ramped`), watching the servers, and the exit code.
 //! - `cluster`: self-hosted mode, a redis-server and N nodes started and stopped by the run
 //!   (and one killed or restarted by `churn`).
 //! - `spawn`: child processes that get SIGKILL when the load generator dies.
-//! - `fleet`: opening connections at a controlled rate, in-process or over workers, and
-//!   steering them (churn rate, slow-down mark).
+//! - `fleet`: the connections of a run, in this process or over workers, and steering them
+//!   (churn rate, slow-down mark).
 //! - `worker`: the `worker` subcommand and the coordinator's handle on worker processes
 //!   (JSON lines over stdin/stdout).
-//! - `conn`: a client that connects once: dial from a source address, handshake, listen;
-//!   slow clients.
-//! - `durable`: a client that reconnects with `recover` whenever its session ends, and the
-//!   churn ticker.
-//! - `session`: one open connection: reading, pings, latency, sequence and offset tracking.
+//! - `local_fleet`: one process's slice (`FleetSpec`), opened at a controlled rate.
+//! - The clients:
+//!   - `durable`: a client that reconnects with `recover` whenever its session ends, and
+//!     the churn ticker.
+//!   - `conn`: a client that connects once: dial from a source address, handshake, listen;
+//!     slow clients.
+//!   - `session`: one open connection: reading, pings, latency, sequence and offset
+//!     tracking.
+//!   - `context`: what the clients of one process share, and which of them are slow.
+//!   - `transport`: a WebSocket or an SSE stream behind one reading interface.
 //! - `publisher`: `POST /api/publish` at a rate, in sequential streams.
 //! - `scrape`: counters from the nodes' `/metrics`.
-//! - `wire`: the protocol messages and the benchmark payload (pure).
+//! - `codec`: the encodings (JSON, MessagePack, Pusher, SSE): messages to frames and back.
+//! - `wire`: the protocol messages and the benchmark payload (pure); `pusher` and `sse`: the
+//!   two foreign dialects read into those shapes.
 //! - `seq`: per-connection loss/duplicate/reorder tracking (pure).
 //! - `rng`: a small seeded random number generator.
 //! - `addrs`: target URLs and the source address pool (pure but for DNS).
 //! - `stats`: shared counters and latency histograms, and their serialisable snapshot.
-//! - `progress`, `report`: live display, summary table, JSON results.
+//! - `report` (the run's results, table and JSON) over `results` (its sections), and
+//!   `progress` (live display).
 //! - `host`: process memory and limits from `/proc`.
 //!
 //! Invariant: every run ends by itself. Each phase has its own time bound, and the whole run
@@ -50,18 +60,22 @@ mod channels;
 mod churn;
 mod cli;
 mod cluster;
+mod codec;
 mod conn;
+mod context;
 mod durable;
 mod fanout;
 mod fleet;
 mod host;
 mod idle;
+mod local_fleet;
 mod progress;
 mod publish_phase;
 mod publisher;
 mod pusher;
 mod recover;
 mod report;
+mod results;
 mod rng;
 mod scrape;
 mod seq;

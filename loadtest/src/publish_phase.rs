@@ -21,7 +21,7 @@ use crate::cluster::{LocalCluster, SPAWNED_API_KEY};
 use crate::fleet::Fleet;
 use crate::progress::Progress;
 use crate::publisher::{self, PublisherSpec, PublisherStats};
-use crate::report::{DeliveryResults, LatencySummary};
+use crate::results::{DeliveryResults, LatencySummary};
 use crate::stats::Snapshot;
 
 /// How often the phases refresh the display and check their conditions.
@@ -137,7 +137,7 @@ impl Publishing {
             duration: plan.duration,
             request_timeout: Duration::from_secs(5),
             max_retries: 5,
-            pusher: (common.encoding == crate::wire::Encoding::Pusher)
+            pusher: (common.encoding == crate::codec::Encoding::Pusher)
                 .then(|| common.pusher_app.clone())
                 .flatten(),
         };

@@ -6,6 +6,11 @@
 
 use std::time::Duration;
 
+/// The nodes' counter of clients evicted as slow consumers (close 4008).
+pub const EVICTIONS: &str = "pushwire_slow_consumer_evictions_total";
+/// The nodes' counter of limits that tripped, labelled by `kind`.
+pub const LIMIT_TRIPS: &str = "pushwire_limit_trips_total";
+
 /// `http://HOST:PORT/metrics` for each `ws://HOST:PORT/...` URL.
 pub fn metrics_urls(ws_urls: &[String]) -> Vec<String> {
     ws_urls

@@ -19,10 +19,11 @@ use anyhow::Context as _;
 use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::{self, Message};
 
-use crate::conn::ConnContext;
+use crate::codec::decode_batch;
+use crate::context::ConnContext;
 use crate::seq::{SeqOutcome, SeqTracker};
 use crate::stats::Stats;
-use crate::wire::{ClientMsg, Epoch, ServerMsg, ServerOp, decode_batch, unix_micros};
+use crate::wire::{ClientMsg, Epoch, ServerMsg, ServerOp, unix_micros};
 
 pub use crate::transport::Ws;
 

@@ -21,17 +21,14 @@ use clap::Args;
 use serde::Serialize;
 use tokio::time::sleep;
 
-use crate::cli::{CommonArgs, PerConnectionAt};
-use crate::conn::{SlowMode, is_slow};
+use crate::cli::{CommonArgs, PerConnectionAt, Ramped};
+use crate::context::{SlowMode, is_slow};
 use crate::fanout;
-use crate::fleet::Ramped;
 use crate::publish_phase::{self, ApiArgs, POLL, Plan, Publishing};
-use crate::report::{ConnectionResults, LatencySummary, Results, Traffic, Verdict};
-use crate::scrape;
+use crate::report::Results;
+use crate::results::{ConnectionResults, LatencySummary, SlowResults, Traffic};
+use crate::scrape::{self, EVICTIONS, LIMIT_TRIPS};
 use crate::wire::unix_micros;
-
-const EVICTIONS: &str = "pushwire_slow_consumer_evictions_total";
-const LIMIT_TRIPS: &str = "pushwire_limit_trips_total";
 
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct SlowArgs {
@@ -76,31 +73,6 @@ impl SlowArgs {
         let work = Duration::from_secs(2 * self.phase_secs + self.api.drain_secs + 25);
         self.common.deadline(self.subscribers, work)
     }
-}
-
-/// Healthy latency before and after the slow clients stopped reading, and what became of
-/// the slow clients.
-#[derive(Debug, Serialize)]
-pub struct SlowResults {
-    pub phase_secs: u64,
-    /// Designated slow, and how many of them were still connected when told to stop.
-    pub slow_designated: u64,
-    pub slow_stopped_reading: u64,
-    pub slow_recv_buffer_bytes: usize,
-    /// Healthy clients' delivery latency for publications of phase 1 and of phase 2.
-    pub baseline: LatencySummary,
-    pub slowed: LatencySummary,
-    pub p50_change_us: i64,
-    pub p99_change_us: i64,
-    pub max_change_us: i64,
-    pub max_p99_increase_ms: f64,
-    /// Growth of the nodes' eviction counter over the run (None: not readable).
-    pub evictions_metric: Option<u64>,
-    /// Growth of `pushwire_limit_trips_total{kind="write_timeout"}`.
-    pub write_timeouts_metric: Option<u64>,
-    /// What the slow clients found when they read again at the end.
-    pub slow_found_4008: u64,
-    pub slow_found_cut: u64,
 }
 
 /// Runs the scenario and returns its results.
@@ -238,63 +210,5 @@ impl Counters {
     ) -> Option<u64> {
         let (before, after) = (before.as_ref()?, after.as_ref()?);
         Some((field(after) - field(before)).max(0.0) as u64)
-    }
-}
-
-impl SlowResults {
-    /// Adds the latency checks to a fan-out verdict (whose loss checks cover the healthy
-    /// clients only: slow ones report no sequence outcome).
-    fn judge(&self, verdict: &mut Verdict) {
-        if self.slowed.count == 0 {
-            verdict
-                .failures
-                .push("no healthy deliveries measured in phase 2".into());
-        }
-        let increase_ms = self.p99_change_us as f64 / 1000.0;
-        if increase_ms > self.max_p99_increase_ms {
-            verdict.failures.push(format!(
-                "healthy p99 rose by {increase_ms:.1} ms in phase 2 (bound {} ms)",
-                self.max_p99_increase_ms
-            ));
-        }
-        verdict.passed = verdict.failures.is_empty();
-    }
-
-    /// Summary table rows.
-    pub fn rows(&self, row: &mut impl FnMut(&str, String)) {
-        row(
-            "slow clients",
-            format!(
-                "{} designated, {} stopped reading after {}s (SO_RCVBUF {} B)",
-                self.slow_designated,
-                self.slow_stopped_reading,
-                self.phase_secs,
-                self.slow_recv_buffer_bytes
-            ),
-        );
-        row("healthy, phase 1", self.baseline.row());
-        row("healthy, phase 2", self.slowed.row());
-        let ms = |us: i64| format!("{:+.2} ms", us as f64 / 1000.0);
-        row(
-            "phase 2 change",
-            format!(
-                "p50 {}  p99 {} (bound +{} ms)  max {}",
-                ms(self.p50_change_us),
-                ms(self.p99_change_us),
-                self.max_p99_increase_ms,
-                ms(self.max_change_us)
-            ),
-        );
-        let metric = |v: Option<u64>| v.map_or("?".to_string(), |v| v.to_string());
-        row(
-            "evictions",
-            format!(
-                "{} by the nodes' {EVICTIONS}, {} write timeouts; slow clients found 4008: {}, cut otherwise: {}",
-                metric(self.evictions_metric),
-                metric(self.write_timeouts_metric),
-                self.slow_found_4008,
-                self.slow_found_cut
-            ),
-        );
     }
 }

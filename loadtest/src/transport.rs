@@ -3,7 +3,7 @@
 //!
 //! The SSE side speaks just enough HTTP/1.1 for one `GET /sse?channel=…` with a chunked
 //! response: it yields each complete event block as one text frame, which
-//! `wire::decode_batch` turns into the native message shapes (the stream's opening
+//! `codec::decode_batch` turns into the native message shapes (the stream's opening
 //! comment stands for both `connected` and `subscribed`). Writes are no-ops: an SSE
 //! client has nothing to say.
 

@@ -27,7 +27,7 @@ use tokio::process::{Child, ChildStdin};
 use tokio::sync::oneshot;
 use tokio::time::{interval, sleep, timeout};
 
-use crate::fleet::{FleetSpec, LocalFleet};
+use crate::local_fleet::{FleetSpec, LocalFleet};
 use crate::stats::Snapshot;
 
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
