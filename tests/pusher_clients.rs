@@ -3,12 +3,12 @@
 //! `channel().listen('.Event')`, `private()`, `join().here/joining/leaving`, with both the
 //! `reverb` and the `pusher` broadcaster), pusher-js's browser build in real Chromium, and
 //! Echo on two nodes through a real Redis (the trigger through one node, the client on
-//! the other, presence across both).
+//! the other, presence across both), and pysher (the Python WebSocket client).
 
 mod support;
 
 use serde_json::{Value, json};
-use support::external::{Script, node, run};
+use support::external::{Script, node, python, run};
 use support::{RedisServer, TestResult, TestServer};
 
 const APP_ID: &str = "4242";
@@ -195,4 +195,69 @@ async fn echo_on_two_nodes_through_redis() -> TestResult {
         json!({ "kind": "leaving", "channel": "presence-room", "user": "User ben" })
     );
     Ok(())
+}
+
+/// Triggers through the Python server SDK (`pusher` on PyPI).
+async fn python_trigger(
+    server: &TestServer,
+    channel: &str,
+    event: &str,
+    data: Value,
+) -> TestResult {
+    let config = json!({
+        "host": "127.0.0.1",
+        "port": server.addr.port(),
+        "appId": APP_ID,
+        "key": KEY,
+        "secret": SECRET,
+        "calls": [["trigger", channel, event, data]],
+    });
+    let output = run(python("pusher_server_sdk.py", &[&config.to_string()])?).await?;
+    let result: Value = serde_json::from_str(output.trim())?;
+    assert_eq!(result["status"], 200, "{result}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pysher_subscribes_public_private_and_presence() -> TestResult {
+    let server = TestServer::start(&format!("{}client_events = true\n", app_config())).await?;
+    let port = server.addr.port().to_string();
+    let mut py = Script::spawn(python("pysher_session.py", &[&port, KEY, SECRET])?)?;
+    let connected = py.json().await?;
+    let socket_id = connected["connected"].as_str().unwrap_or_default();
+    assert!(
+        socket_id.split_once('.').is_some_and(|(a, b)| {
+            [a, b]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
+        }),
+        "{connected}"
+    );
+    assert_eq!(py.json().await?, json!({ "ready": "public" }));
+    python_trigger(&server, "news", "headline", json!({ "title": "hi" })).await?;
+    assert_eq!(py.json().await?, json!({ "public": { "title": "hi" } }));
+    assert_eq!(py.json().await?, json!({ "ready": "private" }));
+    python_trigger(&server, "private-py", "notice", json!({ "n": 1 })).await?;
+    assert_eq!(py.json().await?, json!({ "private": { "n": 1 } }));
+    assert_eq!(py.json().await?, json!({ "forged": 401 }));
+    assert_eq!(
+        py.json().await?,
+        json!({ "here_alice": {
+            "ids": ["alice"], "hash": { "alice": { "name": "Alice" } }, "count": 1
+        } })
+    );
+    assert_eq!(py.json().await?, json!({ "here_bob": ["alice", "bob"] }));
+    assert_eq!(
+        py.json().await?,
+        json!({ "member_added": { "user_id": "bob", "user_info": { "name": "Bob" } } })
+    );
+    assert_eq!(
+        py.json().await?,
+        json!({ "client_event": { "from": "bob" } })
+    );
+    assert_eq!(
+        py.json().await?,
+        json!({ "member_removed": { "user_id": "bob" } })
+    );
+    py.success().await
 }

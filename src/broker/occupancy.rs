@@ -51,27 +51,24 @@ pub(crate) fn emit_local(webhooks: &Webhooks, channel: &ChannelName, occupied: b
     webhooks.emit(&target, event);
 }
 
-/// Emits a native presence `join` or `leave` of one client (held for leave).
+/// Emits a user's presence join or leave (its first connection in, its last out): a
+/// native `join` / `leave`, or a Pusher app's `member_added` / `member_removed` (user
+/// ids, as Pusher sends them). Releases are held (see `webhook::hold`).
 pub(crate) fn emit_presence(
     webhooks: &Webhooks,
     channel: &ChannelName,
     client: &ClientInfo,
     joined: bool,
 ) {
+    if !webhooks.enabled() {
+        return;
+    }
     let (target, name) = webhooks.target_of(channel);
-    if target != Target::Native {
-        // Pusher apps get member_added/member_removed per user, from the Pusher front
-        // end's presence, not a join/leave per connection.
-        return;
-    }
-    let kind = if joined { "join" } else { "leave" };
-    if !webhooks.wants(&target, kind) && !webhooks.wants(&target, "leave") {
-        return;
-    }
-    let event = if joined {
-        WebhookEvent::join(&name, client)
-    } else {
-        WebhookEvent::leave(&name, client)
+    let event = match (&target, joined) {
+        (Target::Native, true) => WebhookEvent::join(&name, client),
+        (Target::Native, false) => WebhookEvent::leave(&name, client),
+        (Target::Pusher(_), true) => WebhookEvent::member_added(&name, &client.user),
+        (Target::Pusher(_), false) => WebhookEvent::member_removed(&name, &client.user),
     };
     webhooks.emit(&target, event);
 }

@@ -68,6 +68,9 @@ pub struct EncodedPublication {
     frames: [OnceLock<Option<Bytes>>; FRAME_SLOTS],
     started: Instant,
     shards_left: AtomicUsize,
+    /// On a presence join, the connection that joined: Pusher clients do not hear of
+    /// their own `member_added` (native clients do get their own `join`).
+    joiner: Option<ClientId>,
     /// The trace span this publication was dispatched under (`crate::telemetry`), only
     /// while tracing is on; each shard's fan-out span is its child.
     pub(crate) trace: Option<tracing::Span>,
@@ -85,11 +88,13 @@ impl EncodedPublication {
             ],
             started: Instant::now(),
             shards_left: AtomicUsize::new(0),
+            joiner: None,
             trace: None,
         }
     }
 
-    /// A `join` or `leave` event, encoded now for both encodings.
+    /// A user's `join` or `leave`, encoded now for every wire format (Pusher clients get
+    /// `pusher_internal:member_added` / `member_removed`).
     pub fn presence_event(channel: &ChannelName, join: bool, client: &ClientInfo) -> Self {
         let frame = |encoding| {
             let (channel, client_id, user, info) = (
@@ -120,15 +125,21 @@ impl EncodedPublication {
             frames: [
                 frame(Encoding::Json),
                 frame(Encoding::Msgpack),
-                // Pusher members are announced per user (`pusher::presence`).
-                OnceLock::from(None),
+                OnceLock::from(crate::pusher::wire::presence_frame(channel, join, client)),
                 // SSE streams carry publications only.
                 OnceLock::from(None),
             ],
             started: Instant::now(),
             shards_left: AtomicUsize::new(0),
+            joiner: join.then(|| ClientId::parse(&client.client_id)).flatten(),
             trace: None,
         }
+    }
+
+    /// Whether `client` is left out of this delivery.
+    fn excludes(&self, client: &ClientHandle) -> bool {
+        self.excluded() == Some(client.id)
+            || (client.dialect == Dialect::Pusher && self.joiner == Some(client.id))
     }
 
     /// The client left out of this publication's delivery, if any.
@@ -259,10 +270,9 @@ impl FanoutJob {
 fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) -> (u64, u64) {
     let mut delivered = 0u64;
     let mut evicted = 0u64;
-    let excluded = job.publication.excluded();
     for member in &job.snapshot.by_shard[job.shard] {
         let client = member.client();
-        if excluded == Some(client.id) {
+        if job.publication.excludes(client) {
             continue;
         }
         // A subscriber still receiving its reply and history gets live messages after them.

@@ -169,8 +169,9 @@ pub fn namespace_config(kind: ChannelKind) -> NamespaceConfig {
         history_size: usize::from(kind.cache),
         history_ttl_secs: CACHE_TTL_SECS,
         presence: kind.kind == Kind::Presence,
-        // Members are announced per user id by `pusher::presence`, not per connection.
-        join_leave: false,
+        // The broker announces users (first connection in, last out), which the hub
+        // encodes as `pusher_internal:member_added` / `member_removed`.
+        join_leave: kind.kind == Kind::Presence,
         max_recover_messages: 1,
         ..NamespaceConfig::default()
     }

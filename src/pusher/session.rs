@@ -4,10 +4,11 @@
 //! close) is the native one; this module only turns Pusher messages into hub and broker
 //! calls and queues Pusher replies on the client's own queue.
 //!
-//! Presence is thin glue over today's per-connection presence: a member is announced
-//! (`pusher_internal:member_added`, to everyone but itself) when its user id is not yet
-//! among the channel's members, and removed when no other connection of that user id
-//! remains; both go through the broker, so every node sees them.
+//! Presence is the broker's per-user presence (`broker::presence`): the broker decides,
+//! cluster-wide and exactly once, when a user's first connection joins and its last one
+//! leaves (unsubscribe, disconnect, or a crashed node's entries expiring), and the hub
+//! encodes those as `pusher_internal:member_added` / `member_removed`; this module only
+//! checks `channel_data` and answers with the member list (`presence`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,10 +24,13 @@ use crate::hub::{ClientHandle, NamedEvent};
 use crate::protocol::{ChannelName, ClientInfo, CloseCode, Payload, StreamPosition};
 use crate::session::rate::{RateLimiter, Verdict};
 use crate::state::AppState;
+use crate::webhook::{Target, WebhookEvent};
 
 /// A Pusher connection's own state, beside the native session's.
 pub struct PusherConn {
     app: Arc<PusherApp>,
+    /// Where this app's webhooks go.
+    webhooks: Target,
     socket_id: String,
     client_events: RateLimiter,
 }
@@ -68,6 +72,7 @@ impl PusherConn {
         PusherConn {
             socket_id: identity::socket_id(client.id),
             client_events: RateLimiter::per_second(app.client_event_rate_per_sec),
+            webhooks: Target::Pusher(Arc::from(app.id.as_str())),
             app,
         }
     }
@@ -139,7 +144,7 @@ pub async fn on_frame(
         },
         "pusher:unsubscribe" => {
             if let Some(data) = object::<SubscribeData>(message.data) {
-                unsubscribe(state, client, conn, &data.channel).await;
+                unsubscribe(state, client, conn, &data.channel);
             }
         }
         "pusher:signin" => match object::<SigninData>(message.data) {
@@ -203,10 +208,10 @@ async fn subscribe(
         }
     }
     let succeeded = match &presence {
-        Some(joined) => wire::frame_with(
+        Some(members) => wire::frame_with(
             "pusher_internal:subscription_succeeded",
             Some(name),
-            &joined.members,
+            members,
         ),
         None => wire::frame(
             "pusher_internal:subscription_succeeded",
@@ -234,10 +239,9 @@ async fn subscribe(
                     client,
                     wire::frame("pusher:cache_miss", Some(name), "\"{}\"", None),
                 );
-            }
-            if let Some(joined) = presence.filter(|j| j.first) {
-                super::presence::announce(state, client, &hub, kind, true).await;
-                drop(joined);
+                state
+                    .webhooks
+                    .emit(&conn.webhooks, WebhookEvent::cache_miss(name));
             }
         }
         // Already subscribed: subscribing again is idempotent.
@@ -269,31 +273,11 @@ async fn last_position(
     })
 }
 
-async fn unsubscribe(
-    state: &Arc<AppState>,
-    client: &Arc<ClientHandle>,
-    conn: &PusherConn,
-    name: &str,
-) {
-    let Ok((hub, kind)) = channel::to_hub(&conn.app.id, name) else {
-        return;
-    };
-    if state.hub.unsubscribe(client, &hub) && kind.kind == Kind::Presence {
-        super::presence::leave(state, client, &hub, kind).await;
-    }
-}
-
-/// After the connection ended: `member_removed` where it was a user's last connection.
-pub async fn finish(state: &Arc<AppState>, client: &Arc<ClientHandle>, channels: &[ChannelName]) {
-    for hub in channels {
-        let Some((_, name)) = channel::split(hub) else {
-            continue;
-        };
-        if let Ok(kind) = channel::classify(name)
-            && kind.kind == Kind::Presence
-        {
-            super::presence::leave(state, client, hub, kind).await;
-        }
+fn unsubscribe(state: &Arc<AppState>, client: &Arc<ClientHandle>, conn: &PusherConn, name: &str) {
+    if let Ok((hub, _)) = channel::to_hub(&conn.app.id, name) {
+        // The broker sees the departure and announces `member_removed` if it was the
+        // user's last connection.
+        state.hub.unsubscribe(client, &hub);
     }
 }
 
@@ -346,10 +330,17 @@ async fn client_event(
         return error(state, client, "Client event rejected: data too large", None);
     }
     let payload = Payload::Json(Bytes::copy_from_slice(raw.as_bytes()));
-    let user_id = match kind.kind {
+    let user_id: Option<Arc<str>> = match kind.kind {
         Kind::Presence => Some(Arc::from(client.info_for_presence().user.as_str())),
         _ => None,
     };
+    if state.webhooks.wants(&conn.webhooks, "client_event") {
+        // Pusher sends the data as the client sent it, as a string.
+        let text = serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned());
+        let hook =
+            WebhookEvent::client_event(name, event, &text, &conn.socket_id, user_id.as_deref());
+        state.webhooks.emit(&conn.webhooks, hook);
+    }
     let named = NamedEvent {
         name: Arc::from(event),
         user_id,

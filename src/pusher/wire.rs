@@ -31,6 +31,25 @@ pub fn encode_publication(publication: &Publication) -> Option<Bytes> {
     ))
 }
 
+/// `pusher_internal:member_added {user_id, user_info}` or `member_removed {user_id}` for
+/// a user joining or leaving an app's presence channel (the broker's per-user presence
+/// events, see `broker::presence`); `None` for a channel outside every app's space.
+pub fn presence_frame(
+    channel: &crate::protocol::ChannelName,
+    join: bool,
+    member: &crate::protocol::ClientInfo,
+) -> Option<Bytes> {
+    let (_, name) = channel::split(channel)?;
+    Some(if join {
+        let info = member.info.clone().unwrap_or(serde_json::Value::Null);
+        let data = serde_json::json!({"user_id": member.user, "user_info": info});
+        frame_with("pusher_internal:member_added", Some(name), &data)
+    } else {
+        let data = serde_json::json!({"user_id": member.user});
+        frame_with("pusher_internal:member_removed", Some(name), &data)
+    })
+}
+
 /// A frame with `data` already a JSON literal (a string, or `{}` for `pusher:error`).
 pub fn frame(event: &str, channel: Option<&str>, data: &str, user_id: Option<&str>) -> Bytes {
     let mut out = Vec::with_capacity(data.len() + event.len() + 64);

@@ -443,11 +443,7 @@ where
 
     /// Unregisters the client and records why the connection ended.
     async fn finish(&mut self) {
-        let channels = self.client.subscribed_channels();
         let label = self.state.hub.unregister_ended(&self.client);
-        if self.pusher.is_some() {
-            crate::pusher::session::finish(&self.state, &self.client, &channels).await;
-        }
         tracing::debug!(code = label, "disconnected");
         crate::telemetry::session_ended(self.client.id, label);
         self.transport.shutdown().await;

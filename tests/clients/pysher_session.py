@@ -1,0 +1,102 @@
+"""Drives pysher (the Python WebSocket client for Pusher), unchanged, against a pushwire
+node's /app/{key}: connect, a public channel, a private channel signed by pysher itself
+with the app secret (and one with a wrong signature), and a presence channel with two
+users (member_added, a client event, member_removed).
+
+argv: port key secret. Prints one JSON line per observation; the Rust test
+(tests/pusher_clients.rs) triggers the server events when it reads the "ready" lines.
+Every wait is bounded; a missing event ends the script with an error.
+"""
+
+import json
+import queue
+import sys
+
+import pysher
+
+port, key, secret = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+WAIT = 20
+
+
+def out(value):
+    print(json.dumps(value), flush=True)
+
+
+def client(user):
+    return pysher.Pusher(
+        key,
+        secret=secret,
+        secure=False,
+        custom_host="127.0.0.1",
+        port=port,
+        user_data={"user_id": user, "user_info": {"name": user.title()}},
+    )
+
+
+def waiter(target, event):
+    """A queue that receives the data of every `event` on `target` (channel or connection)."""
+    received = queue.Queue()
+    target.bind(event, received.put)
+    return received
+
+
+def get(received, what):
+    try:
+        return received.get(timeout=WAIT)
+    except queue.Empty:
+        sys.exit(f"pysher: no {what} within {WAIT}s")
+
+
+def as_json(data):
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def subscribe(pusher, name, auth=None):
+    channel = pusher.subscribe(name, auth=auth)
+    return channel, waiter(channel, "pusher_internal:subscription_succeeded")
+
+
+def connect(pusher):
+    established = waiter(pusher.connection, "pusher:connection_established")
+    pusher.connect()
+    return as_json(get(established, "connection_established"))["socket_id"]
+
+
+alice = client("alice")
+out({"connected": connect(alice)})
+
+# Public: the test triggers "headline" on "news" once it reads this line.
+news, ok = subscribe(alice, "news")
+headline = waiter(news, "headline")
+get(ok, "subscription_succeeded on news")
+out({"ready": "public"})
+out({"public": as_json(get(headline, "headline"))})
+
+# Private, signed by pysher with the secret; then a wrong signature is refused.
+private, ok = subscribe(alice, "private-py")
+notice = waiter(private, "notice")
+get(ok, "subscription_succeeded on private-py")
+out({"ready": "private"})
+out({"private": as_json(get(notice, "notice"))})
+forged = alice.subscribe("private-forged", auth=f"{key}:{'0' * 64}")
+refused = waiter(forged, "pusher:subscription_error")
+out({"forged": as_json(get(refused, "subscription_error"))["status"]})
+
+# Presence: alice's member list, bob's arrival, bob's client event, bob's departure.
+room, ok = subscribe(alice, "presence-room")
+added = waiter(room, "pusher_internal:member_added")
+removed = waiter(room, "pusher_internal:member_removed")
+waved = waiter(room, "client-wave")
+out({"here_alice": as_json(get(ok, "subscription_succeeded on presence-room"))["presence"]})
+bob = client("bob")
+connect(bob)
+bob_room, bob_ok = subscribe(bob, "presence-room")
+out({"here_bob": sorted(as_json(get(bob_ok, "bob's subscription_succeeded"))["presence"]["ids"])})
+out({"member_added": as_json(get(added, "member_added"))})
+bob_room.trigger("client-wave", {"from": "bob"})
+out({"client_event": as_json(get(waved, "client-wave"))})
+bob.unsubscribe("presence-room")
+out({"member_removed": as_json(get(removed, "member_removed"))})
+
+bob.disconnect()
+alice.disconnect()
