@@ -3,14 +3,15 @@
 //! `webhook({headers, rawBody}).isValid()` (tests/clients/pusher_webhook_verify.mjs), sent
 //! to the endpoints of `[[pusher.apps.webhooks]]` filtered by their `events`; and the
 //! events real pusher-js sessions cause (member_added / member_removed per user,
-//! client_event with socket_id and user_id, cache_miss).
+//! client_event with socket_id and user_id, cache_miss), also for a member whose node
+//! was killed (removed by another node once its presence entry expired).
 
 mod support;
 
 use serde_json::{Value, json};
 use support::external::{Script, node as node_script, run};
 use support::webhook_receiver::WebhookReceiver;
-use support::{TestResult, TestServer, fail};
+use support::{BinaryServer, RedisServer, TestResult, TestServer, fail};
 
 use pushwire::webhook::{Target, WebhookEvent};
 
@@ -162,4 +163,69 @@ events = ["member_added", "member_removed", "client_event", "cache_miss"]
         vec![json!({"name": "member_removed", "channel": "presence-room", "user_id": "alice"})]
     );
     node.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_on_a_crashed_node_is_removed_after_the_presence_ttl() -> TestResult {
+    let redis = RedisServer::start().await?;
+    let mut hooks = WebhookReceiver::start().await?;
+    let config = format!(
+        r#"
+[broker]
+kind = "redis"
+[redis]
+url = "{redis}"
+key_prefix = "pushercrash"
+heartbeat_interval_ms = 200
+node_timeout_ms = 1000
+presence_ttl_secs = 2
+[webhooks]
+batch_wait_ms = 20
+hold_ms = 100
+[[pusher.apps]]
+id = "4242"
+key = "{KEY}"
+secret = "{SECRET}"
+[[pusher.apps.webhooks]]
+url = "{url}"
+events = ["member_added", "member_removed"]
+"#,
+        redis = redis.url(),
+        url = hooks.url()
+    );
+    let survivor = TestServer::start(&config).await?;
+    survivor.wait_ready().await?;
+    let mut doomed = BinaryServer::start(&config).await?;
+    let (alice_port, bob_port) = (survivor.addr.port(), doomed.addr.port());
+    let mut pair = Script::spawn(node_script(
+        "pusher_js_presence_pair.mjs",
+        &[
+            &alice_port.to_string(),
+            &bob_port.to_string(),
+            "4242",
+            KEY,
+            SECRET,
+        ],
+    )?)?;
+    assert_eq!(pair.json().await?, json!({ "here": ["alice"] }));
+    assert_eq!(pair.json().await?, json!({ "member_added": "bob" }));
+    let added =
+        |user: &str| json!({"name": "member_added", "channel": "presence-room", "user_id": user});
+    let mut arrivals = verified_events(&mut hooks, KEY, SECRET, 2).await?;
+    arrivals.sort_by_key(|v| v.to_string());
+    assert_eq!(arrivals, vec![added("alice"), added("bob")]);
+    // No unsubscribe, no close: bob's node is gone, and his presence entry expires.
+    doomed.child.kill().await?;
+    assert_eq!(
+        pair.json().await?,
+        json!({ "member_removed": "bob", "members": ["alice"] })
+    );
+    pair.success().await?;
+    // Bob's removal, and alice's once her script ended.
+    let removed =
+        |user: &str| json!({"name": "member_removed", "channel": "presence-room", "user_id": user});
+    let mut departures = verified_events(&mut hooks, KEY, SECRET, 2).await?;
+    departures.sort_by_key(|v| v.to_string());
+    assert_eq!(departures, vec![removed("alice"), removed("bob")]);
+    survivor.stop().await
 }
