@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod deploy;
 pub mod external;
 pub mod observability;
 pub mod redis_server;
