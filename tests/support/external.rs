@@ -99,6 +99,21 @@ impl Script {
         }
     }
 
+    /// `until`, for a step the client itself paces beyond `WAIT` (pusher-js retries a
+    /// refused connection only after 15 s): the matching line must come within `limit`.
+    pub async fn until_within(
+        &mut self,
+        limit: std::time::Duration,
+        pred: impl FnMut(&serde_json::Value) -> bool,
+    ) -> TestResult<serde_json::Value> {
+        match tokio::time::timeout(limit, self.until(pred)).await {
+            Ok(found) => found,
+            Err(_) => fail(format!(
+                "no matching line from client script within {limit:?}"
+            )),
+        }
+    }
+
     /// Asks the script to finish (SIGTERM, so a browser it drives is closed too) and
     /// waits for it (within `WAIT`).
     pub async fn stop(mut self) -> TestResult {

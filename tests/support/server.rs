@@ -190,6 +190,11 @@ pub struct BinaryServer {
 
 impl BinaryServer {
     pub async fn start(toml: &str) -> TestResult<BinaryServer> {
+        Self::start_at(toml, "127.0.0.1:0").await
+    }
+
+    /// Starts it listening on `listen` (e.g. the port of a node it replaces).
+    pub async fn start_at(toml: &str, listen: &str) -> TestResult<BinaryServer> {
         let config = tempfile::Builder::new().suffix(".toml").tempfile()?;
         let base = format!("[api]\nkeys = [\"{}\"]\n", api_key());
         std::fs::write(config.path(), merge_toml(&base, toml)?)?;
@@ -198,7 +203,7 @@ impl BinaryServer {
             .arg("--config")
             .arg(config.path())
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
