@@ -178,17 +178,25 @@ async fn fanout_of_2000_over_two_redis_nodes_loses_nothing() {
     let api = format!("http://{addr_a}");
 
     // 2,000 subscribers round-robin over both nodes, in two worker processes; the
-    // publisher posts to node A, so half the deliveries cross Redis.
+    // publisher posts to node A, so half the deliveries cross Redis. A probe publishes
+    // beside it to a channel nobody subscribes to, owing no deliveries.
     #[rustfmt::skip]
     let args = [
         "fanout", "--url", &urls, "--api-url", &api, "--api-key", API_KEY,
         "--server-pid", &pids, "--subscribers", "2000", "--workers", "2",
         "--rate", "10", "--duration-secs", "3", "--connect-rate", "2000",
-        "--source-ips", "127.0.0.2-127.0.0.9", "--require-zero-loss",
+        "--source-ips", "127.0.0.2-127.0.0.9", "--probe-rate", "10", "--require-zero-loss",
     ];
     let (code, r) = loadtest(&args, "fanout").await;
     assert_eq!(code, 0, "{r:#}");
     assert_zero_loss(&r, 2000, 2000);
+    let probe = &r["delivery"]["probe"];
+    assert!(probe["publish_ok"].as_u64().unwrap() > 0, "{r:#}");
+    assert_eq!(probe["publish_failed"], 0, "{r:#}");
+    assert_eq!(
+        probe["publish_http_latency"]["count"], probe["publish_ok"],
+        "{r:#}"
+    );
     assert_eq!(r["servers"].as_array().unwrap().len(), 2);
     assert!(
         r["servers"][1]["rss_per_connection_bytes"].is_number(),
@@ -206,7 +214,12 @@ async fn fanout_of_2000_over_two_redis_nodes_loses_nothing() {
     assert_eq!(r["connections"]["ready"], 200);
     assert!(r["traffic"]["pongs"].as_u64().unwrap() >= 200, "{r:#}");
     for server in r["servers"].as_array().unwrap() {
-        for per_connection in ["rss_per_connection_bytes", "cpu_per_connection_us_per_sec"] {
+        let figures = [
+            "rss_per_connection_bytes",
+            "cpu_per_connection_us_per_sec",
+            "cpu_per_connect_us",
+        ];
+        for per_connection in figures {
             assert!(
                 server[per_connection].is_number(),
                 "{per_connection}: {r:#}"

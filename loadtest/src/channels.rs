@@ -64,6 +64,7 @@ pub async fn run(args: &ChannelsArgs) -> anyhow::Result<Results> {
             duration: Duration::from_secs(args.duration_secs),
         },
         slow_fraction: 0.0,
+        probe_rate: 0.0,
         deadline: args.deadline(),
         params: serde_json::to_value(args)?,
     })

@@ -238,6 +238,8 @@ impl CommonArgs {
         ProcessWatch {
             pids: self.server_pid.clone(),
             before: self.server_memory(),
+            ramp_meter: CpuMeter::start(&self.server_pid),
+            ramp_cpu: Vec::new(),
             after_ramp: Vec::new(),
             server_cpu: None,
             own_cpu: None,
@@ -283,7 +285,7 @@ impl Ramped {
         let workers = common.workers(connections)?;
         let total = connections as u64;
         let started_unix = crate::host::unix_secs();
-        let watch = common.watch_servers();
+        let mut watch = common.watch_servers();
         let mut progress = crate::progress::Progress::new(total, !common.no_bars);
         progress.phase("ramp");
         let started = Instant::now();
@@ -294,6 +296,7 @@ impl Ramped {
             })
             .await;
         let ramp_secs = started.elapsed().as_secs_f64();
+        watch.ramp_settled();
         Ok(Ramped {
             fleet,
             at_ramp,
@@ -311,6 +314,9 @@ impl Ramped {
 pub struct ProcessWatch {
     pids: Vec<u32>,
     before: Vec<Option<Memory>>,
+    /// The servers' CPU from the first connect until the ramp settled.
+    ramp_meter: CpuMeter,
+    ramp_cpu: Vec<Option<CpuUse>>,
     after_ramp: Vec<Option<Memory>>,
     server_cpu: Option<CpuMeter>,
     own_cpu: Option<CpuMeter>,
@@ -327,6 +333,12 @@ pub enum PerConnectionAt {
 }
 
 impl ProcessWatch {
+    /// Reads the servers' CPU over the ramp (connect and subscribe); call once the ramp
+    /// settled, before anything else loads the servers.
+    pub fn ramp_settled(&mut self) {
+        self.ramp_cpu = self.ramp_meter.read();
+    }
+
     /// Takes the "after ramp" sample.
     pub fn ramp_done(&mut self) {
         self.after_ramp = self.pids.iter().map(|&pid| host::memory(pid)).collect();
@@ -359,9 +371,12 @@ impl ProcessWatch {
                     end
                 };
                 let cpu = cpu.get(i).copied().flatten();
+                let ramp_cpu = self.ramp_cpu.get(i).copied().flatten();
                 ServerProcess {
                     pid,
                     cpu,
+                    ramp_cpu,
+                    cpu_per_connect_us: cpu_per_connect(ramp_cpu, ready, servers),
                     before,
                     after_ramp,
                     end,
@@ -409,6 +424,13 @@ pub fn rss_per_connection(
     (per_server >= 1.0).then(|| (end.rss_kib as f64 - before.rss_kib as f64) * 1024.0 / per_server)
 }
 
+/// Server CPU microseconds per connection set up (dial, upgrade, connect, subscribe): the
+/// server's CPU over the ramp divided by its share of the ready connections.
+pub fn cpu_per_connect(ramp_cpu: Option<CpuUse>, ready: u64, servers: usize) -> Option<f64> {
+    let per_server = ready as f64 / servers.max(1) as f64;
+    (per_server >= 1.0).then_some(ramp_cpu?.cpu_secs / per_server * 1e6)
+}
+
 /// CPU microseconds per connection per second: the server's CPU over the interval, divided
 /// by its share of the ready connections.
 pub fn cpu_per_connection(cpu: Option<CpuUse>, ready: u64, servers: usize) -> Option<f64> {
@@ -433,6 +455,20 @@ mod tests {
         assert_eq!(rss_per_connection(m(1000), m(1040), 20, 2), Some(4096.0));
         assert_eq!(rss_per_connection(m(1000), None, 10, 1), None);
         assert_eq!(rss_per_connection(m(1000), m(2000), 0, 1), None);
+    }
+
+    #[test]
+    fn ramp_cpu_is_spread_over_ready_connections() {
+        let cpu = Some(CpuUse {
+            cpu_secs: 0.64,
+            cores: 0.5,
+            secs: 1.28,
+        });
+        // 640 ms of server CPU to set up 10,000 connections: 64 µs each.
+        assert_eq!(cpu_per_connect(cpu, 10_000, 1), Some(64.0));
+        assert_eq!(cpu_per_connect(cpu, 20_000, 2), Some(64.0));
+        assert_eq!(cpu_per_connect(cpu, 0, 1), None);
+        assert_eq!(cpu_per_connect(None, 10_000, 1), None);
     }
 
     #[test]

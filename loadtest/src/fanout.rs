@@ -55,6 +55,11 @@ pub struct FanoutArgs {
     /// latency before and after clients stop reading, in one run.
     #[arg(long, default_value_t = 0.0)]
     pub slow_fraction: f64,
+    /// Also publish this many publications/s to `CHANNEL-probe`, which nobody subscribes
+    /// to, and report their HTTP round trip apart: whether the fan-out delays an unrelated
+    /// publish on the same node.
+    #[arg(long, default_value_t = 0.0)]
+    pub probe_rate: f64,
 }
 
 impl FanoutArgs {
@@ -73,6 +78,8 @@ pub struct FanoutRun<'a> {
     pub subscribers: usize,
     pub plan: Plan,
     pub slow_fraction: f64,
+    /// Publications/s of the probe publisher (0: none).
+    pub probe_rate: f64,
     pub deadline: Duration,
     pub params: serde_json::Value,
 }
@@ -93,6 +100,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Results> {
             duration: Duration::from_secs(args.duration_secs),
         },
         slow_fraction: args.slow_fraction,
+        probe_rate: args.probe_rate,
         deadline: args.deadline(),
         params: serde_json::to_value(args)?,
     })
@@ -135,11 +143,18 @@ pub async fn run_plan(run: FanoutRun<'_>) -> anyhow::Result<Results> {
 
     progress.phase("publish");
     let publishing = Publishing::start(run.api, c, plan)?;
+    let probing = (run.probe_rate > 0.0)
+        .then(|| Publishing::start_probe(run.api, c, plan, run.probe_rate))
+        .transpose()?;
     while !publishing.is_finished() {
         progress.update(&fleet.snapshot(), &publishing.status());
         sleep(POLL).await;
     }
     let published = publishing.finish().await?;
+    let probe = match probing {
+        Some(p) => Some(p.finish().await?.probe()),
+        None => None,
+    };
 
     progress.phase("drain");
     let expected = expected_deliveries(
@@ -163,7 +178,8 @@ pub async fn run_plan(run: FanoutRun<'_>) -> anyhow::Result<Results> {
         .await?;
     progress.finish();
 
-    let delivery = published.delivery(&snap, expected, last_delivery);
+    let mut delivery = published.delivery(&snap, expected, last_delivery);
+    delivery.probe = probe;
     let connections = ConnectionResults::new(run.subscribers, &ramped, ramp_secs, &snap);
     let verdict = verdict(
         c.require_zero_loss,
@@ -229,6 +245,10 @@ pub fn verdict(zero_loss: bool, target: u64, snap: &Snapshot, d: &DeliveryResult
             ),
             (snap.counters.dropped, "subscribers dropped"),
             (d.publish_failed, "publications failed"),
+            (
+                d.probe.as_ref().map_or(0, |p| p.publish_failed),
+                "probe publications failed",
+            ),
             (d.lost, "messages lost"),
             (d.duplicates, "messages duplicated"),
             (d.reordered, "messages reordered"),

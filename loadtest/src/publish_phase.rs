@@ -119,7 +119,35 @@ impl Publishing {
         } else {
             plan.channels
         };
-        let streams = api.streams(plan.rate, min_streams);
+        Publishing::start_streams(api, common, plan, api.streams(plan.rate, min_streams))
+    }
+
+    /// A probe beside the main publisher: `rate` publications/s to `CHANNEL-probe`, which
+    /// nobody subscribes to, one stream per 25/s. Its HTTP round trip shows whether the
+    /// main publisher's fan-out delays an unrelated publish.
+    pub fn start_probe(
+        api: &ApiArgs,
+        common: &CommonArgs,
+        main: &Plan,
+        rate: f64,
+    ) -> anyhow::Result<Publishing> {
+        let plan = Plan {
+            channel: format!("{}-probe", main.channel),
+            channels: 1,
+            random_channels: false,
+            rate,
+            ..main.clone()
+        };
+        let streams = ((rate / 25.0).ceil() as usize).clamp(1, MAX_STREAMS);
+        Publishing::start_streams(api, common, &plan, streams)
+    }
+
+    fn start_streams(
+        api: &ApiArgs,
+        common: &CommonArgs,
+        plan: &Plan,
+        streams: usize,
+    ) -> anyhow::Result<Publishing> {
         let slots = if plan.random_channels {
             plan.channels
         } else {
@@ -192,6 +220,17 @@ impl Published {
         self.stats.published()
     }
 
+    /// The probe section of the results, when this was a probe publisher.
+    pub fn probe(&self) -> crate::results::ProbeResults {
+        let p = &self.stats;
+        crate::results::ProbeResults {
+            published: p.total_published(),
+            publish_ok: p.ok.load(Ordering::Relaxed),
+            publish_failed: p.failed.load(Ordering::Relaxed),
+            publish_http_latency: LatencySummary::of(&p.http_latency()),
+        }
+    }
+
     /// The delivery section of the results, from the final snapshot.
     pub fn delivery(
         &self,
@@ -211,6 +250,7 @@ impl Published {
             publish_retries: p.retries.load(Ordering::Relaxed),
             publish_rate_per_sec: p.total_published() as f64 / self.secs.max(1e-9),
             publish_http_latency: LatencySummary::of(&p.http_latency()),
+            probe: None,
             publish_errors: p.errors(),
             expected,
             delivered: snap.seq.received,

@@ -114,6 +114,13 @@ impl Results {
                 .rss_per_connection_bytes
                 .map_or("?".into(), |b| format!("{b:.0} B ({:.2} KiB)", b / 1024.0));
             row("  rss per connection", per);
+            row("  cpu over ramp", cpu(&m.ramp_cpu));
+            if let Some(us) = m.cpu_per_connect_us {
+                row(
+                    "  cpu per connect",
+                    format!("{us:.1} µs (connect + subscribe)"),
+                );
+            }
             row("  cpu", cpu(&m.cpu));
             if let Some(us) = m.cpu_per_connection_us_per_sec {
                 row("  cpu per connection", format!("{us:.3} µs per second"));
@@ -146,6 +153,16 @@ impl Results {
                 ),
             );
             row("publish http rtt", d.publish_http_latency.row());
+            if let Some(p) = &d.probe {
+                row(
+                    "probe published",
+                    format!(
+                        "{} ({} ok, {} failed) to a channel without subscribers",
+                        p.published, p.publish_ok, p.publish_failed
+                    ),
+                );
+                row("probe http rtt", p.publish_http_latency.row());
+            }
             row(
                 "delivered",
                 format!(

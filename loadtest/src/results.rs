@@ -60,6 +60,12 @@ pub struct ServerProcess {
     pub pid: u32,
     /// CPU used during the measured phase (hold, or publish + drain).
     pub cpu: Option<CpuUse>,
+    /// CPU used from the first connect until the ramp settled.
+    pub ramp_cpu: Option<CpuUse>,
+    /// `ramp_cpu` per ready connection on this server, microseconds: the server's cost to
+    /// accept, upgrade, connect and subscribe one client (`/proc` counts in 10 ms ticks:
+    /// ramp thousands of connections).
+    pub cpu_per_connect_us: Option<f64>,
     pub before: Option<Memory>,
     pub after_ramp: Option<Memory>,
     pub end: Option<Memory>,
@@ -87,6 +93,10 @@ pub struct DeliveryResults {
     pub publish_retries: u64,
     pub publish_rate_per_sec: f64,
     pub publish_http_latency: LatencySummary,
+    /// The probe publisher (`fanout --probe-rate`), publishing beside the fan-out to a
+    /// channel without subscribers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeResults>,
     pub publish_errors: BTreeMap<String, u64>,
     /// Ready subscribers x publications.
     pub expected: u64,
@@ -98,6 +108,15 @@ pub struct DeliveryResults {
     pub lost: u64,
     pub duplicates: u64,
     pub reordered: u64,
+}
+
+/// What the probe publisher saw.
+#[derive(Debug, Serialize)]
+pub struct ProbeResults {
+    pub published: u64,
+    pub publish_ok: u64,
+    pub publish_failed: u64,
+    pub publish_http_latency: LatencySummary,
 }
 
 #[derive(Debug, Serialize)]
