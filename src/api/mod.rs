@@ -15,7 +15,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 
 pub use error::ApiError;
 
@@ -23,21 +23,98 @@ use crate::auth::KeyIndex;
 use crate::protocol::ErrorCode;
 use crate::state::AppState;
 
+/// A route this module serves, named where it is declared.
+struct Route {
+    path: &'static str,
+    /// Its `route` label in `pushwire_api_requests_total` and `pushwire_api_request_seconds`.
+    name: &'static str,
+    /// Each request takes one publication from the API key's `api.publish_rate_per_sec`
+    /// (`/api/batch` charges each publishing command it carries instead).
+    publishes: bool,
+    method: fn() -> MethodRouter<Arc<AppState>>,
+}
+
+impl Route {
+    const fn new(
+        path: &'static str,
+        name: &'static str,
+        method: fn() -> MethodRouter<Arc<AppState>>,
+    ) -> Route {
+        Route {
+            path,
+            name,
+            publishes: false,
+            method,
+        }
+    }
+
+    const fn publishing(self) -> Route {
+        Route {
+            publishes: true,
+            ..self
+        }
+    }
+}
+
+/// The `/api` routes, behind API-key auth.
+const API_ROUTES: &[Route] = &[
+    Route::new("/api/publish", "publish", || post(handlers::publish)).publishing(),
+    Route::new("/api/broadcast", "broadcast", || post(handlers::broadcast)).publishing(),
+    Route::new("/api/disconnect", "disconnect", || {
+        post(handlers::disconnect)
+    }),
+    Route::new("/api/subscribe", "subscribe", || post(handlers::subscribe)),
+    Route::new("/api/unsubscribe", "unsubscribe", || {
+        post(handlers::unsubscribe)
+    }),
+    Route::new("/api/history_remove", "history_remove", || {
+        post(handlers::history_remove)
+    }),
+    Route::new("/api/batch", "batch", || post(handlers::batch)),
+    Route::new("/api/channels", "channels", || get(handlers::channels)),
+    Route::new("/api/presence", "presence", || get(handlers::presence)),
+    Route::new("/api/presence_stats", "presence_stats", || {
+        post(handlers::presence_stats)
+    }),
+    Route::new("/api/history", "history", || get(handlers::history)),
+    Route::new("/api/info", "info", || get(handlers::info)),
+];
+
+/// `/health`, `/ready` and the browser client, without a key.
+const PROBE_ROUTES: &[Route] = &[
+    Route::new("/client/pushwire.min.js", "client", || {
+        get(client_bundle::serve)
+    }),
+    Route::new("/health", "health", || get(handlers::health)),
+    Route::new("/ready", "ready", || get(handlers::ready)),
+];
+
+/// `/metrics`, on the main listener or its own.
+const METRICS_ROUTE: Route = Route::new("/metrics", "metrics", || get(handlers::metrics));
+
+/// The WebSocket endpoint (declared with the session, in `server`): not counted here, its
+/// request lasts as long as the connection.
+const WS_PATH: &str = "/ws";
+
+fn add_routes(mut router: Router<Arc<AppState>>, routes: &[Route]) -> Router<Arc<AppState>> {
+    for route in routes {
+        router = router.route(route.path, (route.method)());
+    }
+    router
+}
+
+/// The route declared at `path` (a matched route pattern), if this module serves it.
+fn route_at(path: &str) -> Option<&'static Route> {
+    API_ROUTES
+        .iter()
+        .chain(PROBE_ROUTES)
+        .chain(std::iter::once(&METRICS_ROUTE))
+        .find(|route| route.path == path)
+}
+
 /// The `/api` routes, behind API-key auth.
 pub fn api_router(state: Arc<AppState>) -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/api/publish", post(handlers::publish))
-        .route("/api/broadcast", post(handlers::broadcast))
-        .route("/api/disconnect", post(handlers::disconnect))
-        .route("/api/subscribe", post(handlers::subscribe))
-        .route("/api/unsubscribe", post(handlers::unsubscribe))
-        .route("/api/history_remove", post(handlers::history_remove))
-        .route("/api/batch", post(handlers::batch))
-        .route("/api/channels", get(handlers::channels))
-        .route("/api/presence", get(handlers::presence))
-        .route("/api/presence_stats", post(handlers::presence_stats))
-        .route("/api/history", get(handlers::history))
-        .route("/api/info", get(handlers::info))
+    add_routes(Router::new(), API_ROUTES)
         .route("/api/{*rest}", axum::routing::any(handlers::not_found))
         .layer(middleware::from_fn_with_state(state, require_api_key))
 }
@@ -45,10 +122,7 @@ pub fn api_router(state: Arc<AppState>) -> Router<Arc<AppState>> {
 /// `/health`, `/ready`, the browser client (`/client/pushwire.min.js`) and (unless on its
 /// own listener) `/metrics`.
 pub fn probe_router(with_metrics: bool) -> Router<Arc<AppState>> {
-    let router = Router::new()
-        .route("/client/pushwire.min.js", get(client_bundle::serve))
-        .route("/health", get(handlers::health))
-        .route("/ready", get(handlers::ready));
+    let router = add_routes(Router::new(), PROBE_ROUTES);
     if with_metrics {
         router.merge(metrics_router())
     } else {
@@ -57,7 +131,7 @@ pub fn probe_router(with_metrics: bool) -> Router<Arc<AppState>> {
 }
 
 pub fn metrics_router() -> Router<Arc<AppState>> {
-    Router::new().route("/metrics", get(handlers::metrics))
+    add_routes(Router::new(), std::slice::from_ref(&METRICS_ROUTE))
 }
 
 async fn require_api_key(
@@ -77,7 +151,11 @@ async fn require_api_key(
     let key = presented.and_then(|key| state.api_keys.identify(key.as_bytes()));
     match (presented, key) {
         (_, Some(key)) => {
-            if let Err(wait) = charge_publish(&state, key, request.uri().path()) {
+            let matched = request.extensions().get::<MatchedPath>();
+            let publishes = matched
+                .and_then(|path| route_at(path.as_str()))
+                .is_some_and(|route| route.publishes);
+            if let Err(wait) = charge_publish(&state, key, publishes) {
                 return too_many_publishes(&state, wait);
             }
             // `/api/batch` charges each publishing command it carries.
@@ -105,8 +183,8 @@ async fn require_api_key(
 
 /// Takes one publication from the key's `api.publish_rate_per_sec` bucket, for the routes
 /// that publish; `Err` is how long until the key may publish again.
-fn charge_publish(state: &AppState, key: KeyIndex, path: &str) -> Result<(), Duration> {
-    if !matches!(path, "/api/publish" | "/api/broadcast") {
+fn charge_publish(state: &AppState, key: KeyIndex, publishes: bool) -> Result<(), Duration> {
+    if !publishes {
         return Ok(());
     }
     let per_sec = state.config().api.publish_rate_per_sec;
@@ -159,25 +237,12 @@ pub async fn record_metrics(
 }
 
 fn route_label(path: Option<&str>) -> &'static str {
-    match path {
-        Some("/ws") => "ws",
-        Some("/api/publish") => "publish",
-        Some("/api/broadcast") => "broadcast",
-        Some("/api/disconnect") => "disconnect",
-        Some("/api/subscribe") => "subscribe",
-        Some("/api/unsubscribe") => "unsubscribe",
-        Some("/api/history_remove") => "history_remove",
-        Some("/api/batch") => "batch",
-        Some("/api/channels") => "channels",
-        Some("/api/presence") => "presence",
-        Some("/api/presence_stats") => "presence_stats",
-        Some("/api/history") => "history",
-        Some("/api/info") => "info",
-        Some("/client/pushwire.min.js") => "client",
-        Some("/health") => "health",
-        Some("/ready") => "ready",
-        Some("/metrics") => "metrics",
-        Some(path) => crate::pusher::api::route_label(path).unwrap_or("other"),
-        None => "other",
+    let Some(path) = path else { return "other" };
+    if path == WS_PATH {
+        return "ws";
     }
+    route_at(path)
+        .map(|route| route.name)
+        .or_else(|| crate::pusher::api::route_label(path))
+        .unwrap_or("other")
 }
