@@ -298,49 +298,7 @@ async fn channels_disconnect_and_unsubscribe_reach_every_node() -> TestResult {
 
 /// Starts a 3-master Redis Cluster and returns its nodes.
 async fn redis_cluster() -> TestResult<Vec<RedisServer>> {
-    let mut masters = Vec::new();
-    for _ in 0..3 {
-        masters.push(
-            RedisServer::start_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                "2000",
-            ])
-            .await?,
-        );
-    }
-    let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
-    args.extend(masters.iter().map(RedisServer::addr));
-    args.extend([
-        "--cluster-replicas".into(),
-        "0".into(),
-        "--cluster-yes".into(),
-    ]);
-    let output = tokio::process::Command::new("redis-cli")
-        .args(&args)
-        .output()
-        .await?;
-    if !output.status.success() {
-        return fail(format!(
-            "cluster create failed: {}",
-            String::from_utf8_lossy(&output.stdout)
-        ));
-    }
-    let deadline = tokio::time::Instant::now() + support::WAIT;
-    for master in &masters {
-        while !master
-            .cli(&["CLUSTER", "INFO"])
-            .await?
-            .contains("cluster_state:ok")
-        {
-            if tokio::time::Instant::now() > deadline {
-                return fail("cluster never became ok");
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    }
-    Ok(masters)
+    Ok(support::redis_server::redis_cluster(0).await?.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,62 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{Encoding, RedisServer, TestResult, TestServer, WsClient, fail};
-
-/// Starts 3 masters and 3 replicas as one Redis Cluster; returns (masters, replicas).
-async fn cluster_with_replicas() -> TestResult<(Vec<RedisServer>, Vec<RedisServer>)> {
-    let mut servers = Vec::new();
-    for _ in 0..6 {
-        servers.push(
-            RedisServer::start_with(&[
-                "--cluster-enabled",
-                "yes",
-                "--cluster-node-timeout",
-                "2000",
-            ])
-            .await?,
-        );
-    }
-    let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
-    args.extend(servers.iter().map(RedisServer::addr));
-    args.extend([
-        "--cluster-replicas".into(),
-        "1".into(),
-        "--cluster-yes".into(),
-    ]);
-    let output = tokio::process::Command::new("redis-cli")
-        .args(&args)
-        .output()
-        .await?;
-    if !output.status.success() {
-        return fail(format!(
-            "cluster create failed: {}",
-            String::from_utf8_lossy(&output.stdout)
-        ));
-    }
-    let deadline = tokio::time::Instant::now() + support::WAIT * 3;
-    let (mut masters, mut replicas) = (Vec::new(), Vec::new());
-    for server in servers {
-        loop {
-            let info = server.cli(&["CLUSTER", "INFO"]).await?;
-            let role = server.cli(&["ROLE"]).await?;
-            let synced = role.starts_with("master") || role.contains("connected");
-            if info.contains("cluster_state:ok") && synced {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return fail(format!("cluster never became ok: {info} {role}"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if server.cli(&["ROLE"]).await?.starts_with("master") {
-            masters.push(server);
-        } else {
-            replicas.push(server);
-        }
-    }
-    Ok((masters, replicas))
-}
+use support::{Encoding, TestResult, TestServer, WsClient, fail};
 
 /// Publishes through the API, retrying while the cluster moves (503).
 async fn publish_retrying(node: &TestServer, channel: &str, data: Value) -> TestResult {
@@ -96,7 +41,10 @@ async fn read_through(client: &mut WsClient, last: u64) -> TestResult<Vec<u64>> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failover_of_every_master_loses_nothing_after_recovery() -> TestResult {
-    let (masters, replicas) = cluster_with_replicas().await?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("pushwire=debug")
+        .try_init();
+    let (masters, replicas) = support::redis_server::redis_cluster(1).await?;
     assert_eq!((masters.len(), replicas.len()), (3, 3));
     let seeds: Vec<String> = masters
         .iter()
@@ -124,6 +72,13 @@ async fn a_failover_of_every_master_loses_nothing_after_recovery() -> TestResult
     }
     for n in 1..=20u64 {
         publish_retrying(&nodes[(n % 2) as usize], "feed:fo", json!(n)).await?;
+    }
+    for m in &masters {
+        eprintln!(
+            "DBG {} {:?}",
+            m.addr(),
+            m.cli(&["PUBSUB", "SHARDCHANNELS", "*"]).await?
+        );
     }
     let mut before = (0, String::new());
     for client in &mut clients {

@@ -1,5 +1,6 @@
 //! A real `redis-server` on a free port, owned by the test: it can be killed and started
-//! again on the same port, with or without its data (empty, or from its last `SAVE`).
+//! again on the same port, with or without its data (empty, or from its last `SAVE`);
+//! and a real Redis Cluster of three masters, with or without replicas.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -117,6 +118,62 @@ impl RedisServer {
             .await?;
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
+}
+
+/// Starts 3 masters, each with `replicas` replicas, as one Redis Cluster and waits until
+/// it is ok and every replica is in sync; returns (masters, replicas).
+pub async fn redis_cluster(replicas: usize) -> TestResult<(Vec<RedisServer>, Vec<RedisServer>)> {
+    let mut servers = Vec::new();
+    for _ in 0..3 * (1 + replicas) {
+        servers.push(
+            RedisServer::start_with(&[
+                "--cluster-enabled",
+                "yes",
+                "--cluster-node-timeout",
+                "2000",
+            ])
+            .await?,
+        );
+    }
+    let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+    args.extend(servers.iter().map(RedisServer::addr));
+    args.extend([
+        "--cluster-replicas".into(),
+        replicas.to_string(),
+        "--cluster-yes".into(),
+    ]);
+    let output = tokio::process::Command::new("redis-cli")
+        .args(&args)
+        .output()
+        .await?;
+    if !output.status.success() {
+        return fail(format!(
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + WAIT * 3;
+    let (mut masters, mut replica_servers) = (Vec::new(), Vec::new());
+    for server in servers {
+        loop {
+            let info = server.cli(&["CLUSTER", "INFO"]).await?;
+            let role = server.cli(&["ROLE"]).await?;
+            let synced = role.starts_with("master") || role.contains("connected");
+            if info.contains("cluster_state:ok") && synced {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return fail(format!("cluster never became ok: {info} {role}"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if server.cli(&["ROLE"]).await?.starts_with("master") {
+            masters.push(server);
+        } else {
+            replica_servers.push(server);
+        }
+    }
+    Ok((masters, replica_servers))
 }
 
 impl Drop for RedisServer {

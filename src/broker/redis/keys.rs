@@ -94,8 +94,12 @@ impl Keys {
     }
 
     /// A topic only this node's pub/sub connection `shard` listens to (liveness probes).
-    pub(crate) fn probe(&self, node_id: &str, shard: usize) -> String {
-        format!("{}:probe:{node_id}:{shard}", self.prefix)
+    /// On a Cluster, `tag` puts it in a slot of the master it watches.
+    pub(crate) fn probe(&self, node_id: &str, shard: usize, tag: Option<&str>) -> String {
+        match tag {
+            Some(tag) => format!("{}:probe:{{{tag}}}:{node_id}:{shard}", self.prefix),
+            None => format!("{}:probe:{node_id}:{shard}", self.prefix),
+        }
     }
 }
 

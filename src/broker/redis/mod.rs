@@ -22,6 +22,7 @@ mod envelope;
 mod keys;
 mod occupancy;
 mod presence;
+mod probe;
 mod relay;
 mod scripts;
 

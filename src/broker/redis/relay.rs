@@ -3,8 +3,9 @@
 //! what Redis pushes, and hands publications to the hub in the order they arrive.
 //!
 //! A connection that drops, or that silently stops delivering (a probe sent to itself
-//! does not come back within `probe_interval_ms`), is replaced and every topic it owned
-//! is subscribed again in one batch; clients recover what they missed through offsets.
+//! does not come back within `probe_interval_ms`; on a Cluster there is a probe per
+//! master, see `probe`), is replaced and every topic it owned is subscribed again in one
+//! batch; clients recover what they missed through offsets.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::RelayContext;
 use super::conn::PubSubConn;
+use super::probe::{self, Probes};
 use crate::broker::BrokerError;
 use crate::protocol::ChannelName;
 
@@ -43,7 +45,8 @@ pub(crate) async fn run_shard(
     mut commands: mpsc::UnboundedReceiver<ShardCommand>,
     stop: CancellationToken,
 ) {
-    let mut wanted: HashSet<String> = HashSet::from([ctx.keys.probe(&ctx.node_id, index)]);
+    let mut probes = Probes::new(probe::targets(&ctx, index, &[]).await);
+    let mut wanted: HashSet<String> = probes.targets().iter().map(|t| t.topic.clone()).collect();
     if index == 0 {
         wanted.insert(ctx.keys.control());
     }
@@ -110,13 +113,14 @@ pub(crate) async fn run_shard(
         }
         backoff = Duration::from_millis(100);
         ctx.shard_up[index].store(true, Ordering::Release);
+        probes = Probes::new(probes.targets().to_vec());
         let ended = serve(
             &ctx,
             index,
             &mut conn,
             (rx, &handoff),
             &mut commands,
-            &mut wanted,
+            (&mut wanted, &mut probes),
             &stop,
         )
         .await;
@@ -171,15 +175,13 @@ async fn serve(
     conn: &mut PubSubConn,
     (mut pushes, handoff): (mpsc::Receiver<PushInfo>, &Handoff),
     commands: &mut mpsc::UnboundedReceiver<ShardCommand>,
-    wanted: &mut HashSet<String>,
+    (wanted, probes): (&mut HashSet<String>, &mut Probes),
     stop: &CancellationToken,
 ) -> Ended {
     let probe_every = Duration::from_millis(ctx.config.probe_interval_ms);
     let mut probe = tokio::time::interval(probe_every);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     probe.tick().await;
-    let mut probe_sent: Option<Instant> = None;
-    let probe_topic = ctx.keys.probe(&ctx.node_id, index);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ended::Stop,
@@ -191,11 +193,15 @@ async fn serve(
                         tracing::warn!(shard = index, "redis pub/sub connection lost");
                         return Ended::Reconnect;
                     }
+                    PushKind::SUnsubscribe if dropped_by_server(&push.data, wanted) => {
+                        // A Cluster master gave up the slot (failover, resharding) and
+                        // dropped its subscribers: the topics move with a new connection.
+                        tracing::warn!(shard = index, "redis cluster dropped a shard subscription; resubscribing");
+                        return Ended::Reconnect;
+                    }
                     PushKind::Message | PushKind::SMessage => {
                         let Some((topic, message)) = topic_and_message(&push.data) else { continue };
-                        if topic == probe_topic {
-                            probe_sent = None;
-                        } else {
+                        if !probes.echoed(&topic) {
                             ctx.on_message(&topic, &message).await;
                         }
                     }
@@ -212,17 +218,50 @@ async fn serve(
                 }
             },
             _ = probe.tick() => {
-                if probe_sent.is_some_and(|sent| sent.elapsed() >= probe_every) {
+                if let Some(watches) = probes.overdue(probe_every) {
                     ctx.hub.metrics().redis_errors.with_label_values(&["pubsub"]).inc();
-                    tracing::warn!(shard = index, "redis pub/sub connection stopped delivering; reconnecting");
+                    tracing::warn!(shard = index, watches, "redis pub/sub connection stopped delivering; reconnecting");
                     return Ended::Reconnect;
                 }
-                if probe_sent.is_none() && ctx.send_probe(&probe_topic).await {
-                    probe_sent = Some(Instant::now());
+                if !probes.waiting() {
+                    if let Err(err) = probe_round(ctx, index, conn, wanted, probes).await {
+                        ctx.pubsub_failed(index, &err.to_string());
+                        return Ended::Reconnect;
+                    }
                 }
             }
         }
     }
+}
+
+/// Follows the probe targets (the Cluster's masters may have changed), then sends one
+/// probe to each of them at once.
+async fn probe_round(
+    ctx: &RelayContext,
+    index: usize,
+    conn: &mut PubSubConn,
+    wanted: &mut HashSet<String>,
+    probes: &mut Probes,
+) -> redis::RedisResult<()> {
+    let targets = probe::targets(ctx, index, probes.targets()).await;
+    let (added, removed) = probes.retarget(targets);
+    // In `wanted` first: if subscribing fails, the next connection subscribes them.
+    wanted.extend(added.iter().cloned());
+    conn.subscribe(&added).await?;
+    for topic in &removed {
+        wanted.remove(topic);
+    }
+    conn.unsubscribe(&removed).await?;
+    let sends = probes
+        .targets()
+        .iter()
+        .map(|target| async move { (target.topic.clone(), ctx.send_probe(&target.topic).await) });
+    for (topic, counts) in futures_util::future::join_all(sends).await {
+        if counts {
+            probes.sent(&topic);
+        }
+    }
+    Ok(())
 }
 
 async fn execute(
@@ -267,6 +306,17 @@ async fn execute(
             }
             Ok(())
         }
+    }
+}
+
+/// Whether a pushed `sunsubscribe` is for a topic still wanted (not one we left).
+fn dropped_by_server(data: &[Value], wanted: &HashSet<String>) -> bool {
+    match data.first() {
+        Some(Value::BulkString(bytes)) => {
+            std::str::from_utf8(bytes).is_ok_and(|t| wanted.contains(t))
+        }
+        Some(Value::SimpleString(s)) => wanted.contains(s),
+        _ => false,
     }
 }
 
