@@ -23,6 +23,8 @@
 //!   Invariant: only the session writes `disconnect` and close frames; the hub, the
 //!   ticker and the API only ask for a close (`ClientHandle::close`) with a code.
 //! - `auth`: JWT verification, API keys (constant time), namespace permissions.
+//! - `policy`: the request rules every front end shares: a channel's namespace, and whether
+//!   data may be published (one typed refusal each front end maps to its wire).
 //! - `limits`: connections per IP, per user and pending (not yet `connect`ed), counted
 //!   with slots released on drop; the per-API-key publish rate limit. (The per-connection
 //!   inbound limit lives in `session::rate`.)
@@ -54,6 +56,7 @@ pub mod hub;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod policy;
 pub mod protocol;
 pub mod proxy;
 pub mod pusher;

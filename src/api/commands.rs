@@ -13,7 +13,7 @@ use super::body::{
     self, BodyKind, Broadcast, BroadcastBody, DisconnectBody, HistoryRemoveBody, PresenceStatsBody,
     Publish, PublishBody, UnsubscribeBody,
 };
-use super::handlers::{channel_and_namespace, check_size, selector};
+use super::handlers::{channel_and_namespace, check_publishable, selector};
 use crate::auth::KeyIndex;
 use crate::hub::ClientId;
 use crate::protocol::{ChannelName, CloseCode, ErrorCode};
@@ -98,7 +98,7 @@ async fn publish(state: &AppState, kind: BodyKind, bytes: &[u8]) -> Result<Value
     if crate::telemetry::enabled() {
         tracing::Span::current().record("channel", channel.as_str());
     }
-    check_size(state, &request.payload)?;
+    check_publishable(state, &request.payload)?;
     let result = state
         .broker
         .publish(
@@ -124,7 +124,7 @@ async fn broadcast(state: &AppState, kind: BodyKind, bytes: &[u8]) -> Result<Val
             "channels must list at least one channel",
         ));
     }
-    check_size(state, &request.payload)?;
+    check_publishable(state, &request.payload)?;
     let exclude = excluded(request.exclude_client.as_deref());
     let mut results = Vec::with_capacity(request.channels.len());
     for name in &request.channels {

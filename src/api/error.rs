@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::broker::BrokerError;
+use crate::policy::Refusal;
 use crate::protocol::ErrorCode;
 
 /// An API request that failed.
@@ -34,6 +35,19 @@ impl ApiError {
 
     pub fn not_available(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, ErrorCode::NotAvailable, message)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    /// 413 for data over the limit, 400 for the rest, with the refusal's code.
+    fn from(refusal: Refusal) -> Self {
+        let status = match refusal {
+            Refusal::DataTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::InvalidChannel { .. }
+            | Refusal::UnknownNamespace { .. }
+            | Refusal::Undeliverable { .. } => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, refusal.code(), refusal.to_string())
     }
 }
 

@@ -20,9 +20,8 @@ use crate::auth::KeyIndex;
 use crate::broker::{NodeStats, PresenceQuery};
 use crate::config::NamespaceConfig;
 use crate::hub::ClientSelector;
-use crate::protocol::{
-    ChannelName, Encoding, ErrorCode, HistoryItem, Payload, StreamPosition, data_fields,
-};
+use crate::policy;
+use crate::protocol::{ChannelName, Encoding, ErrorCode, HistoryItem, Payload, StreamPosition};
 use crate::state::AppState;
 
 type ApiResult = Result<Response, ApiError>;
@@ -62,42 +61,20 @@ fn respond<T: Serialize>(headers: &HeaderMap, value: &T) -> ApiResult {
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
-/// Parses a channel and finds its namespace: 400 with code 107 or 102.
+/// The channel and its namespace (`policy::resolve_channel`): 400 with code 107 or 102.
 pub(super) fn channel_and_namespace(
     state: &AppState,
     name: &str,
 ) -> Result<(ChannelName, NamespaceConfig), ApiError> {
-    let channel = ChannelName::parse(name)
-        .map_err(|e| ApiError::bad_request(format!("channel {name:?}: {e}")))?;
-    let ns = state
-        .config()
-        .namespace_of(&channel)
-        .cloned()
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                ErrorCode::UnknownChannel,
-                format!("unknown namespace for channel {channel}"),
-            )
-        })?;
-    Ok((channel, ns))
+    Ok(policy::resolve_channel(&state.config(), name)?)
 }
 
-/// Checks a publication's data: deliverable in both encodings (400), not too big (413).
-pub(super) fn check_size(state: &AppState, payload: &Payload) -> Result<(), ApiError> {
-    payload
-        .check_deliverable()
-        .map_err(|e| ApiError::bad_request(format!("data cannot be delivered: {e}")))?;
+/// Checks a publication's data (`policy::check_publishable`): 413 over
+/// `api.max_publish_bytes` (counted in `api::require_api_key`, with bodies over the limit),
+/// 400 when an encoding cannot carry it.
+pub(super) fn check_publishable(state: &AppState, payload: &Payload) -> Result<(), ApiError> {
     let limit = state.config().api.max_publish_bytes;
-    if payload.len() > limit {
-        // Counted in `api::require_api_key`, with bodies over the limit.
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::LimitExceeded,
-            "data larger than max_publish_bytes",
-        ));
-    }
-    Ok(())
+    Ok(policy::check_publishable(payload, limit)?)
 }
 
 /// `POST /api/<command>`: reads the body and runs the command (`commands`).
@@ -317,18 +294,7 @@ pub async fn history(
         .broker
         .history(&channel, &ns, since.as_ref(), query.limit, query.reverse)
         .await?;
-    let messages: Vec<HistoryItem<'_>> = page
-        .messages
-        .iter()
-        .map(|message| {
-            let (data, data_b64) = data_fields(response_encoding(&headers), &message.payload);
-            HistoryItem {
-                offset: message.offset,
-                data,
-                data_b64,
-            }
-        })
-        .collect();
+    let messages = page.items(response_encoding(&headers));
     #[derive(Serialize)]
     struct HistoryReply<'a> {
         channel: &'a str,

@@ -31,7 +31,9 @@ use crate::config::NamespaceConfig;
 use crate::hub::{
     ClientHandle, ClientId, ClientSelector, Dialect, Hub, NamedEvent, Publication, Replay,
 };
-use crate::protocol::{ChannelName, CloseCode, Payload, StreamPosition};
+use crate::protocol::{
+    ChannelName, CloseCode, Encoding, HistoryItem, Payload, StreamPosition, data_fields,
+};
 use crate::webhook::Webhooks;
 
 /// A broker operation that failed.
@@ -57,6 +59,24 @@ pub struct HistoryPage {
     /// The channel's latest offset.
     pub offset: u64,
     pub messages: Vec<HistoryMessage>,
+}
+
+impl HistoryPage {
+    /// The messages as a `history` reply (op or HTTP) carries them to a reader of
+    /// `encoding`: data inline, or as `data_b64` where JSON cannot hold it.
+    pub fn items(&self, encoding: Encoding) -> Vec<HistoryItem<'_>> {
+        self.messages
+            .iter()
+            .map(|message| {
+                let (data, data_b64) = data_fields(encoding, &message.payload);
+                HistoryItem {
+                    offset: message.offset,
+                    data,
+                    data_b64,
+                }
+            })
+            .collect()
+    }
 }
 
 /// One message kept in a channel's history.

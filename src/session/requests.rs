@@ -10,9 +10,10 @@ use super::{Flow, Session};
 use crate::auth::{TokenError, may_publish, may_subscribe};
 use crate::broker::PresenceQuery;
 use crate::config::{NamespaceConfig, SubscribePolicy};
+use crate::policy;
 use crate::protocol::{
-    ChannelName, CloseCode, ErrorCode, HistoryItem, Payload, Request, RequestError, ServerMessage,
-    StreamPosition, data_fields, encode,
+    ChannelName, CloseCode, ErrorCode, Payload, Request, RequestError, ServerMessage,
+    StreamPosition, encode,
 };
 use crate::webhook::WebhookEvent;
 
@@ -21,6 +22,12 @@ pub(crate) type Refusal = (ErrorCode, String);
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     (code, message.into())
+}
+
+impl From<policy::Refusal> for Refusal {
+    fn from(refusal: policy::Refusal) -> Self {
+        (refusal.code(), refusal.to_string())
+    }
 }
 
 impl<S> Session<S>
@@ -148,16 +155,7 @@ where
 
     /// Parses a channel name and finds its namespace (errors 107 and 102).
     fn channel(&self, name: &str) -> Result<(ChannelName, NamespaceConfig), Refusal> {
-        let channel =
-            ChannelName::parse(name).map_err(|e| refuse(ErrorCode::BadRequest, e.to_string()))?;
-        let config = self.state.config();
-        let ns = config.namespace_of(&channel).cloned().ok_or_else(|| {
-            refuse(
-                ErrorCode::UnknownChannel,
-                format!("unknown namespace for channel {channel}"),
-            )
-        })?;
-        Ok((channel, ns))
+        Ok(policy::resolve_channel(&self.state.config(), name)?)
     }
 
     /// Whether this client may read `channel` (history, presence): subscribed already, or
@@ -290,19 +288,13 @@ where
             data,
         )
         .await?;
-        if data.len() > self.state.config().api.max_publish_bytes {
-            self.state.metrics.limit_tripped("message_size");
-            return Err(refuse(
-                ErrorCode::LimitExceeded,
-                "data larger than max_publish_bytes",
-            ));
+        let limit = self.state.config().api.max_publish_bytes;
+        if let Err(refusal) = policy::check_publishable(&data, limit) {
+            if matches!(refusal, policy::Refusal::DataTooLarge { .. }) {
+                self.state.metrics.limit_tripped("message_size");
+            }
+            return Err(refusal.into());
         }
-        data.check_deliverable().map_err(|e| {
-            refuse(
-                ErrorCode::BadRequest,
-                format!("data cannot be delivered: {e}"),
-            )
-        })?;
         let webhooks = &self.state.webhooks;
         let (target, name) = webhooks.target_of(&channel);
         let event = webhooks
@@ -430,19 +422,7 @@ where
             .history(&channel, &ns, since, limit, reverse)
             .await
             .map_err(|e| refuse(ErrorCode::Internal, e.to_string()))?;
-        let encoding = self.transport.encoding();
-        let messages = page
-            .messages
-            .iter()
-            .map(|message| {
-                let (data, data_b64) = data_fields(encoding, &message.payload);
-                HistoryItem {
-                    offset: message.offset,
-                    data,
-                    data_b64,
-                }
-            })
-            .collect();
+        let messages = page.items(self.transport.encoding());
         self.send(&ServerMessage::History {
             id,
             channel: channel.as_str(),

@@ -236,15 +236,7 @@ fn resolve(
     name: &str,
     user: &str,
 ) -> Result<(ChannelName, crate::config::NamespaceConfig), ApiError> {
-    let channel = ChannelName::parse(name).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let config = state.config();
-    let ns = config.namespace_of(&channel).cloned().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::UnknownChannel,
-            format!("unknown namespace for channel {channel}"),
-        )
-    })?;
+    let (channel, ns) = crate::policy::resolve_channel(&state.config(), name)?;
     let allowed = channel.admits_user(user)
         && ns.allow_subscribe != SubscribePolicy::Token
         && may_subscribe(&ns, &channel, user);
