@@ -10,6 +10,7 @@
 //! Counts are kept even when a limit is 0 (unlimited), so a reload that turns a limit on
 //! starts from the true numbers.
 
+use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -107,6 +108,17 @@ impl ConnectionLimits {
     }
 
     /// How many IP addresses and users currently hold connections (memory in use).
+    /// The connections of every user key that starts with `prefix` (the counters a node
+    /// shares with the cluster, see `pusher::quota`).
+    pub fn user_counts_with_prefix(&self, prefix: &str) -> BTreeMap<String, usize> {
+        self.shared
+            .per_user
+            .iter()
+            .filter(|e| e.key().starts_with(prefix) && *e.value() > 0)
+            .map(|e| (e.key().to_string(), *e.value()))
+            .collect()
+    }
+
     pub fn tracked_keys(&self) -> (usize, usize) {
         (self.shared.per_ip.len(), self.shared.per_user.len())
     }

@@ -141,6 +141,7 @@ impl Server {
             )
             .with_webhooks(webhooks),
         );
+        crate::pusher::quota::share(&state);
         Ok(Server {
             state,
             listener,

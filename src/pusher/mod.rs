@@ -11,6 +11,7 @@
 //!   official SDKs make them; constant-time checks.
 //! - `channel`: Pusher channel names and kinds, and each app's channel space in the hub.
 //! - `api`: the Pusher HTTP API (`/apps/{id}/…`), signed requests only, cluster-wide.
+//! - `quota`: per-app connection quotas, cluster-wide through the Redis heartbeats.
 //! - `wire`: the Pusher frames, encoded once per publication through the hub's frame
 //!   cache (`Dialect::Pusher` has its own slot beside JSON and MessagePack).
 //!
@@ -33,6 +34,7 @@ pub mod close;
 pub mod config;
 pub mod identity;
 mod presence;
+pub mod quota;
 pub mod session;
 pub mod signature;
 pub mod wire;

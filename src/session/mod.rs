@@ -191,16 +191,13 @@ where
             state.metrics.limit_tripped("connections_per_node");
             Err((close::OVER_CAPACITY, "over capacity"))
         }
-        Some(app) => {
-            let quota_key: Arc<str> = Arc::from(format!("pusher~{}", app.id));
-            match state.limits.try_user(&quota_key, app.max_connections) {
-                Some(slot) => Ok((app.clone(), slot)),
-                None => {
-                    state.metrics.limit_tripped("pusher_app_connections");
-                    Err((close::OVER_QUOTA, "Over connection quota"))
-                }
+        Some(app) => match crate::pusher::quota::admit(&state, app) {
+            Some(slot) => Ok((app.clone(), slot)),
+            None => {
+                state.metrics.limit_tripped("pusher_app_connections");
+                Err((close::OVER_QUOTA, "Over connection quota"))
             }
-        }
+        },
     };
     let (app, slot) = match admitted {
         Ok(admitted) => admitted,

@@ -6,7 +6,8 @@
 //! node answers with its heartbeat at once: the cluster view is complete within a round
 //! trip of joining, not a heartbeat interval later.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -36,10 +37,15 @@ pub struct NodeStats {
 pub(crate) enum ControlMessage {
     Heartbeat {
         node: NodeStats,
+        /// Shared connection counters (`ClusterView::share_counts`) on the sender.
+        #[serde(default)]
+        counts: BTreeMap<String, usize>,
     },
     /// A heartbeat that asks every other node for theirs now.
     Hello {
         node: NodeStats,
+        #[serde(default)]
+        counts: BTreeMap<String, usize>,
     },
     Request {
         id: u64,
@@ -177,11 +183,17 @@ fn execute(hub: &Hub, request: ClusterRequest) -> ClusterReply {
     }
 }
 
+/// The connection counters this node shares: its limits, and the user-key prefix of the
+/// counters to share (Pusher app quotas, `pusher::quota`).
+type SharedCounters = (crate::limits::ConnectionLimits, &'static str);
+
 /// This node's view of the cluster.
 pub(crate) struct ClusterView {
     me: NodeStats,
     started: Instant,
-    others: DashMap<String, (NodeStats, Instant)>,
+    /// Every other live node: its stats, when it was last heard, its shared counters.
+    others: DashMap<String, (NodeStats, Instant, BTreeMap<String, usize>)>,
+    shared: OnceLock<SharedCounters>,
 }
 
 impl ClusterView {
@@ -190,7 +202,34 @@ impl ClusterView {
             me,
             started: Instant::now(),
             others: DashMap::new(),
+            shared: OnceLock::new(),
         }
+    }
+
+    /// From now on, heartbeats carry this node's counters of `limits` whose key starts
+    /// with `prefix`.
+    pub(crate) fn share_counts(
+        &self,
+        limits: crate::limits::ConnectionLimits,
+        prefix: &'static str,
+    ) {
+        let _ = self.shared.set((limits, prefix));
+    }
+
+    fn my_counts(&self) -> BTreeMap<String, usize> {
+        self.shared
+            .get()
+            .map(|(limits, prefix)| limits.user_counts_with_prefix(prefix))
+            .unwrap_or_default()
+    }
+
+    /// The sum of `key`'s shared counter on every other live node, as their last
+    /// heartbeats reported it.
+    pub(crate) fn others_count(&self, key: &str) -> usize {
+        self.others
+            .iter()
+            .map(|e| e.value().2.get(key).copied().unwrap_or(0))
+            .sum()
     }
 
     /// This node's current stats.
@@ -213,8 +252,9 @@ impl ClusterView {
         nodes
     }
 
-    fn seen(&self, ctx: &RelayContext, node: NodeStats) {
-        self.others.insert(node.id.clone(), (node, Instant::now()));
+    fn seen(&self, ctx: &RelayContext, node: NodeStats, counts: BTreeMap<String, usize>) {
+        self.others
+            .insert(node.id.clone(), (node, Instant::now(), counts));
         ctx.hub
             .metrics()
             .cluster_nodes
@@ -222,7 +262,8 @@ impl ClusterView {
     }
 
     fn prune(&self, timeout: Duration) {
-        self.others.retain(|_, (_, seen)| seen.elapsed() < timeout);
+        self.others
+            .retain(|_, (_, seen, _)| seen.elapsed() < timeout);
     }
 }
 
@@ -233,11 +274,14 @@ pub(crate) async fn on_message(ctx: &RelayContext, message: &[u8]) {
         return;
     };
     match message {
-        ControlMessage::Heartbeat { node } if node.id != ctx.node_id => ctx.cluster.seen(ctx, node),
-        ControlMessage::Hello { node } if node.id != ctx.node_id => {
-            ctx.cluster.seen(ctx, node);
+        ControlMessage::Heartbeat { node, counts } if node.id != ctx.node_id => {
+            ctx.cluster.seen(ctx, node, counts)
+        }
+        ControlMessage::Hello { node, counts } if node.id != ctx.node_id => {
+            ctx.cluster.seen(ctx, node, counts);
             let heartbeat = ControlMessage::Heartbeat {
                 node: ctx.cluster.me(&ctx.hub),
+                counts: ctx.cluster.my_counts(),
             };
             if let Err(err) = publish(ctx, &heartbeat).await {
                 tracing::debug!(error = %err, "cannot answer a hello");
@@ -287,10 +331,11 @@ pub(crate) async fn heartbeat_loop(ctx: Arc<RelayContext>, stop: CancellationTok
             .cluster_nodes
             .set(1 + ctx.cluster.others.len() as i64);
         let node = ctx.cluster.me(&ctx.hub);
+        let counts = ctx.cluster.my_counts();
         let message = if hello {
-            ControlMessage::Hello { node }
+            ControlMessage::Hello { node, counts }
         } else {
-            ControlMessage::Heartbeat { node }
+            ControlMessage::Heartbeat { node, counts }
         };
         if publish(&ctx, &message).await.is_ok() {
             hello = false;

@@ -1004,6 +1004,16 @@ impl RedisBroker {
         ))
     }
 
+    /// Heartbeats carry this node's `limits` counters under `prefix` from now on.
+    pub fn share_counts(&self, limits: crate::limits::ConnectionLimits, prefix: &'static str) {
+        self.ctx.cluster.share_counts(limits, prefix);
+    }
+
+    /// A shared counter summed over every other live node (last heartbeats).
+    pub fn others_count(&self, key: &str) -> usize {
+        self.ctx.cluster.others_count(key)
+    }
+
     /// Every node seen on the control topic, this one included.
     pub fn nodes(&self) -> Vec<NodeStats> {
         self.ctx.cluster.nodes(&self.ctx.hub)
