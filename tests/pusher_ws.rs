@@ -113,3 +113,38 @@ async fn unknown_apps_and_protocols_are_refused_with_pushers_codes() -> TestResu
     assert_eq!(code, 4007);
     server.stop().await
 }
+
+#[tokio::test]
+async fn a_server_side_unsubscribe_sends_pusher_js_nothing_it_cannot_read() -> TestResult {
+    let server = TestServer::start(APPS).await?;
+    let port = server.addr.port().to_string();
+    let mut script = Script::spawn(node("pusher_js_raw_messages.mjs", &[&port, "app-key"])?)?;
+    let ready = script.json().await?;
+    let socket_id = ready["socket_id"].as_str().ok_or("no socket_id")?;
+    let client_id = pushwire::pusher::identity::parse_socket_id(socket_id)
+        .ok_or("bad socket_id")?
+        .to_string();
+    // The HTTP API names native channels only (a Pusher channel's hub name has a `~`), so
+    // the broker's server-side unsubscribe is called as the API route calls it.
+    let (news, _) = channel::to_hub("4242", "news")?;
+    let selector = pushwire::hub::ClientSelector::ClientId(client_id);
+    let unsubscribed = server
+        .state
+        .broker
+        .unsubscribe(&server.state.hub, &selector, &news)
+        .await?;
+    assert_eq!(unsubscribed, 1);
+    // Everything pusher-js decodes up to the next event of the channel it still follows
+    // is a Pusher event: no frame of pushwire's native protocol (event-less) among them.
+    trigger(&server, "other", "headline", "after").await?;
+    loop {
+        let line = script.json().await?;
+        let event = line["message"]["event"].as_str().ok_or(format!("{line}"))?;
+        if event == "headline" {
+            assert_eq!(line["message"]["channel"], "other", "{line}");
+            break;
+        }
+    }
+    script.stop().await?;
+    server.stop().await
+}

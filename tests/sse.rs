@@ -304,3 +304,42 @@ async fn a_server_side_subscribe_is_announced_as_an_sse_event() -> TestResult {
     );
     server.stop().await
 }
+
+#[tokio::test]
+async fn a_server_side_unsubscribe_is_announced_as_an_sse_event() -> TestResult {
+    let server = TestServer::start(&config("")).await?;
+    let (_, _, mut stream) = RawStream::open(&server, "channel=news&channel=hist:b").await?;
+    let greeting = stream.block().await?;
+    let client_id = greeting
+        .lines()
+        .find_map(|l| l.strip_prefix(": connected "))
+        .ok_or("no client id in the greeting")?
+        .to_owned();
+    let (status, reply) = server
+        .post(
+            "/api/unsubscribe",
+            &json!({"client_id": client_id, "channel": "news"}),
+        )
+        .await?;
+    assert_eq!(
+        (status, &reply["unsubscribed"]),
+        (200, &json!(1)),
+        "{reply}"
+    );
+    // An SSE event, not a native frame written into the stream.
+    assert_eq!(
+        stream.event().await?,
+        "event: unsubscribed\ndata: {\"channel\":\"news\"}"
+    );
+    let published = server.publish("hist:b", json!(1)).await?;
+    let id = format!(
+        "hist:b@{}:{}",
+        published["epoch"].as_str().ok_or("epoch")?,
+        published["offset"]
+    );
+    assert_eq!(
+        stream.event().await?,
+        format!("id: {id}\nevent: hist:b\ndata: 1")
+    );
+    server.stop().await
+}

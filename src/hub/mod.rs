@@ -572,20 +572,18 @@ impl Hub {
             .count()
     }
 
-    /// Unsubscribes the local clients `selector` names from `channel`, telling each with
-    /// an `unsubscribed` message (id 0); returns how many were subscribed.
+    /// Unsubscribes the local clients `selector` names from `channel`, telling each in its
+    /// own wire format (see `unsubscribed_notice`); returns how many were subscribed.
     pub fn unsubscribe_matching(&self, selector: &ClientSelector, channel: &ChannelName) -> usize {
         let limits = self.queue_limits();
         let mut count = 0;
         for client in self.select(selector) {
             if self.unsubscribe(&client, channel) {
                 count += 1;
-                let notice = crate::protocol::ServerMessage::Unsubscribed {
-                    id: 0,
-                    channel: channel.as_str(),
-                };
-                if let Ok(bytes) = crate::protocol::encode(client.encoding, &notice) {
-                    let _ = client.push(bytes, limits);
+                if let Some(notice) = unsubscribed_notice(&client, channel)
+                    && client.push(notice, limits) == Err(PushError::Overflow)
+                {
+                    self.shared.metrics.evicted(1);
                 }
             }
         }
@@ -655,5 +653,26 @@ impl Hub {
             .filter(|c| keep(c.value()))
             .map(|c| c.value().clone())
             .collect()
+    }
+}
+
+/// The notice of a server-side unsubscribe: `unsubscribed` (id 0) for a native client,
+/// an `unsubscribed` event for an SSE stream; nothing for a Pusher client, whose protocol
+/// has no such message (as for a server-side subscribe).
+fn unsubscribed_notice(client: &ClientHandle, channel: &ChannelName) -> Option<Bytes> {
+    match client.dialect {
+        Dialect::Native => crate::protocol::encode(
+            client.encoding,
+            &crate::protocol::ServerMessage::Unsubscribed {
+                id: 0,
+                channel: channel.as_str(),
+            },
+        )
+        .ok(),
+        Dialect::Sse => Some(crate::sse::wire::notice_frame(
+            "unsubscribed",
+            &serde_json::json!({ "channel": channel.as_str() }),
+        )),
+        Dialect::Pusher => None,
     }
 }
