@@ -43,6 +43,11 @@ pub struct Metrics {
     pub redis_resubscribe_seconds: Histogram,
     pub redis_up: IntGauge,
     pub cluster_nodes: IntGauge,
+    /// Per Pusher app (label `app`, the configured app id: bounded by the configuration).
+    pub pusher_connections: IntGaugeVec,
+    pub pusher_messages: IntCounterVec,
+    pub pusher_api_requests: IntCounterVec,
+    pub pusher_webhook_events: IntCounterVec,
     /// Pre-resolved label values for counters touched per publication.
     pub published_api: IntCounter,
     pub published_client: IntCounter,
@@ -88,6 +93,9 @@ pub const API_ROUTES: [&str; 23] = [
     "pusher_terminate",
     "other",
 ];
+
+/// Outcomes as labelled in `pushwire_pusher_webhook_events_total`.
+pub const PUSHER_WEBHOOK_OUTCOMES: [&str; 3] = ["sent", "failed", "dropped"];
 
 /// Kinds of limit as labelled in `pushwire_limit_trips_total`.
 pub const LIMIT_KINDS: [&str; 25] = [
@@ -231,6 +239,32 @@ impl Metrics {
                 .expect("valid metric"),
             runtime_tasks: IntGauge::new("pushwire_runtime_tasks", "Tokio tasks alive in this process, sampled at each scrape.")
                 .expect("valid metric"),
+            pusher_connections: IntGaugeVec::new(
+                Opts::new("pushwire_pusher_connections", "Open Pusher connections, by app id."),
+                &["app"],
+            )
+            .expect("valid metric"),
+            pusher_messages: IntCounterVec::new(
+                Opts::new(
+                    "pushwire_pusher_messages_total",
+                    "Pusher messages by app id and direction (in: frames received from the app's clients, out: messages queued to them).",
+                ),
+                &["app", "direction"],
+            )
+            .expect("valid metric"),
+            pusher_api_requests: IntCounterVec::new(
+                Opts::new("pushwire_pusher_api_requests_total", "Pusher HTTP API requests naming a configured app, by app id."),
+                &["app"],
+            )
+            .expect("valid metric"),
+            pusher_webhook_events: IntCounterVec::new(
+                Opts::new(
+                    "pushwire_pusher_webhook_events_total",
+                    "Pusher webhook events by app id and outcome (sent, failed, dropped).",
+                ),
+                &["app", "outcome"],
+            )
+            .expect("valid metric"),
             published_api: publications.with_label_values(&["api"]),
             published_client: publications.with_label_values(&["client"]),
             published_relay: publications.with_label_values(&["relay"]),
@@ -270,6 +304,10 @@ impl Metrics {
             Box::new(self.redis_resubscribe_seconds.clone()),
             Box::new(self.redis_up.clone()),
             Box::new(self.cluster_nodes.clone()),
+            Box::new(self.pusher_connections.clone()),
+            Box::new(self.pusher_messages.clone()),
+            Box::new(self.pusher_api_requests.clone()),
+            Box::new(self.pusher_webhook_events.clone()),
         ];
         for collector in collectors {
             // Names are unique by construction; a failure here is a programming error.
@@ -305,6 +343,32 @@ impl Metrics {
         self.cluster_nodes.set(1);
         for kind in LIMIT_KINDS {
             self.limit_trips.with_label_values(&[kind]);
+        }
+    }
+
+    /// Creates the per-app series of the configured Pusher apps, so they are exported
+    /// (at 0) from the start. Only configured app ids ever become `app` labels.
+    pub fn init_pusher_apps<'a>(&self, app_ids: impl Iterator<Item = &'a str>) {
+        for app in app_ids {
+            self.pusher_connections.with_label_values(&[app]);
+            for direction in ["in", "out"] {
+                self.pusher_messages.with_label_values(&[app, direction]);
+            }
+            self.pusher_api_requests.with_label_values(&[app]);
+            for outcome in PUSHER_WEBHOOK_OUTCOMES {
+                self.pusher_webhook_events
+                    .with_label_values(&[app, outcome]);
+            }
+        }
+    }
+
+    /// Counts `n` messages queued to the subscribers of `hub_channel`, if it is a Pusher
+    /// app's channel (one check per fan-out job, not per recipient).
+    pub fn pusher_delivered(&self, hub_channel: &str, n: u64) {
+        if let Some(app) = crate::pusher::channel::app_of(hub_channel) {
+            self.pusher_messages
+                .with_label_values(&[app, "out"])
+                .inc_by(n);
         }
     }
 

@@ -142,6 +142,9 @@ impl Server {
             .with_webhooks(webhooks),
         );
         crate::pusher::quota::share(&state);
+        state
+            .metrics
+            .init_pusher_apps(state.pusher.iter().map(|app| app.id.as_str()));
         Ok(Server {
             state,
             listener,

@@ -125,6 +125,19 @@ async fn the_workload_shows_in_the_numbers() -> TestResult {
     };
     let problems: Vec<String> = [
         at_least("pushwire_connects_total", &[], 3.0),
+        // The Pusher connection of the workload, its subscribe and the event it got.
+        at_least("pushwire_pusher_connections", &["app=\"4242\""], 1.0),
+        at_least(
+            "pushwire_pusher_messages_total",
+            &["app=\"4242\"", "direction=\"in\""],
+            1.0,
+        ),
+        at_least(
+            "pushwire_pusher_messages_total",
+            &["app=\"4242\"", "direction=\"out\""],
+            1.0,
+        ),
+        at_least("pushwire_pusher_api_requests_total", &["app=\"4242\""], 1.0),
         at_least("pushwire_connections", &["encoding=\"json\""], 1.0),
         at_least("pushwire_connections", &["encoding=\"msgpack\""], 1.0),
         at_least("pushwire_subscriptions", &[], 4.0),

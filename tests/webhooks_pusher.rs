@@ -155,6 +155,24 @@ events = ["member_added", "member_removed", "client_event", "cache_miss"]
     events.sort_by_key(key);
     expected.sort_by_key(key);
     assert_eq!(events, expected);
+    // The app's own webhook counter saw them (counted once the endpoint answered).
+    let sent = r#"pushwire_pusher_webhook_events_total{app="4242",outcome="sent"}"#;
+    let deadline = tokio::time::Instant::now() + support::WAIT;
+    loop {
+        let text = node.metrics_text().await?;
+        let value = text
+            .lines()
+            .find_map(|line| line.strip_prefix(sent))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if value >= 5.0 {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return fail(format!("{sent} stayed at {value}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     session.stop().await?;
     // Alice's connection ended: her last connection left.
     let gone = verified_events(&mut hooks, KEY, SECRET, 1).await?;

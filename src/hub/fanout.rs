@@ -71,6 +71,8 @@ pub struct EncodedPublication {
     /// On a presence join, the connection that joined: Pusher clients do not hear of
     /// their own `member_added` (native clients do get their own `join`).
     joiner: Option<ClientId>,
+    /// The channel of a presence event (a publication names its own).
+    presence_channel: Option<ChannelName>,
     /// The trace span this publication was dispatched under (`crate::telemetry`), only
     /// while tracing is on; each shard's fan-out span is its child.
     pub(crate) trace: Option<tracing::Span>,
@@ -89,6 +91,7 @@ impl EncodedPublication {
             started: Instant::now(),
             shards_left: AtomicUsize::new(0),
             joiner: None,
+            presence_channel: None,
             trace: None,
         }
     }
@@ -132,6 +135,7 @@ impl EncodedPublication {
             started: Instant::now(),
             shards_left: AtomicUsize::new(0),
             joiner: join.then(|| ClientId::parse(&client.client_id)).flatten(),
+            presence_channel: Some(channel.clone()),
             trace: None,
         }
     }
@@ -259,10 +263,12 @@ fn deliver_traced(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics, paren
 
 impl FanoutJob {
     fn entry_channel(&self) -> &str {
-        self.publication
-            .publication
-            .as_ref()
-            .map_or("", |p| p.channel.as_str())
+        let encoded = &self.publication;
+        match (&encoded.publication, &encoded.presence_channel) {
+            (Some(p), _) => p.channel.as_str(),
+            (None, Some(channel)) => channel.as_str(),
+            (None, None) => "",
+        }
     }
 }
 
@@ -314,6 +320,9 @@ fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) -> (u64, u64
         }
     }
     metrics.deliveries.inc_by(delivered);
+    if delivered > 0 {
+        metrics.pusher_delivered(job.entry_channel(), delivered);
+    }
     if evicted > 0 {
         metrics.evicted(evicted);
     }

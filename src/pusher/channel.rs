@@ -154,6 +154,14 @@ pub fn split(channel: &ChannelName) -> Option<(&str, &str)> {
     channel.as_str().strip_prefix(HUB_PREFIX)?.split_once('~')
 }
 
+/// The app id of a hub channel name, `None` for native channels.
+pub fn app_of(hub_name: &str) -> Option<&str> {
+    hub_name
+        .strip_prefix(HUB_PREFIX)?
+        .split_once('~')
+        .map(|(app, _)| app)
+}
+
 /// The hub channel a relayed topic names, if it is a valid app channel.
 pub fn hub_channel(hub_name: &str) -> Option<ChannelName> {
     let (app_id, name) = hub_name.strip_prefix(HUB_PREFIX)?.split_once('~')?;

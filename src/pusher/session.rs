@@ -21,6 +21,7 @@ use super::channel::{self, ChannelKind, Kind};
 use super::close::{CLIENT_EVENT_RATE_LIMIT, UNAUTHORIZED};
 use super::{PusherApp, identity, signature, wire};
 use crate::hub::{ClientHandle, NamedEvent};
+use crate::metrics::Metrics;
 use crate::protocol::{ChannelName, ClientInfo, CloseCode, Payload, StreamPosition};
 use crate::session::rate::{RateLimiter, Verdict};
 use crate::state::AppState;
@@ -33,6 +34,10 @@ pub struct PusherConn {
     webhooks: Target,
     socket_id: String,
     client_events: RateLimiter,
+    /// This app's `pushwire_pusher_connections` (raised while the connection lives) and
+    /// `pushwire_pusher_messages_total{direction="in"}`.
+    connections: prometheus::IntGauge,
+    messages_in: prometheus::IntCounter,
 }
 
 /// What the session does after a message.
@@ -68,8 +73,12 @@ struct SigninData {
 }
 
 impl PusherConn {
-    pub fn new(app: Arc<PusherApp>, client: &ClientHandle) -> Self {
+    pub fn new(app: Arc<PusherApp>, client: &ClientHandle, metrics: &Metrics) -> Self {
+        let connections = metrics.pusher_connections.with_label_values(&[&app.id]);
+        connections.inc();
         PusherConn {
+            connections,
+            messages_in: metrics.pusher_messages.with_label_values(&[&app.id, "in"]),
             socket_id: identity::socket_id(client.id),
             client_events: RateLimiter::per_second(app.client_event_rate_per_sec),
             webhooks: Target::Pusher(Arc::from(app.id.as_str())),
@@ -88,6 +97,12 @@ impl PusherConn {
             "activity_timeout": activity_timeout_secs.max(1),
         });
         wire::frame_with("pusher:connection_established", None, &data)
+    }
+}
+
+impl Drop for PusherConn {
+    fn drop(&mut self) {
+        self.connections.dec();
     }
 }
 
@@ -126,6 +141,7 @@ pub async fn on_frame(
     conn: &mut PusherConn,
     frame: &[u8],
 ) -> Next {
+    conn.messages_in.inc();
     let Ok(message) = serde_json::from_slice::<Inbound<'_>>(frame) else {
         error(
             state,

@@ -219,7 +219,7 @@ where
         None,
         crate::hub::Dialect::Pusher,
     );
-    let conn = crate::pusher::session::PusherConn::new(app, &client);
+    let conn = crate::pusher::session::PusherConn::new(app, &client, &state.metrics);
     let _ = client.push_replay(
         vec![conn.established(config.client.ping_interval_secs)],
         state.hub.queue_limits(),

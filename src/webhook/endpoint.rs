@@ -84,7 +84,7 @@ impl Endpoint {
     }
 
     fn dropped(&self) {
-        self.metrics.dropped.inc();
+        self.metrics.count_dropped();
         let dropped = self.dropped_since_log.fetch_add(1, Ordering::Relaxed) + 1;
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last = self.last_drop_log_ms.load(Ordering::Relaxed);
@@ -123,9 +123,9 @@ pub async fn run(delivery: Delivery, mut queue: mpsc::Receiver<Value>, stop: Can
         };
         let n = batch.len() as u64;
         if sent {
-            delivery.metrics.sent.inc_by(n);
+            delivery.metrics.count_sent(n);
         } else {
-            delivery.metrics.failed.inc_by(n);
+            delivery.metrics.count_failed(n);
         }
     }
 }

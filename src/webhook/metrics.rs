@@ -1,5 +1,7 @@
 //! Webhook metrics, registered on the node's registry. Labels are closed: `protocol`
-//! (`native`, `pusher`), `outcome` and `result`; never an endpoint URL or a channel.
+//! (`native`, `pusher`), `outcome` and `result`; never an endpoint URL or a channel. A
+//! Pusher app's endpoints also count per app in the node's
+//! `pushwire_pusher_webhook_events_total` (`crate::metrics`).
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts};
 
@@ -32,6 +34,53 @@ pub struct ProtocolMetrics {
     pub retries: IntCounter,
     pub queue_depth: IntGauge,
     pub breakers_open: IntGauge,
+    /// A Pusher app's endpoint also counts in `pushwire_pusher_webhook_events_total`.
+    pub app: Option<AppWebhookMetrics>,
+}
+
+/// The per-app webhook counters of a Pusher app's endpoint.
+#[derive(Clone)]
+pub struct AppWebhookMetrics {
+    pub sent: IntCounter,
+    pub failed: IntCounter,
+    pub dropped: IntCounter,
+}
+
+impl ProtocolMetrics {
+    /// The same handles, also counting the events of Pusher app `app_id`.
+    pub fn for_app(mut self, node: &Metrics, app_id: &str) -> Self {
+        let outcome = |o: &str| node.pusher_webhook_events.with_label_values(&[app_id, o]);
+        self.app = Some(AppWebhookMetrics {
+            sent: outcome("sent"),
+            failed: outcome("failed"),
+            dropped: outcome("dropped"),
+        });
+        self
+    }
+
+    /// `n` events sent in a batch the endpoint took.
+    pub fn count_sent(&self, n: u64) {
+        self.sent.inc_by(n);
+        if let Some(app) = &self.app {
+            app.sent.inc_by(n);
+        }
+    }
+
+    /// `n` events whose retries ran out.
+    pub fn count_failed(&self, n: u64) {
+        self.failed.inc_by(n);
+        if let Some(app) = &self.app {
+            app.failed.inc_by(n);
+        }
+    }
+
+    /// One event dropped by a full queue.
+    pub fn count_dropped(&self) {
+        self.dropped.inc();
+        if let Some(app) = &self.app {
+            app.dropped.inc();
+        }
+    }
 }
 
 impl WebhookMetrics {
@@ -110,6 +159,7 @@ impl WebhookMetrics {
             retries: self.retries.with_label_values(&[protocol]),
             queue_depth: self.queue_depth.with_label_values(&[protocol]),
             breakers_open: self.breakers_open.with_label_values(&[protocol]),
+            app: None,
         }
     }
 }

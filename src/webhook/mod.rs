@@ -144,7 +144,12 @@ impl Webhooks {
                 url: spec.url.clone(),
                 message,
             })?;
-            let protocol = metrics.protocol(spec.signer.protocol());
+            let protocol = match &spec.target {
+                Target::Pusher(app) => metrics
+                    .protocol(spec.signer.protocol())
+                    .for_app(node_metrics, app),
+                Target::Native => metrics.protocol(spec.signer.protocol()),
+            };
             let (endpoint, queue) = Endpoint::new(
                 &spec.url,
                 spec.events,

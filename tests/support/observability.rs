@@ -354,15 +354,74 @@ pong_timeout_secs = 60
 history_size = 10
 presence = true
 allow_publish = "all"
+[[pusher.apps]]
+id = "4242"
+key = "workload-key"
+secret = "workload-secret-0123456789"
 "#;
 
 /// The clients of a workload; dropping them disconnects them.
 pub struct Workload {
     pub clients: Vec<super::WsClient>,
+    /// A Pusher connection of `WORKLOAD_CONFIG`'s app, subscribed to `news`.
+    pub pusher: PusherSocket,
+}
+
+type PusherSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next Pusher frame whose `event` is `event`, within `WAIT`.
+async fn pusher_frame(socket: &mut PusherSocket, event: &str) -> TestResult<Value> {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(super::WAIT, socket.next())
+            .await?
+            .ok_or("Pusher connection closed")??;
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            let frame: Value = serde_json::from_str(&text)?;
+            if frame["event"] == event {
+                return Ok(frame);
+            }
+        }
+    }
+}
+
+/// The Pusher part of the workload: a connection to the app of `WORKLOAD_CONFIG`,
+/// subscribed to `news`, that receives one event triggered through the signed Pusher
+/// HTTP API (per-app connections, messages in and out, API requests).
+async fn pusher_workload(ws_url: &str, http_base: &str) -> TestResult<PusherSocket> {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let config = Config::from_toml(WORKLOAD_CONFIG)?;
+    let app = pushwire::pusher::PusherApp::from_config(&config.pusher.apps[0]);
+    let base = ws_url.strip_suffix("/ws").unwrap_or(ws_url);
+    let url = format!("{base}/app/{}?protocol=7", app.key);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+    pusher_frame(&mut socket, "pusher:connection_established").await?;
+    let subscribe = r#"{"event":"pusher:subscribe","data":{"channel":"news"}}"#;
+    socket.send(Message::text(subscribe)).await?;
+    pusher_frame(&mut socket, "pusher_internal:subscription_succeeded").await?;
+    let path = format!("/apps/{}/events", app.id);
+    let body = serde_json::json!({ "name": "tick", "channel": "news", "data": "{}" }).to_string();
+    let now = pushwire::auth::unix_now();
+    let query =
+        pushwire::pusher::signature::sign_request(&app, "POST", &path, &[], body.as_bytes(), now);
+    let response = reqwest::Client::new()
+        .post(format!("{http_base}{path}"))
+        .query(&query)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    if response.status() != 200 {
+        return fail(format!("Pusher trigger answered {}", response.status()));
+    }
+    pusher_frame(&mut socket, "tick").await?;
+    Ok(socket)
 }
 
 /// A small workload on one node that touches every metric family: connections in both
-/// encodings, subscriptions, API and client publications, deliveries, history and
+/// encodings, a Pusher connection receiving an event triggered through the Pusher API, subscriptions, API and client publications, deliveries, history and
 /// presence, API requests with 2xx and 4xx answers, client requests with errors, and a
 /// normal disconnect.
 pub async fn run_workload(ws_url: &str, http_base: &str, api_key: &str) -> TestResult<Workload> {
@@ -452,8 +511,10 @@ pub async fn run_workload(ws_url: &str, http_base: &str, api_key: &str) -> TestR
         .await?;
     leaving.socket.close(None).await?;
     let _ = leaving.expect_close().await;
+    let pusher = pusher_workload(ws_url, http_base).await?;
     Ok(Workload {
         clients: vec![json_client, msgpack_client],
+        pusher,
     })
 }
 

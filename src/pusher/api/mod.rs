@@ -129,6 +129,11 @@ async fn authenticate(
             .ok_or(RequestAuthError::UnknownKey)?,
     }
     .clone();
+    state
+        .metrics
+        .pusher_api_requests
+        .with_label_values(&[&app.id])
+        .inc();
     let limit = body_limit(&app);
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
         state.metrics.limit_tripped("pusher_event_bytes");
