@@ -36,11 +36,38 @@ use crate::protocol::{
 };
 use crate::webhook::Webhooks;
 
-/// A broker operation that failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A broker operation that failed, by cause, so callers and logs can tell an outage from a
+/// slow reply from a command Redis refused. Every kind answers 503 on the HTTP API and
+/// error 100 in the protocol; the message names the cause and carries Redis's own text
+/// (also reachable as the `source`).
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
+    /// Not connected: Redis not reached (yet), the node shutting down, or a configuration
+    /// that cannot connect.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The connection failed during the operation (reset, refused, a failover's READONLY);
+    /// the node fails fast until its health loop sees Redis again.
+    #[error("broker unavailable: redis {op} failed: {source}")]
+    ConnectionLost {
+        op: &'static str,
+        #[source]
+        source: Arc<::redis::RedisError>,
+    },
+    /// Redis did not answer in time (`redis.command_timeout_ms`); not an outage by itself.
+    #[error("broker timed out: redis {op} got no reply in time")]
+    Timeout {
+        op: &'static str,
+        #[source]
+        source: Option<Arc<::redis::RedisError>>,
+    },
+    /// Redis answered with an error: a script error, a refused or malformed command.
+    #[error("broker command failed: redis {op}: {source}")]
+    Refused {
+        op: &'static str,
+        #[source]
+        source: Arc<::redis::RedisError>,
+    },
 }
 
 /// The outcome of a publication.

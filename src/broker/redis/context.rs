@@ -2,6 +2,7 @@
 //! health tasks (hub, keys, connections, followed stream positions, cluster view), and how
 //! a failed Redis operation is recorded and turned into a [`BrokerError`].
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -100,20 +101,30 @@ impl RelayContext {
             // replica: start over with a fresh slot map (the health loop reconnects).
             *self.commands.write() = None;
         }
-        if !err.is_timeout()
+        let lost = !err.is_timeout()
             && (err.is_io_error()
                 || err.is_connection_dropped()
                 || err.is_connection_refusal()
                 || matches!(
                     err.kind(),
                     redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
-                ))
-        {
+                ));
+        if lost {
             self.commands_up.store(false, Ordering::Release);
             self.hub.metrics().redis_up.set(0);
         }
         *self.last_error.lock() = Some(err.to_string());
-        BrokerError::Unavailable(format!("redis {op} failed: {err}"))
+        let source = Arc::new(err.clone());
+        if err.is_timeout() {
+            BrokerError::Timeout {
+                op,
+                source: Some(source),
+            }
+        } else if lost {
+            BrokerError::ConnectionLost { op, source }
+        } else {
+            BrokerError::Refused { op, source }
+        }
     }
 
     pub(crate) fn pubsub_failed(&self, shard: usize, err: &str) {

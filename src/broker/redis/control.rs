@@ -148,9 +148,10 @@ async fn publish(ctx: &RelayContext, message: &ControlMessage) -> Result<(), Bro
     {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(err)) => Err(ctx.failed("control", &err)),
-        Err(_) => Err(BrokerError::Unavailable(
-            "redis control publish timed out".into(),
-        )),
+        Err(_) => Err(BrokerError::Timeout {
+            op: "control",
+            source: None,
+        }),
     }
 }
 
