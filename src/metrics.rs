@@ -98,7 +98,7 @@ pub const API_ROUTES: [&str; 23] = [
 pub const PUSHER_WEBHOOK_OUTCOMES: [&str; 3] = ["sent", "failed", "dropped"];
 
 /// Kinds of limit as labelled in `pushwire_limit_trips_total`.
-pub const LIMIT_KINDS: [&str; 25] = [
+pub const LIMIT_KINDS: [&str; 26] = [
     "queue_overflow",
     "frame_size",
     "channels_per_connection",
@@ -124,6 +124,7 @@ pub const LIMIT_KINDS: [&str; 25] = [
     "pusher_app_connections",
     "pusher_client_events",
     "recover_bytes",
+    "api_batch_parallelism",
 ];
 
 impl Metrics {

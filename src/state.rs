@@ -110,6 +110,7 @@ impl AppState {
         applied.namespaces = next.namespaces.clone();
         applied.api.max_publish_bytes = next.api.max_publish_bytes;
         applied.api.publish_rate_per_sec = next.api.publish_rate_per_sec;
+        applied.api.batch_parallelism = next.api.batch_parallelism;
         applied.auth.expiry_grace_secs = next.auth.expiry_grace_secs;
         let mut ignored = Vec::new();
         if differs(&applied.server, &next.server) {

@@ -362,3 +362,49 @@ async fn redis_broker_excludes_reverses_and_removes_across_nodes() -> TestResult
     a.stop().await?;
     b.stop().await
 }
+
+/// Trips of `pushwire_limit_trips_total{kind}` on `server`.
+async fn limit_trips(server: &TestServer, kind: &str) -> TestResult<f64> {
+    let text = server.metrics_text().await?;
+    let series = format!("pushwire_limit_trips_total{{kind=\"{kind}\"}} ");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .map_or(Ok(0.0), str::parse)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_batch_runs_at_most_batch_parallelism_commands_at_once() -> TestResult {
+    let server =
+        TestServer::start(&CONFIG.replace("[api]\n", "[api]\nbatch_parallelism = 4\n")).await?;
+    let batch = |n: u64| -> Vec<Value> {
+        (0..n)
+            .map(|n| json!({"publish": {"channel": "feed:q", "data": n}}))
+            .collect()
+    };
+    // Within the bound: nothing waits.
+    let (status, _) = server
+        .post(
+            "/api/batch",
+            &json!({"commands": batch(4), "parallel": true}),
+        )
+        .await?;
+    assert_eq!(status, 200);
+    assert_eq!(limit_trips(&server, "api_batch_parallelism").await?, 0.0);
+    // Beyond it: counted once, and every command still answered, in its place.
+    let (status, body) = server
+        .post(
+            "/api/batch",
+            &json!({"commands": batch(40), "parallel": true}),
+        )
+        .await?;
+    assert_eq!(status, 200, "{body}");
+    let replies = body["replies"].as_array().cloned().unwrap_or_default();
+    assert_eq!(replies.len(), 40, "{body}");
+    assert!(
+        replies.iter().all(|r| r["publish"]["offset"].is_u64()),
+        "{body}"
+    );
+    assert_eq!(limit_trips(&server, "api_batch_parallelism").await?, 1.0);
+    server.stop().await
+}

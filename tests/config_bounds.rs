@@ -126,6 +126,7 @@ async fn a_config_error_is_printed_once() -> TestResult {
             "[redis]\nprobe_interval_ms = 0\n",
             "redis.probe_interval_ms",
         ),
+        ("[api]\nbatch_parallelism = 0\n", "api.batch_parallelism"),
     ] {
         let (ok, stderr) = check_config(toml).await?;
         assert!(!ok, "accepted {toml:?}");

@@ -234,7 +234,8 @@ struct BatchBody<C> {
 /// One command of a batch, its body re-encoded on its own.
 type Decoded = Result<(Command, Vec<u8>), ApiError>;
 
-/// Runs a batch: every command in order (or all at once with `parallel`), each answered
+/// Runs a batch: every command in order (or `api.batch_parallelism` at a time with
+/// `parallel`), each answered
 /// in its place by `{"<name>": <result>}` or `{"error": {..}}`; one failing command
 /// does not stop the others. Publishing commands each take from `key`'s rate bucket.
 pub async fn batch(
@@ -244,11 +245,19 @@ pub async fn batch(
     bytes: &[u8],
 ) -> Result<Value, ApiError> {
     let (commands, parallel) = decode_batch(kind, bytes)?;
+    let at_once = state.config().api.batch_parallelism.max(1);
+    if parallel && commands.len() > at_once {
+        state.metrics.limit_tripped("api_batch_parallelism");
+    }
     let runs = commands
         .into_iter()
         .map(|decoded| run_one(state, key, kind, decoded));
     let replies: Vec<Value> = if parallel {
-        futures_util::future::join_all(runs).await
+        use futures_util::StreamExt as _;
+        futures_util::stream::iter(runs)
+            .buffered(at_once)
+            .collect()
+            .await
     } else {
         let mut replies = Vec::new();
         for one in runs {

@@ -12,6 +12,9 @@ pub struct ApiConfig {
     pub max_publish_bytes: usize,
     /// Publish and broadcast requests per second per API key (429 beyond it); 0: unlimited.
     pub publish_rate_per_sec: u32,
+    /// Commands of one `parallel` `/api/batch` running at once; the others wait their
+    /// turn (replies keep their order). Greater than 0.
+    pub batch_parallelism: usize,
 }
 
 impl Default for ApiConfig {
@@ -20,6 +23,7 @@ impl Default for ApiConfig {
             keys: Vec::new(),
             max_publish_bytes: 64 * 1024,
             publish_rate_per_sec: 0,
+            batch_parallelism: 16,
         }
     }
 }

@@ -9,6 +9,9 @@ use super::{Config, ConfigError};
 /// greater-than-zero list does not cover.
 pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
     check_redis(config)?;
+    if config.api.batch_parallelism == 0 {
+        return invalid("api.batch_parallelism", "must be greater than 0");
+    }
     check_publication_fits_queue(config)?;
     check_trusted_proxies(config)?;
     check_token_secret(config)?;
