@@ -97,10 +97,6 @@ impl TokenVerifier {
         })
     }
 
-    pub fn is_configured(&self) -> bool {
-        !self.keys.is_empty()
-    }
-
     /// Verifies a connection token. A subscription token (it has a `channel` claim) is
     /// refused, so a token minted to open one channel cannot open a connection.
     pub fn verify_connect(&self, token: &str) -> Result<ConnectClaims, TokenError> {

@@ -2,8 +2,6 @@
 //! unsubscribe, history_remove), each run from its decoded body to a JSON result. The
 //! routes and `POST /api/batch` share them, so a command means the same in both.
 
-use std::time::Instant;
-
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -16,7 +14,7 @@ use super::body::{
 use super::handlers::{channel_and_namespace, check_publishable, selector};
 use crate::auth::KeyIndex;
 use crate::hub::ClientId;
-use crate::protocol::{ChannelName, CloseCode, ErrorCode};
+use crate::protocol::{ChannelName, CloseCode};
 use crate::state::AppState;
 
 /// A command of the HTTP API that has a body.
@@ -289,18 +287,7 @@ fn charge(state: &AppState, key: KeyIndex, command: Command) -> Result<(), ApiEr
     if !command.publishes() {
         return Ok(());
     }
-    let per_sec = state.config().api.publish_rate_per_sec;
-    state
-        .api_keys
-        .take_publish(key, per_sec, Instant::now())
-        .map_err(|_| {
-            state.metrics.limit_tripped("api_publish_rate");
-            ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::TooManyRequests,
-                "publish rate limit of this API key exceeded",
-            )
-        })
+    super::charge_publish(state, key)
 }
 
 fn decode_batch(kind: BodyKind, bytes: &[u8]) -> Result<(Vec<Decoded>, bool), ApiError> {

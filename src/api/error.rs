@@ -18,6 +18,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// `Retry-After` of a 429, in whole seconds (1 unless [`ApiError::retry_after`] says).
+    retry_after_secs: u64,
 }
 
 impl ApiError {
@@ -26,7 +28,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_secs: 1,
         }
+    }
+
+    /// Sets the `Retry-After` of a 429 to `wait`, rounded up to whole seconds (1 to 3600).
+    pub fn retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after_secs = wait.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64;
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -68,7 +77,7 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("1"),
+                axum::http::HeaderValue::from(self.retry_after_secs),
             );
         }
         response

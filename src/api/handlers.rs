@@ -26,7 +26,6 @@ use crate::state::AppState;
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Answers `value` as JSON, or MessagePack when the client's `Accept` prefers it.
 /// The encoding a response is written in: MessagePack when `Accept` asks for it.
 fn response_encoding(headers: &HeaderMap) -> Encoding {
     let wants_msgpack = headers
@@ -40,6 +39,7 @@ fn response_encoding(headers: &HeaderMap) -> Encoding {
     }
 }
 
+/// Answers `value` as JSON, or MessagePack when the client's `Accept` prefers it.
 fn respond<T: Serialize>(headers: &HeaderMap, value: &T) -> ApiResult {
     if response_encoding(headers) == Encoding::Msgpack {
         let bytes = rmp_serde::to_vec_named(value).map_err(|e| {

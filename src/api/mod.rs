@@ -8,11 +8,11 @@ mod error;
 mod handlers;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -155,8 +155,8 @@ async fn require_api_key(
             let publishes = matched
                 .and_then(|path| route_at(path.as_str()))
                 .is_some_and(|route| route.publishes);
-            if let Err(wait) = charge_publish(&state, key, publishes) {
-                return too_many_publishes(&state, wait);
+            if publishes && let Err(refused) = charge_publish(&state, key) {
+                return refused.into_response();
             }
             // `/api/batch` charges each publishing command it carries.
             request.extensions_mut().insert(key);
@@ -181,30 +181,23 @@ async fn require_api_key(
     }
 }
 
-/// Takes one publication from the key's `api.publish_rate_per_sec` bucket, for the routes
-/// that publish; `Err` is how long until the key may publish again.
-fn charge_publish(state: &AppState, key: KeyIndex, publishes: bool) -> Result<(), Duration> {
-    if !publishes {
-        return Ok(());
-    }
+/// Takes one publication from the key's `api.publish_rate_per_sec` bucket (the publishing
+/// routes, and each publishing command of `/api/batch`): 429 with `Retry-After` until the
+/// key may publish again, counted as `api_publish_rate`.
+pub(crate) fn charge_publish(state: &AppState, key: KeyIndex) -> Result<(), ApiError> {
     let per_sec = state.config().api.publish_rate_per_sec;
-    state.api_keys.take_publish(key, per_sec, Instant::now())
-}
-
-/// 429 with `Retry-After` in whole seconds, rounded up.
-fn too_many_publishes(state: &AppState, wait: Duration) -> Response {
-    state.metrics.limit_tripped("api_publish_rate");
-    let mut response = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        ErrorCode::TooManyRequests,
-        "publish rate limit of this API key exceeded",
-    )
-    .into_response();
-    let secs = wait.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64;
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    response
+    state
+        .api_keys
+        .take_publish(key, per_sec, Instant::now())
+        .map_err(|wait| {
+            state.metrics.limit_tripped("api_publish_rate");
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyRequests,
+                "publish rate limit of this API key exceeded",
+            )
+            .retry_after(wait)
+        })
 }
 
 /// Counts every HTTP request by route and status, with its latency.

@@ -24,7 +24,10 @@ use tokio::sync::Mutex;
 use super::epoch::{self, new_epoch, no_stream_position, recovers_into_new_stream};
 use super::occupancy::{LocalOccupancy, emit_local, emit_presence};
 use super::presence::{LocalUsers, PresenceMode, PresencePage, PresenceQuery, PresenceStats};
-use super::{HistoryMessage, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, replay};
+use super::{
+    HistoryMessage, HistoryPage, IDEMPOTENCY_WINDOW, PublishResult, ReplyBuilder, SubscribeResult,
+    replay,
+};
 use crate::config::NamespaceConfig;
 use crate::hub::{ClientHandle, Hub, HubEvent, Publication, Replay};
 use crate::protocol::{ChannelName, StreamPosition};
@@ -32,8 +35,6 @@ use crate::webhook::Webhooks;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// How long an idempotency key is remembered (PROTOCOL.md section 8).
-pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(300);
 /// Locks that order publications on channels without history.
 const STRIPES: usize = 256;
 

@@ -36,6 +36,9 @@ use crate::protocol::{
 };
 use crate::webhook::Webhooks;
 
+/// How long an idempotency key is remembered (PROTOCOL.md section 8), by either broker.
+pub const IDEMPOTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// A broker operation that failed, by cause, so callers and logs can tell an outage from a
 /// slow reply from a command Redis refused. Every kind answers 503 on the HTTP API and
 /// error 100 in the protocol; the message names the cause and carries Redis's own text

@@ -59,7 +59,9 @@ use tokio_util::task::TaskTracker;
 pub use control::NodeStats;
 
 use super::presence::{JoinLeaveGate, PresenceMode, PresencePage, PresenceQuery, PresenceStats};
-use super::{BrokerError, PublishResult, ReplyBuilder, SubscribeResult, epoch, replay};
+use super::{
+    BrokerError, IDEMPOTENCY_WINDOW, PublishResult, ReplyBuilder, SubscribeResult, epoch, replay,
+};
 use crate::config::{NamespaceConfig, RedisConfig};
 use crate::hub::{ClientHandle, ClientSelector, Hub, Publication};
 use crate::protocol::{ChannelName, ClientInfo, CloseCode, StreamPosition};
@@ -69,9 +71,6 @@ use conn::Connector;
 use envelope::Envelope;
 use keys::Keys;
 use relay::ShardCommand;
-
-/// How long an idempotency key is remembered (PROTOCOL.md section 8).
-const IDEMPOTENCY_TTL_SECS: u64 = 300;
 
 /// A channel name read back from Redis (a topic, an occupancy index): a native name or a
 /// Pusher app's hub channel (`pusher~{app}~{name}`, which `ChannelName::parse` refuses).
@@ -178,7 +177,7 @@ impl RedisBroker {
                 .arg(ns.history_ttl_secs)
                 .arg(ctx.config.stream_meta_ttl_secs.max(ns.history_ttl_secs))
                 .arg(epoch::new_epoch())
-                .arg(IDEMPOTENCY_TTL_SECS)
+                .arg(IDEMPOTENCY_WINDOW.as_secs())
                 .arg(publish_command)
                 .arg(now_ms())
                 .invoke_async(&mut conn)
@@ -197,7 +196,7 @@ impl RedisBroker {
                         .key(ctx.keys.idempotency(name, key))
                         .arg(&topic)
                         .arg(message)
-                        .arg(IDEMPOTENCY_TTL_SECS)
+                        .arg(IDEMPOTENCY_WINDOW.as_secs())
                         .arg(publish_command)
                         .invoke_async(&mut conn)
                         .await
