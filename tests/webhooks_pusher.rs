@@ -247,3 +247,106 @@ events = ["member_added", "member_removed"]
     assert_eq!(departures, vec![removed("alice"), removed("bob")]);
     survivor.stop().await
 }
+
+type RawSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next frame of `socket` whose `event` is `event`.
+async fn frame(socket: &mut RawSocket, event: &str) -> TestResult<Value> {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(support::WAIT, socket.next())
+            .await?
+            .ok_or("closed")??;
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = message {
+            let value: Value = serde_json::from_str(&text)?;
+            if value["event"] == event {
+                return Ok(value);
+            }
+        }
+    }
+}
+
+/// A raw Pusher connection to `server` subscribed to `presence-room` as `user`, signed
+/// with pushwire's own signer (checked against the SDKs' in src/pusher/signature_tests.rs).
+async fn member(server: &TestServer, user: &str) -> TestResult<RawSocket> {
+    use futures_util::SinkExt;
+    let url = format!("ws://{}/app/{KEY}?protocol=7", server.addr);
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await?;
+    let established = frame(&mut socket, "pusher:connection_established").await?;
+    let data: Value = serde_json::from_str(established["data"].as_str().ok_or("no data")?)?;
+    let socket_id = data["socket_id"].as_str().ok_or("no socket_id")?;
+    let app = server.state.pusher.by_id("4242").ok_or("no app")?;
+    let channel_data = json!({ "user_id": user }).to_string();
+    let auth = pushwire::pusher::signature::channel_auth(
+        app,
+        socket_id,
+        "presence-room",
+        Some(&channel_data),
+    );
+    let subscribe = json!({"event": "pusher:subscribe", "data": {
+        "channel": "presence-room", "auth": auth, "channel_data": channel_data,
+    }});
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            subscribe.to_string(),
+        ))
+        .await?;
+    frame(&mut socket, "pusher_internal:subscription_succeeded").await?;
+    Ok(socket)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_back_on_another_node_within_the_hold_sends_nothing() -> TestResult {
+    let redis = RedisServer::start().await?;
+    let mut hooks = WebhookReceiver::start().await?;
+    let config = format!(
+        r#"
+[broker]
+kind = "redis"
+[redis]
+url = "{redis}"
+key_prefix = "pusherhold"
+[webhooks]
+batch_wait_ms = 20
+hold_ms = 500
+[[pusher.apps]]
+id = "4242"
+key = "{KEY}"
+secret = "{SECRET}"
+[[pusher.apps.webhooks]]
+url = "{url}"
+events = ["member_added", "member_removed"]
+"#,
+        redis = redis.url(),
+        url = hooks.url()
+    );
+    let one = TestServer::start(&config).await?;
+    let two = TestServer::start(&config).await?;
+    one.wait_ready().await?;
+    two.wait_ready().await?;
+    let event =
+        |name: &str, user: &str| json!({"name": name, "channel": "presence-room", "user_id": user});
+    let alice = member(&one, "alice").await?;
+    assert_eq!(
+        verified_events(&mut hooks, KEY, SECRET, 1).await?,
+        vec![event("member_added", "alice")]
+    );
+    // Alice reconnects to the other node, as pusher-js behind a load balancer may.
+    drop(alice);
+    let alice = member(&two, "alice").await?;
+    // Bob's arrival comes next: nothing about alice was sent in between, neither her
+    // removal (held, then cancelled by her return) nor a second arrival.
+    let _bob = member(&one, "bob").await?;
+    assert_eq!(
+        verified_events(&mut hooks, KEY, SECRET, 1).await?,
+        vec![event("member_added", "bob")]
+    );
+    drop(alice);
+    assert_eq!(
+        verified_events(&mut hooks, KEY, SECRET, 1).await?,
+        vec![event("member_removed", "alice")]
+    );
+    one.stop().await?;
+    two.stop().await
+}

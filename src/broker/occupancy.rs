@@ -51,17 +51,31 @@ pub(crate) fn emit_local(webhooks: &Webhooks, channel: &ChannelName, occupied: b
     webhooks.emit(&target, event);
 }
 
-/// Emits a user's presence join or leave (its first connection in, its last out): a
-/// native `join` / `leave`, or a Pusher app's `member_added` / `member_removed` (user
-/// ids, as Pusher sends them). Releases are held (see `webhook::hold`).
+/// Emits a user's presence join or leave (its first connection in, its last out), held
+/// on this node for leave (see `webhook::hold`; the Redis broker holds cluster-wide
+/// instead, `redis::member_hold`).
 pub(crate) fn emit_presence(
     webhooks: &Webhooks,
     channel: &ChannelName,
     client: &ClientInfo,
     joined: bool,
 ) {
+    if let Some((target, event)) = presence_event(webhooks, channel, client, joined) {
+        webhooks.emit(&target, event);
+    }
+}
+
+/// The webhook event of a user's presence join or leave: a native `join` / `leave`, or a
+/// Pusher app's `member_added` / `member_removed` (user ids, as Pusher sends them);
+/// `None` when no endpoint is configured.
+pub(crate) fn presence_event(
+    webhooks: &Webhooks,
+    channel: &ChannelName,
+    client: &ClientInfo,
+    joined: bool,
+) -> Option<(Target, WebhookEvent)> {
     if !webhooks.enabled() {
-        return;
+        return None;
     }
     let (target, name) = webhooks.target_of(channel);
     let event = match (&target, joined) {
@@ -70,5 +84,5 @@ pub(crate) fn emit_presence(
         (Target::Pusher(_), true) => WebhookEvent::member_added(&name, &client.user),
         (Target::Pusher(_), false) => WebhookEvent::member_removed(&name, &client.user),
     };
-    webhooks.emit(&target, event);
+    Some((target, event))
 }

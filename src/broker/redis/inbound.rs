@@ -2,6 +2,7 @@
 //! duplicates dropped and gaps filled from the stream), presence joins and leaves, and the
 //! catch-up after a pub/sub connection is replaced. Runs on the pub/sub tasks of `relay`.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use redis::RedisError;
@@ -111,8 +112,13 @@ impl RelayContext {
 
     /// A user joined (its first connection) or left (its last): tells webhooks, and the
     /// channel's subscribers on every node where it announces joins and leaves.
-    pub(crate) async fn user_changed(&self, channel: &ChannelName, join: bool, client: ClientInfo) {
-        crate::broker::occupancy::emit_presence(&self.webhooks, channel, &client, join);
+    pub(crate) async fn user_changed(
+        self: &Arc<Self>,
+        channel: &ChannelName,
+        join: bool,
+        client: ClientInfo,
+    ) {
+        super::member_hold::emit(self, channel, &client, join).await;
         self.announce(channel, join, client).await;
     }
 

@@ -48,6 +48,12 @@ impl Keys {
         format!("{}:pz:{{{channel}}}", self.prefix)
     }
 
+    /// Token of the node holding back a user's `leave` / `member_removed` webhook (it
+    /// expires); the user key is the presence user key.
+    pub(crate) fn presence_release(&self, channel: &str, user_key: &str) -> String {
+        format!("{}:pr:{{{channel}}}:{user_key}", self.prefix)
+    }
+
     /// Hash of present client id -> client info (JSON).
     pub(crate) fn presence_info(&self, channel: &str) -> String {
         format!("{}:ph:{{{channel}}}", self.prefix)

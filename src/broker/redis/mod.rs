@@ -33,6 +33,7 @@ mod envelope;
 mod health;
 mod inbound;
 mod keys;
+mod member_hold;
 mod membership;
 mod occupancy;
 mod presence;
