@@ -77,8 +77,14 @@ pub(super) fn check_publishable(state: &AppState, payload: &Payload) -> Result<(
     Ok(policy::check_publishable(payload, limit)?)
 }
 
-/// `POST /api/<command>`: reads the body and runs the command (`commands`).
-async fn command(state: &AppState, command: Command, headers: &HeaderMap, body: Body) -> ApiResult {
+/// `POST /api/<command>`: reads the body and runs the command (`commands`); what every
+/// route declared with `api::post_command` does.
+pub(super) async fn command(
+    state: &AppState,
+    command: Command,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult {
     if !crate::telemetry::enabled() {
         return run_command(state, command, headers, body).await;
     }
@@ -112,54 +118,6 @@ async fn run_command(
     let (kind, bytes) = body::read(headers, body, limit).await?;
     let result = commands::run(state, command, kind, &bytes).await?;
     respond(headers, &result)
-}
-
-pub async fn publish(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    command(&state, Command::Publish, &headers, body).await
-}
-
-pub async fn broadcast(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    command(&state, Command::Broadcast, &headers, body).await
-}
-
-pub async fn disconnect(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    command(&state, Command::Disconnect, &headers, body).await
-}
-
-pub async fn subscribe(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    command(&state, Command::Subscribe, &headers, body).await
-}
-
-pub async fn unsubscribe(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    command(&state, Command::Unsubscribe, &headers, body).await
-}
-
-pub async fn history_remove(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    command(&state, Command::HistoryRemove, &headers, body).await
 }
 
 pub async fn batch(
@@ -255,15 +213,6 @@ pub async fn presence(
         ),
         None => respond(&headers, &json!({ "clients": page.clients })),
     }
-}
-
-/// `POST /api/presence_stats`: connection and user counts, without the members.
-pub async fn presence_stats(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult {
-    command(&state, Command::PresenceStats, &headers, body).await
 }
 
 pub async fn history(

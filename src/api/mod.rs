@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -22,6 +23,7 @@ pub use error::ApiError;
 use crate::auth::KeyIndex;
 use crate::protocol::ErrorCode;
 use crate::state::AppState;
+use commands::Command;
 
 /// A route this module serves, named where it is declared.
 struct Route {
@@ -58,23 +60,28 @@ impl Route {
 
 /// The `/api` routes, behind API-key auth.
 const API_ROUTES: &[Route] = &[
-    Route::new("/api/publish", "publish", || post(handlers::publish)).publishing(),
-    Route::new("/api/broadcast", "broadcast", || post(handlers::broadcast)).publishing(),
+    Route::new("/api/publish", "publish", || post_command(Command::Publish)).publishing(),
+    Route::new("/api/broadcast", "broadcast", || {
+        post_command(Command::Broadcast)
+    })
+    .publishing(),
     Route::new("/api/disconnect", "disconnect", || {
-        post(handlers::disconnect)
+        post_command(Command::Disconnect)
     }),
-    Route::new("/api/subscribe", "subscribe", || post(handlers::subscribe)),
+    Route::new("/api/subscribe", "subscribe", || {
+        post_command(Command::Subscribe)
+    }),
     Route::new("/api/unsubscribe", "unsubscribe", || {
-        post(handlers::unsubscribe)
+        post_command(Command::Unsubscribe)
     }),
     Route::new("/api/history_remove", "history_remove", || {
-        post(handlers::history_remove)
+        post_command(Command::HistoryRemove)
     }),
     Route::new("/api/batch", "batch", || post(handlers::batch)),
     Route::new("/api/channels", "channels", || get(handlers::channels)),
     Route::new("/api/presence", "presence", || get(handlers::presence)),
     Route::new("/api/presence_stats", "presence_stats", || {
-        post(handlers::presence_stats)
+        post_command(Command::PresenceStats)
     }),
     Route::new("/api/history", "history", || get(handlers::history)),
     Route::new("/api/info", "info", || get(handlers::info)),
@@ -95,6 +102,15 @@ const METRICS_ROUTE: Route = Route::new("/metrics", "metrics", || get(handlers::
 /// The WebSocket endpoint (declared with the session, in `server`): not counted here, its
 /// request lasts as long as the connection.
 const WS_PATH: &str = "/ws";
+
+/// `POST` that reads the body and runs `command` on it (`commands`).
+fn post_command(command: Command) -> MethodRouter<Arc<AppState>> {
+    post(
+        move |State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body| async move {
+            handlers::command(&state, command, &headers, body).await
+        },
+    )
+}
 
 fn add_routes(mut router: Router<Arc<AppState>>, routes: &[Route]) -> Router<Arc<AppState>> {
     for route in routes {
