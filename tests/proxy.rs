@@ -27,6 +27,8 @@ fn unix_now() -> u64 {
 struct Backend {
     /// Answer 500 to everything while set.
     down: AtomicBool,
+    /// Renew with an `expire_at` already past while set.
+    renew_in_the_past: AtomicBool,
     calls: AtomicUsize,
     seen: mpsc::UnboundedSender<(String, HeaderMap, Value)>,
 }
@@ -92,6 +94,9 @@ async fn refresh(State(b): State<Arc<Backend>>, Json(body): Json<Value>) -> Json
     if b.down.load(Ordering::SeqCst) {
         return Json(json!({"disconnect": {"reason": "session ended"}}));
     }
+    if b.renew_in_the_past.load(Ordering::SeqCst) {
+        return Json(json!({"result": {"expire_at": unix_now() - 60}}));
+    }
     Json(json!({"result": {"expire_at": unix_now() + 1}}))
 }
 
@@ -104,6 +109,7 @@ async fn start_backend() -> TestResult<(
     let (seen, seen_rx) = mpsc::unbounded_channel();
     let backend = Arc::new(Backend {
         down: AtomicBool::new(false),
+        renew_in_the_past: AtomicBool::new(false),
         calls: AtomicUsize::new(0),
         seen,
     });
@@ -364,6 +370,28 @@ async fn refresh_proxy_renews_an_expiring_connection_then_ends_it_when_refused()
             .any(|m| m["op"] == "disconnect" && m["reason"] == "session ended"),
         "{seen_before:?}"
     );
+    server.stop().await
+}
+
+#[tokio::test]
+async fn a_renewal_already_expired_ends_the_connection_instead_of_asking_again() -> TestResult {
+    let (backend, state, mut seen) = start_backend().await?;
+    state.renew_in_the_past.store(true, Ordering::SeqCst);
+    let server = TestServer::start(&config(&backend, "")).await?;
+    let mut client = open_with_cookie(&server, "session=alice-cookie").await?;
+    let expire_at = unix_now() + 1;
+    client
+        .request("connect", json!({"data": {"expire_at": expire_at}}))
+        .await?;
+    next_seen(&mut seen, "refresh").await?;
+    // An expiry in the past is no renewal: 4002 at once, not a refresh every tick.
+    let (code, _) = client.expect_close().await?;
+    assert_eq!(code, 4002);
+    let mut again = 0;
+    while let Ok((kind, _, _)) = seen.try_recv() {
+        again += usize::from(kind == "refresh");
+    }
+    assert_eq!(again, 0, "the backend was asked again");
     server.stop().await
 }
 

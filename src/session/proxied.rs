@@ -169,6 +169,14 @@ const RETRY_REFRESH_SECS: u64 = 10;
 async fn refresh_one(proxy: Arc<BackendProxy>, client: Arc<ClientHandle>) {
     match proxy.refresh(&client.client_id(), &client.user).await {
         Ok(Verdict::Granted(grant)) => match grant.expire_at {
+            // Already past: no renewal. Ending it now beats asking again every tick.
+            Some(exp) if exp <= crate::auth::unix_now() => {
+                client.close(
+                    CloseCode::TokenExpired,
+                    "the refresh proxy renewed the connection with an expire_at already past",
+                    true,
+                );
+            }
             Some(exp) => client.set_expires_at(exp),
             None => client.set_expires_at(0),
         },
