@@ -1,6 +1,10 @@
 //! Listeners, routing (`/ws`, `/api/*`, `/health`, `/ready`, `/metrics`), and graceful
 //! shutdown: stop accepting, send every client `disconnect` + close 1001 after its queue
 //! flushes, wait for the sessions within `shutdown_grace_secs`, then stop the hub.
+//! Connections that open with an API request are served on the API's own thread
+//! (`api_thread`, `server.api_thread`).
+
+mod api_thread;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -190,11 +194,23 @@ impl Server {
             ));
         }
         let router = router(state.clone(), metrics_listener.is_none());
+        let api_thread = if state.config().server.api_thread {
+            Some(
+                api_thread::ApiThread::start().map_err(|source| ServerError::Bind {
+                    addr: "the API thread".into(),
+                    source,
+                })?,
+            )
+        } else {
+            None
+        };
+        let api_handle = api_thread.as_ref().map(|t| t.handle().clone());
         let serve = tokio::spawn(serve_http(
             listener,
             router,
             state.clone(),
             state.shutdown.clone(),
+            api_handle,
         ));
         if let Some(listener) = metrics_listener {
             let metrics = api::metrics_router().with_state(state.clone());
@@ -203,6 +219,7 @@ impl Server {
                 metrics,
                 state.clone(),
                 background_stop.clone(),
+                None,
             ));
         }
         signal.await;
@@ -211,6 +228,7 @@ impl Server {
         background.close();
         let _ = tokio::time::timeout(Duration::from_secs(5), background.wait()).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), serve).await;
+        drop(api_thread);
         Ok(())
     }
 }
@@ -220,12 +238,14 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Accepts connections until `stop`, each served on its own task; returns once every
 /// connection task has finished. Used instead of `axum::serve` because that cannot bound
-/// the time a client takes to send its request headers.
+/// the time a client takes to send its request headers. With `api`, connections that
+/// open with an API request move to that runtime (see `api_thread`).
 async fn serve_http(
     listener: TcpListener,
     router: Router,
     state: Arc<AppState>,
     stop: CancellationToken,
+    api: Option<tokio::runtime::Handle>,
 ) {
     let connections = TaskTracker::new();
     loop {
@@ -235,9 +255,22 @@ async fn serve_http(
         };
         match accepted {
             Ok((stream, peer)) => {
-                let task =
-                    serve_connection(stream, peer, router.clone(), state.clone(), stop.clone());
-                connections.spawn(task);
+                let connection = Connection {
+                    peer,
+                    router: router.clone(),
+                    state: state.clone(),
+                    stop: stop.clone(),
+                };
+                match &api {
+                    Some(api) => {
+                        let task =
+                            route_connection(stream, connection, api.clone(), connections.clone());
+                        connections.spawn(task);
+                    }
+                    None => {
+                        connections.spawn(serve_connection(stream, connection));
+                    }
+                }
             }
             Err(err) => {
                 tracing::warn!(error = %err, "accept failed");
@@ -250,17 +283,61 @@ async fn serve_http(
     connections.wait().await;
 }
 
-/// Serves one HTTP/1.1 connection, WebSocket upgrades included. The request headers must
-/// arrive within `server.handshake_timeout_secs` (slowloris; it also ends idle keep-alive
-/// connections). Each request carries the peer address as `ConnectInfo`, as axum's
-/// `into_make_service_with_connect_info` would add it.
-async fn serve_connection(
-    stream: TcpStream,
+/// What serving one accepted connection needs.
+struct Connection {
     peer: SocketAddr,
     router: Router,
     state: Arc<AppState>,
     stop: CancellationToken,
+}
+
+/// Peeks at the first request of a connection and moves it to the API runtime `api` when
+/// it is an API call; serves it here otherwise. The peek waits at most
+/// `server.handshake_timeout_secs`, like the request headers.
+async fn route_connection(
+    stream: TcpStream,
+    connection: Connection,
+    api: tokio::runtime::Handle,
+    connections: TaskTracker,
 ) {
+    let timeout = Duration::from_secs(connection.state.config().server.handshake_timeout_secs);
+    let mut start = [0u8; api_thread::PEEK_BYTES];
+    let peeked = match tokio::time::timeout(timeout, stream.peek(&mut start)).await {
+        Ok(Ok(n)) => n,
+        Ok(Err(_)) => return,
+        Err(_) => {
+            connection.state.metrics.limit_tripped("handshake_timeout");
+            return;
+        }
+    };
+    if !api_thread::is_api_request(&start[..peeked]) {
+        return serve_connection(stream, connection).await;
+    }
+    // Leave this runtime's reactor; the API runtime registers the socket with its own.
+    let Ok(stream) = stream.into_std() else {
+        return;
+    };
+    connections.spawn_on(
+        async move {
+            if let Ok(stream) = TcpStream::from_std(stream) {
+                serve_connection(stream, connection).await;
+            }
+        },
+        &api,
+    );
+}
+
+/// Serves one HTTP/1.1 connection, WebSocket upgrades included. The request headers must
+/// arrive within `server.handshake_timeout_secs` (slowloris; it also ends idle keep-alive
+/// connections). Each request carries the peer address as `ConnectInfo`, as axum's
+/// `into_make_service_with_connect_info` would add it.
+async fn serve_connection(stream: TcpStream, connection: Connection) {
+    let Connection {
+        peer,
+        router,
+        state,
+        stop,
+    } = connection;
     // Push frames are small and latency-sensitive.
     let _ = stream.set_nodelay(true);
     let timeout = Duration::from_secs(state.config().server.handshake_timeout_secs);

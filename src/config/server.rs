@@ -37,6 +37,9 @@ pub struct ServerConfig {
     /// autotuned up to `net.ipv4.tcp_wmem`'s maximum (4 MiB on many systems). A client
     /// that stops reading pins this much kernel memory before its queue starts to fill.
     pub socket_send_buffer_bytes: usize,
+    /// Serve connections that open with an HTTP API request (`/api/*`, `/apps/*`) on a
+    /// thread of their own, so a publish does not wait behind fan-out and session work.
+    pub api_thread: bool,
 }
 
 /// Bounds of a non-zero `server.socket_send_buffer_bytes`.
@@ -70,6 +73,7 @@ impl Default for ServerConfig {
             listen_backlog: 4096,
             worker_threads: 0,
             socket_send_buffer_bytes: 0,
+            api_thread: true,
         }
     }
 }
