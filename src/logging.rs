@@ -25,6 +25,8 @@ pub fn init(config: &LogConfig, traces: Option<ExtraLayer>) {
     let level = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    let log_records =
+        log_level_for(tracing_subscriber::layer::Filter::<Registry>::max_level_hint(&level));
     let not_traces = filter_fn(|meta: &Metadata<'_>| meta.target() != crate::telemetry::TARGET);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
@@ -44,10 +46,31 @@ pub fn init(config: &LogConfig, traces: Option<ExtraLayer>) {
             .with_filter(not_traces)
             .boxed(),
     };
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(traces)
         .with(logs)
         .try_init();
+    if installed.is_ok() {
+        // `try_init` forwards `log` records (tungstenite, tokio-tungstenite, hyper's
+        // dependencies) from every level, since the per-layer filters give no overall
+        // hint; each record then walks the whole subscriber to be dropped, several times
+        // per frame. Records above the log filter's own level are cut at their call site.
+        log::set_max_level(log_records);
+    }
+}
+
+/// The `log` facade's level for a log filter whose most verbose level is `hint` (`None`:
+/// it may enable anything, for instance per span).
+fn log_level_for(hint: Option<tracing::level_filters::LevelFilter>) -> log::LevelFilter {
+    use tracing::level_filters::LevelFilter;
+    match hint {
+        Some(LevelFilter::OFF) => log::LevelFilter::Off,
+        Some(LevelFilter::ERROR) => log::LevelFilter::Error,
+        Some(LevelFilter::WARN) => log::LevelFilter::Warn,
+        Some(LevelFilter::INFO) => log::LevelFilter::Info,
+        Some(LevelFilter::DEBUG) => log::LevelFilter::Debug,
+        Some(_) | None => log::LevelFilter::Trace,
+    }
 }
 
 /// Colours only on a terminal, and never when `NO_COLOR` is set (no-color.org): logs
@@ -79,6 +102,25 @@ fn is_payload_logger(target: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_records_follow_the_log_filters_level() {
+        use tracing::level_filters::LevelFilter;
+        let hint = |directives: &str| {
+            let filter = EnvFilter::new(directives);
+            log_level_for(tracing_subscriber::layer::Filter::<Registry>::max_level_hint(&filter))
+        };
+        assert_eq!(hint("warn"), log::LevelFilter::Warn);
+        assert_eq!(hint("info"), log::LevelFilter::Info);
+        assert_eq!(hint("info,tungstenite=debug"), log::LevelFilter::Debug);
+        assert_eq!(hint("trace"), log::LevelFilter::Trace);
+        assert_eq!(hint("off"), log::LevelFilter::Off);
+        assert_eq!(log_level_for(None), log::LevelFilter::Trace);
+        assert_eq!(
+            log_level_for(Some(LevelFilter::ERROR)),
+            log::LevelFilter::Error
+        );
+    }
 
     #[test]
     fn only_tungstenite_targets_are_capped() {
