@@ -124,10 +124,11 @@ fn serve(config: Config, common: Common, overrides: Overrides) -> anyhow::Result
         if pushwire::session::origins_open(&state.config().client) {
             tracing::warn!("client.allowed_origins is open: WebSocket upgrades from any web origin are accepted (cross-site WebSocket hijacking); list your origins");
         }
+        let signal = shutdown_signal();
         tracing::info!(addr = %server.local_addr(), node = %state.node.name, broker = state.broker.kind(), "listening");
         println!("pushwire listening on {}", server.local_addr());
         reload_on_sighup(state, common.config, overrides);
-        server.run(shutdown_signal()).await.context("serving")?;
+        server.run(signal).await.context("serving")?;
         tracing::info!("stopped");
         Ok(())
     });
@@ -141,26 +142,34 @@ fn serve(config: Config, common: Common, overrides: Overrides) -> anyhow::Result
     served
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT or SIGTERM. The handlers are installed by this call, not on the first poll: the
+/// node announces itself before `Server::run` polls the future, and a signal sent in
+/// between must already mean a graceful shutdown.
+fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = ctrl_c.await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
