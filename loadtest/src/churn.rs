@@ -25,7 +25,7 @@ use crate::cluster::LocalCluster;
 use crate::fanout;
 use crate::publish_phase::{self, ApiArgs, POLL, Plan, Publishing};
 use crate::report::Results;
-use crate::results::{ChurnResults, ConnectionResults, KilledNode, LatencySummary, Traffic};
+use crate::results::{ChurnResults, ConnectionResults, KilledNode, LatencySummary};
 use crate::stats::Snapshot;
 
 /// The default channel: spawned nodes keep history for the `hist` namespace.
@@ -142,22 +142,19 @@ pub async fn run(args: &ChurnArgs, cluster: Option<&mut LocalCluster>) -> anyhow
         &delivery,
     );
     churn.judge(&mut verdict, c.require_zero_loss, kill.asked());
-    Ok(Results {
-        scenario: "churn".into(),
+    let mut results = Results::new(
+        "churn",
         started_unix,
-        wall_secs: started.elapsed().as_secs_f64(),
-        params: serde_json::to_value(args)?,
-        connections: ConnectionResults::new(args.subscribers, &at_ramp, ramp_secs, &snap),
-        servers: watched.servers,
-        loadtest: watched.loadtest,
-        machine: watched.machine,
-        delivery: Some(delivery),
-        churn: Some(churn),
-        slow: None,
-        traffic: Traffic::from_snapshot(&snap),
-        codes: snap.codes.clone(),
+        started,
+        serde_json::to_value(args)?,
+        ConnectionResults::new(args.subscribers, &at_ramp, ramp_secs, &snap),
+        watched,
+        &snap,
         verdict,
-    })
+    );
+    results.delivery = Some(delivery);
+    results.churn = Some(churn);
+    Ok(results)
 }
 
 fn churn_status(snap: &Snapshot) -> String {

@@ -16,10 +16,10 @@ use crate::cluster::{self, ClusterSpec, LocalCluster};
 use crate::codec::Encoding;
 use crate::context::{Handshake, SlowMode};
 use crate::fleet::Fleet;
-use crate::host::{self, CpuMeter, CpuUse, MachineCpu, MachineMeter, Memory};
+use crate::host::{self, CpuMeter, CpuUse, MachineMeter, Memory};
 use crate::local_fleet::FleetSpec;
 use crate::report::Results;
-use crate::results::{LoadtestProcess, ServerProcess};
+use crate::results::{LoadtestProcess, ServerProcess, Watched};
 use crate::stats::Snapshot;
 
 /// Options of every scenario.
@@ -401,14 +401,6 @@ impl ProcessWatch {
             machine: self.machine_cpu.and_then(|m| m.read()),
         }
     }
-}
-
-/// What a [`ProcessWatch`] saw.
-#[derive(Debug)]
-pub struct Watched {
-    pub servers: Vec<ServerProcess>,
-    pub loadtest: LoadtestProcess,
-    pub machine: Option<MachineCpu>,
 }
 
 /// Per-connection server RSS: growth between two samples divided over the ready

@@ -18,7 +18,7 @@ use tokio::time::sleep;
 use crate::cli::{CommonArgs, PerConnectionAt, Ramped};
 use crate::publish_phase::{self, ApiArgs, MAX_STREAMS, POLL, Plan, Publishing};
 use crate::report::Results;
-use crate::results::{ConnectionResults, DeliveryResults, Traffic, Verdict};
+use crate::results::{ConnectionResults, DeliveryResults, Verdict};
 use crate::stats::Snapshot;
 
 /// Bound on `channels --channels`: the publisher's counts (streams × channels) travel to
@@ -187,22 +187,18 @@ pub async fn run_plan(run: FanoutRun<'_>) -> anyhow::Result<Results> {
         &snap,
         &delivery,
     );
-    Ok(Results {
-        scenario: run.scenario.into(),
+    let mut results = Results::new(
+        run.scenario,
         started_unix,
-        wall_secs: started.elapsed().as_secs_f64(),
-        params: run.params,
+        started,
+        run.params,
         connections,
-        servers: watched.servers,
-        loadtest: watched.loadtest,
-        machine: watched.machine,
-        delivery: Some(delivery),
-        churn: None,
-        slow: None,
-        traffic: Traffic::from_snapshot(&snap),
-        codes: snap.codes.clone(),
+        watched,
+        &snap,
         verdict,
-    })
+    );
+    results.delivery = Some(delivery);
+    Ok(results)
 }
 
 /// Deliveries owed: each publication times the subscribers of its channel. `published`

@@ -16,7 +16,7 @@ use crate::context::Handshake;
 use crate::fleet::Fleet;
 use crate::progress::Progress;
 use crate::report::Results;
-use crate::results::{ConnectionResults, ServerProcess, Traffic, Verdict};
+use crate::results::{ConnectionResults, ServerProcess, Verdict};
 use crate::stats::Snapshot;
 
 const POLL: Duration = Duration::from_millis(50);
@@ -94,22 +94,16 @@ pub async fn run(args: &IdleArgs) -> anyhow::Result<Results> {
 
     let connections = ConnectionResults::new(args.connections, &ramped, ramp_secs, &snap);
     let verdict = verdict(args, &snap, &watched.servers);
-    Ok(Results {
-        scenario: "idle".into(),
+    Ok(Results::new(
+        "idle",
         started_unix,
-        wall_secs: started.elapsed().as_secs_f64(),
-        params: serde_json::to_value(args)?,
+        started,
+        serde_json::to_value(args)?,
         connections,
-        servers: watched.servers,
-        loadtest: watched.loadtest,
-        machine: watched.machine,
-        delivery: None,
-        churn: None,
-        slow: None,
-        traffic: Traffic::from_snapshot(&snap),
-        codes: snap.codes.clone(),
+        watched,
+        &snap,
         verdict,
-    })
+    ))
 }
 
 /// Keeps the display fresh for `how_long`, showing server RSS as it goes.

@@ -11,12 +11,14 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::host::{CpuUse, MachineCpu, Memory};
 use crate::results::{
     ChurnResults, ConnectionResults, DeliveryResults, LoadtestProcess, ServerProcess, SlowResults,
-    Traffic, Verdict,
+    Traffic, Verdict, Watched,
 };
+use crate::stats::Snapshot;
 
 /// Everything a run reports.
 #[derive(Debug, Serialize)]
@@ -48,6 +50,37 @@ pub struct Results {
 }
 
 impl Results {
+    /// The sections every scenario fills, from the run's start, the server watch and the
+    /// final snapshot; the scenario adds `delivery`, `churn` or `slow` where they apply.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        scenario: impl Into<String>,
+        started_unix: u64,
+        started: Instant,
+        params: serde_json::Value,
+        connections: ConnectionResults,
+        watched: Watched,
+        end: &Snapshot,
+        verdict: Verdict,
+    ) -> Results {
+        Results {
+            scenario: scenario.into(),
+            started_unix,
+            wall_secs: started.elapsed().as_secs_f64(),
+            params,
+            connections,
+            servers: watched.servers,
+            loadtest: watched.loadtest,
+            machine: watched.machine,
+            delivery: None,
+            churn: None,
+            slow: None,
+            traffic: Traffic::from_snapshot(end),
+            codes: end.codes.clone(),
+            verdict,
+        }
+    }
+
     /// Writes the JSON results file.
     pub fn write_json(&self, path: &Path) -> anyhow::Result<()> {
         let json = serde_json::to_string_pretty(self)?;

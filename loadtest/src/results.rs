@@ -8,10 +8,19 @@ use std::collections::BTreeMap;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::host::{CpuUse, Memory};
+use crate::host::{CpuUse, MachineCpu, Memory};
 use crate::progress::fmt_micros;
 use crate::scrape::EVICTIONS;
 use crate::stats::Snapshot;
+
+/// What the run saw of the server processes, its own processes and the machine (see
+/// `cli::ProcessWatch`).
+#[derive(Debug)]
+pub struct Watched {
+    pub servers: Vec<ServerProcess>,
+    pub loadtest: LoadtestProcess,
+    pub machine: Option<MachineCpu>,
+}
 
 #[derive(Debug, Serialize)]
 pub struct ConnectionResults {

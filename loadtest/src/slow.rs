@@ -26,7 +26,7 @@ use crate::context::{SlowMode, is_slow};
 use crate::fanout;
 use crate::publish_phase::{self, ApiArgs, POLL, Plan, Publishing};
 use crate::report::Results;
-use crate::results::{ConnectionResults, LatencySummary, SlowResults, Traffic};
+use crate::results::{ConnectionResults, LatencySummary, SlowResults};
 use crate::scrape::{self, EVICTIONS, LIMIT_TRIPS};
 use crate::wire::unix_micros;
 
@@ -170,22 +170,19 @@ pub async fn run(args: &SlowArgs) -> anyhow::Result<Results> {
     // Healthy clients must lose nothing, with or without --require-zero-loss.
     let mut verdict = fanout::verdict(true, args.subscribers as u64, &snap, &delivery);
     slow.judge(&mut verdict);
-    Ok(Results {
-        scenario: "slow".into(),
+    let mut results = Results::new(
+        "slow",
         started_unix,
-        wall_secs: started.elapsed().as_secs_f64(),
-        params: serde_json::to_value(args)?,
-        connections: ConnectionResults::new(args.subscribers, &at_ramp, ramp_secs, &snap),
-        servers: watched.servers,
-        loadtest: watched.loadtest,
-        machine: watched.machine,
-        delivery: Some(delivery),
-        churn: None,
-        slow: Some(slow),
-        traffic: Traffic::from_snapshot(&snap),
-        codes: snap.codes.clone(),
+        started,
+        serde_json::to_value(args)?,
+        ConnectionResults::new(args.subscribers, &at_ramp, ramp_secs, &snap),
+        watched,
+        &snap,
         verdict,
-    })
+    );
+    results.delivery = Some(delivery);
+    results.slow = Some(slow);
+    Ok(results)
 }
 
 /// The server counters this scenario reads, summed over the nodes.
