@@ -2,7 +2,8 @@
 //!
 //! Architecture Invariant: the per-delivery hot path pays at most one atomic add; counts
 //! are added per publication or per flushed batch wherever possible. Label sets are
-//! closed (close codes, routes, encodings), never client- or channel-derived.
+//! closed (close codes, routes, encodings, and the configured Pusher app ids), never
+//! client- or channel-derived.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
