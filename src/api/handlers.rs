@@ -177,15 +177,24 @@ pub struct ChannelQuery {
     reverse: bool,
 }
 
-fn required_channel(
+/// The query's `channel` and its namespace, which must have `feature` on (404 otherwise).
+fn channel_with(
     state: &AppState,
     query: &ChannelQuery,
+    feature: &str,
+    on: impl Fn(&NamespaceConfig) -> bool,
 ) -> Result<(ChannelName, NamespaceConfig), ApiError> {
     let name = query
         .channel
         .as_deref()
         .ok_or_else(|| ApiError::bad_request("query parameter channel is required"))?;
-    channel_and_namespace(state, name)
+    let (channel, ns) = channel_and_namespace(state, name)?;
+    if !on(&ns) {
+        return Err(ApiError::not_available(format!(
+            "{feature} is off for the namespace of {channel}"
+        )));
+    }
+    Ok((channel, ns))
 }
 
 pub async fn presence(
@@ -194,12 +203,7 @@ pub async fn presence(
     query: Result<Query<ChannelQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (channel, ns) = required_channel(&state, &query)?;
-    if !ns.presence {
-        return Err(ApiError::not_available(format!(
-            "presence is off for the namespace of {channel}"
-        )));
-    }
+    let (channel, ns) = channel_with(&state, &query, "presence", |ns| ns.presence)?;
     let query = PresenceQuery::capped(
         query.limit.map(|l| l as u64),
         query.cursor,
@@ -221,12 +225,7 @@ pub async fn history(
     query: Result<Query<ChannelQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let (channel, ns) = required_channel(&state, &query)?;
-    if ns.history_size == 0 {
-        return Err(ApiError::not_available(format!(
-            "history is off for the namespace of {channel}"
-        )));
-    }
+    let (channel, ns) = channel_with(&state, &query, "history", |ns| ns.history_size > 0)?;
     let since = match (query.since_offset, &query.since_epoch) {
         (Some(offset), Some(epoch)) => Some(StreamPosition {
             offset,
