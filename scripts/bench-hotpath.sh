@@ -11,6 +11,7 @@
 #     scripts/bench-hotpath.sh     # both binaries, runs interleaved, each run twice
 #   RUNS="idle channels" IDLE=1000 CHANNELS=500 SECS=3 scripts/bench-hotpath.sh  # smoke
 #   scripts/bench-hotpath.sh summary bench-hotpath             # the table of earlier runs
+#   SERVER_TOML="api_thread = false" OUT=bench-no-api-thread scripts/bench-hotpath.sh
 #
 # Runs (RUNS, default all, in this order):
 #   idle       IDLE (10,000) subscribed connections held 5 s: server RSS per connection and
@@ -104,6 +105,7 @@ FANOUT="${FANOUT:-5000}"
 PROBE="${PROBE:-20}"
 SECS="${SECS:-10}"
 PORT="${PORT:-18481}"
+SERVER_TOML="${SERVER_TOML:-}" # extra [server] keys, e.g. SERVER_TOML="api_thread = false"
 KEY=bench-api-key-0123456789
 
 for entry in $BINS; do
@@ -122,6 +124,7 @@ start_node() { # $1: label, $2: server binary
 [server]
 listen = "127.0.0.1:$PORT"
 worker_threads = 1
+$SERVER_TOML
 [api]
 keys = ["$KEY"]
 TOML
@@ -152,6 +155,7 @@ lt_idle() {
     echo "# ${entry%%=*}: ${entry#*=} sha256 $(sha256sum "${entry#*=}" | cut -c1-16)"
   done
   echo "# loadtest: $LOADTEST sha256 $(sha256sum "$LOADTEST" | cut -c1-16)"
+  if [ -n "$SERVER_TOML" ]; then echo "# [server] extra: $SERVER_TOML"; fi
 } | tee "$OUT/header.txt"
 
 for run in $RUNS; do
