@@ -1,6 +1,7 @@
 //! The relay between Redis and the hub when messages go missing: publications made while
 //! a node's pub/sub connection was down arrive as soon as it is back (not with the next
-//! publication), and what the hand-off buffer drops is bounded in bytes and counted.
+//! publication), but only up to `redis.gap_fill_max_messages` (a longer gap is left to
+//! client recovery), and what the hand-off buffer drops is bounded in bytes and counted.
 
 mod support;
 
@@ -131,5 +132,70 @@ async fn a_probe_redis_refused_does_not_tear_down_a_working_pubsub_connection() 
     redis
         .cli(&["ACL", "SETUSER", "default", "+publish"])
         .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_longer_than_gap_fill_max_messages_is_left_to_client_recovery() -> TestResult {
+    let redis = RedisServer::start().await?;
+    let created = redis
+        .cli(&[
+            "ACL",
+            "SETUSER",
+            "a",
+            "on",
+            ">secret-a",
+            "~*",
+            "&*",
+            "+@all",
+        ])
+        .await?;
+    assert_eq!(created.trim(), "OK");
+    let a_url = format!("redis://a:secret-a@127.0.0.1:{}", redis.port);
+    let a = TestServer::start(&node_config(&a_url, "gap_fill_max_messages = 3")).await?;
+    let b = TestServer::start(&node_config(&redis.url(), "")).await?;
+    a.wait_ready().await?;
+    b.wait_ready().await?;
+    let (mut client, _) = WsClient::connect(&a.ws_url(), Encoding::Json).await?;
+    client
+        .request("subscribe", json!({"channel": "feed:long"}))
+        .await?;
+    let first = b.publish("feed:long", json!(1)).await?;
+    assert_eq!(client.recv_message().await?["data"], json!(1));
+
+    // Ten publications while `a`'s pub/sub is cut: more than the node may fill.
+    redis.cli(&["ACL", "SETUSER", "a", "resetchannels"]).await?;
+    a.wait_ready_is(503).await?;
+    for n in 2..=11 {
+        b.publish("feed:long", json!(n)).await?;
+    }
+    redis.cli(&["ACL", "SETUSER", "a", "allchannels"]).await?;
+    a.wait_ready().await?;
+    b.publish("feed:long", json!(12)).await?;
+    // Not filled: the next message shows the gap in its offset, and the trip is counted.
+    let next = client.recv_message().await?;
+    assert_eq!(
+        (next["data"].clone(), next["offset"].clone()),
+        (json!(12), json!(12))
+    );
+    let metrics = a.metrics_text().await?;
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("pushwire_limit_trips_total{kind=\"relay_gap_fill\"}")
+            && !l.ends_with(" 0")),
+        "no relay_gap_fill trip counted"
+    );
+    // The client recovers the gap itself.
+    let (mut back, _) = WsClient::connect(&a.ws_url(), Encoding::Json).await?;
+    let reply = back
+        .request(
+            "subscribe",
+            json!({"channel": "feed:long", "recover": {"offset": 1, "epoch": first["epoch"]}}),
+        )
+        .await?;
+    assert_eq!(reply["recovered"], true, "{reply}");
+    for n in 2..=12 {
+        assert_eq!(back.recv_message().await?["data"], json!(n));
+    }
     Ok(())
 }
