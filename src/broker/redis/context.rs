@@ -33,34 +33,44 @@ pub(crate) struct Followed {
     pub(super) connection: u64,
 }
 
-/// State shared by the broker and its pub/sub tasks.
+/// State shared by the broker and its pub/sub, control, health and membership tasks;
+/// visible to the Redis broker's modules only.
 pub(crate) struct RelayContext {
-    pub(crate) hub: Hub,
-    pub(crate) keys: Keys,
-    pub(crate) node_id: String,
-    pub(crate) config: RedisConfig,
-    pub(crate) connector: Connector,
+    /// Where relayed publications and presence changes are delivered on this node.
+    pub(super) hub: Hub,
+    /// Key and topic names under `redis.key_prefix`.
+    pub(super) keys: Keys,
+    /// This node's id in heartbeats, envelopes and presence entries.
+    pub(super) node_id: String,
+    /// `[redis]` as the node started with it (not reloadable).
+    pub(super) config: RedisConfig,
+    /// Opens command and pub/sub connections (standalone or Cluster).
+    pub(super) connector: Connector,
     /// The command connection; `None` until connected, or after a failover asked for a
     /// fresh slot map (the health loop reconnects).
     pub(super) commands: RwLock<Option<CommandConn>>,
     /// The last stream position delivered per channel, for gap and duplicate detection.
-    pub(crate) positions: DashMap<ChannelName, Followed>,
+    pub(super) positions: DashMap<ChannelName, Followed>,
     /// Told when the control topic is (re)subscribed: time to say hello.
-    pub(crate) joined: tokio::sync::Notify,
+    pub(super) joined: tokio::sync::Notify,
     /// Pub/sub connections established so far (a Redis restart replaces them).
-    pub(crate) connections: AtomicU64,
+    pub(super) connections: AtomicU64,
     /// Channels with presence that have local subscribers, with their join/leave gate.
-    pub(crate) presence_channels: DashMap<ChannelName, JoinLeaveGate>,
-    pub(crate) shard_up: Vec<AtomicBool>,
+    pub(super) presence_channels: DashMap<ChannelName, JoinLeaveGate>,
+    /// Per pub/sub connection: up and subscribed (all up and the command connection
+    /// healthy is `pushwire_redis_up`).
+    pub(super) shard_up: Vec<AtomicBool>,
     /// The health loop's last verdict on the command connection (a dropped connection
     /// also clears it at once, see `failed`).
     pub(super) commands_up: AtomicBool,
     /// The last Redis error, for `/ready` and the `unavailable` message.
     pub(super) last_error: Mutex<Option<String>>,
-    pub(crate) cluster: control::ClusterView,
+    /// The nodes seen on the control topic, from their heartbeats.
+    pub(super) cluster: control::ClusterView,
     /// Cluster requests of this node waiting for replies, by request id.
-    pub(crate) waiting: DashMap<u64, mpsc::UnboundedSender<control::ClusterReply>>,
-    pub(crate) webhooks: Webhooks,
+    pub(super) waiting: DashMap<u64, mpsc::UnboundedSender<control::ClusterReply>>,
+    /// Where occupancy and presence webhooks go.
+    pub(super) webhooks: Webhooks,
 }
 
 impl RelayContext {
