@@ -22,7 +22,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::Query;
 use axum::http::{Method, StatusCode, Uri};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use bytes::Bytes;
 
 pub use error::PusherApiError;
@@ -38,39 +38,57 @@ pub const MAX_EVENT_CHANNELS: usize = 100;
 /// Room a request body has beyond its events' data: names, channel lists, JSON syntax.
 const BODY_OVERHEAD_BYTES: usize = 64 * 1024;
 
+/// Builds a route's handler.
+type Handler = fn() -> MethodRouter<Arc<AppState>>;
+
+/// The routes of the Pusher HTTP API: path, `route` label in the API metrics, handler.
+const ROUTES: &[(&str, &str, Handler)] = &[
+    ("/apps/{app_id}/events", "pusher_events", || {
+        post(events::trigger)
+    }),
+    ("/apps/{app_id}/batch_events", "pusher_batch_events", || {
+        post(events::trigger_batch)
+    }),
+    ("/apps/{app_id}/channels", "pusher_channels", || {
+        get(channels::list)
+    }),
+    (
+        "/apps/{app_id}/channels/{channel}",
+        "pusher_channel",
+        || get(channels::info),
+    ),
+    (
+        "/apps/{app_id}/channels/{channel}/users",
+        "pusher_users",
+        || get(channels::users),
+    ),
+    (
+        "/apps/{app_id}/users/{user_id}/terminate_connections",
+        "pusher_terminate",
+        || post(channels::terminate),
+    ),
+    (
+        "/users/{user_id}/terminate_connections",
+        "pusher_terminate",
+        || post(channels::terminate_by_key),
+    ),
+];
+
 /// The routes of the Pusher HTTP API.
 pub fn router() -> Router<Arc<AppState>> {
-    Router::new()
-        .route("/apps/{app_id}/events", post(events::trigger))
-        .route("/apps/{app_id}/batch_events", post(events::trigger_batch))
-        .route("/apps/{app_id}/channels", get(channels::list))
-        .route("/apps/{app_id}/channels/{channel}", get(channels::info))
-        .route(
-            "/apps/{app_id}/channels/{channel}/users",
-            get(channels::users),
-        )
-        .route(
-            "/apps/{app_id}/users/{user_id}/terminate_connections",
-            post(channels::terminate),
-        )
-        .route(
-            "/users/{user_id}/terminate_connections",
-            post(channels::terminate_by_key),
-        )
+    ROUTES
+        .iter()
+        .fold(Router::new(), |router, (path, _, method)| {
+            router.route(path, method())
+        })
 }
 
 /// The `api_requests` route label of a Pusher API route, `None` for other paths.
 pub fn route_label(path: &str) -> Option<&'static str> {
-    Some(match path {
-        "/apps/{app_id}/events" => "pusher_events",
-        "/apps/{app_id}/batch_events" => "pusher_batch_events",
-        "/apps/{app_id}/channels" => "pusher_channels",
-        "/apps/{app_id}/channels/{channel}" => "pusher_channel",
-        "/apps/{app_id}/channels/{channel}/users" => "pusher_users",
-        "/apps/{app_id}/users/{user_id}/terminate_connections"
-        | "/users/{user_id}/terminate_connections" => "pusher_terminate",
-        _ => return None,
-    })
+    ROUTES
+        .iter()
+        .find(|(route, ..)| *route == path)
+        .map(|(_, name, _)| *name)
 }
 
 /// A request whose signature checked out.
