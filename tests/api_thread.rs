@@ -67,7 +67,7 @@ async fn read_response(stream: &mut TcpStream) -> TestResult<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_began_with_an_api_request_can_upgrade() -> TestResult {
-    let server = TestServer::start("").await?;
+    let server = TestServer::start("[server]\napi_thread = true\n").await?;
     let mut stream = TcpStream::connect(server.addr).await?;
     let info = format!(
         "GET /api/info HTTP/1.1\r\nhost: test\r\nauthorization: Bearer {}\r\n\r\n",

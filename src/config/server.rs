@@ -39,6 +39,9 @@ pub struct ServerConfig {
     pub socket_send_buffer_bytes: usize,
     /// Serve connections that open with an HTTP API request (`/api/*`, `/apps/*`) on a
     /// thread of their own, so a publish does not wait behind fan-out and session work.
+    /// Off by default: the fan-out has no backpressure on publishers beyond its job
+    /// queues, so under overload the API thread accepts publications faster than they
+    /// are delivered and latency grows (see docs/benchmarks.md).
     pub api_thread: bool,
 }
 
@@ -73,7 +76,7 @@ impl Default for ServerConfig {
             listen_backlog: 4096,
             worker_threads: 0,
             socket_send_buffer_bytes: 0,
-            api_thread: true,
+            api_thread: false,
         }
     }
 }
