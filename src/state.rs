@@ -163,6 +163,8 @@ pub fn hub_settings(config: &Config) -> HubSettings {
         write_timeout_ms: config.client.write_timeout_secs * 1000,
         expiry_grace_secs: config.auth.expiry_grace_secs,
         max_batch_bytes: config.client.max_batch_bytes,
+        write_delay_ms: config.client.write_delay_ms,
+        max_messages_per_frame: config.client.max_messages_per_frame,
         shards: config.server.threads(),
     }
 }

@@ -151,6 +151,39 @@ async fn batches_are_accepted_and_sent() -> TestResult {
     server.stop().await
 }
 
+/// `client.write_delay_ms` turns direct writes off and lets messages gather;
+/// `client.max_messages_per_frame` caps how many share a frame. Nothing is lost or
+/// reordered either way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_writes_batch_within_the_frame_cap_in_order() -> TestResult {
+    let config = format!("{CONFIG}[client]\nwrite_delay_ms = 20\nmax_messages_per_frame = 3\n");
+    let server = TestServer::start(&config).await?;
+    let (mut client, _) = WsClient::connect(&server.ws_url(), Encoding::Json).await?;
+    client.request("subscribe", json!({"channel": "a"})).await?;
+    let channel = pushwire::protocol::ChannelName::parse("a")?;
+    for i in 0..20 {
+        let data = pushwire::protocol::Payload::from_json_bytes(i.to_string().into())?;
+        server
+            .state
+            .hub
+            .dispatch(pushwire::hub::Publication::new(channel.clone(), data, None))
+            .await;
+    }
+    for i in 0..20 {
+        assert_eq!(client.recv_message().await?["data"], json!(i));
+    }
+    assert!(
+        client.largest_frame <= 3,
+        "{} in one frame",
+        client.largest_frame
+    );
+    assert!(
+        client.batched_frames > 0,
+        "20 messages at once were never batched"
+    );
+    server.stop().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_stops_delivery() -> TestResult {
     let server = TestServer::start(CONFIG).await?;

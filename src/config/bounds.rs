@@ -13,8 +13,17 @@ pub(super) fn check(config: &Config) -> Result<(), ConfigError> {
         return invalid("api.batch_parallelism", "must be greater than 0");
     }
     check_publication_fits_queue(config)?;
+    check_write_delay(config)?;
     check_trusted_proxies(config)?;
     check_token_secret(config)?;
+    Ok(())
+}
+
+/// A delayed write is still a write: it must stay well inside the write timeout.
+fn check_write_delay(config: &Config) -> Result<(), ConfigError> {
+    if config.client.write_delay_ms > 1000 {
+        return invalid("client.write_delay_ms", "at most 1000 (one second)");
+    }
     Ok(())
 }
 

@@ -26,6 +26,12 @@ pub struct ClientConfig {
     pub read_buffer_bytes: usize,
     /// A write to a client that takes longer than this ends the connection.
     pub write_timeout_secs: u64,
+    /// Milliseconds a session waits, once woken with something to write, before it
+    /// writes, so that more messages share the frame; 0: write at once (and straight
+    /// from the push when nothing is pending).
+    pub write_delay_ms: u64,
+    /// Most messages in one outbound batch frame; 0: only `max_batch_bytes` bounds it.
+    pub max_messages_per_frame: usize,
     /// Browser origins allowed to open a WebSocket; empty or "*": any.
     pub allowed_origins: Vec<String>,
     /// Inbound messages per second per connection (token bucket refill); 0: unlimited.
@@ -54,6 +60,8 @@ impl Default for ClientConfig {
             max_batch_bytes: 64 * 1024,
             read_buffer_bytes: 256,
             write_timeout_secs: 10,
+            write_delay_ms: 0,
+            max_messages_per_frame: 0,
             allowed_origins: Vec::new(),
             rate_limit_per_sec: 100,
             rate_limit_burst: 200,

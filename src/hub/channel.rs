@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::client::{ClientHandle, ClientId, Subscription};
+use super::client::{ClientHandle, ClientId};
 use super::fanout::EncodedPublication;
+use super::outbox::Subscription;
 use crate::protocol::StreamPosition;
 
 /// Where a subscriber that joined through `Hub::subscribe_pending` stands.

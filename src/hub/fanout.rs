@@ -1,5 +1,9 @@
 //! Fan-out workers: one per shard, each owning the delivery to its slice of the clients.
 //!
+//! A recipient's frame goes to its outbox (`ClientHandle::push_live`), which writes it
+//! straight to the socket when nothing is pending there, so at one message per frame a
+//! delivery wakes no task. A job yields to the runtime every `CHUNK` recipients.
+//!
 //! Architecture Invariant: a client belongs to exactly one shard and every shard handles
 //! its jobs in order, so every client sees a channel's publications in the order they
 //! were dispatched, while one big publication is spread over every core. A publication is
@@ -17,7 +21,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{ChannelEntry, Pending, Snapshot};
-use super::client::{ClientHandle, ClientId, Dialect, FRAME_SLOTS, PushError, QueueLimits};
+use super::client::{ClientHandle, ClientId, Dialect, FRAME_SLOTS};
+use super::outbox::{PushError, QueueLimits};
 use crate::metrics::Metrics;
 use crate::protocol::{
     ChannelName, ClientInfo, Encoding, Payload, ServerMessage, StreamPosition, encode,
@@ -224,11 +229,32 @@ pub(crate) async fn run_worker(
         let limits = *limits.read();
         match &job.publication.trace {
             Some(parent) => deliver_traced(&job, limits, &metrics, parent),
-            None => {
-                deliver(&job, limits, &metrics);
-            }
+            None => deliver_in_chunks(&job, limits, &metrics).await,
         }
     }
+}
+
+/// Recipients a worker serves before it lets other tasks (an API request, a session)
+/// run: a job for a big channel writes to thousands of sockets.
+const CHUNK: usize = 512;
+
+/// `deliver`, yielding to the runtime between chunks of `CHUNK` recipients. Later jobs
+/// of this shard wait (the worker takes them in order), so per-client order holds.
+async fn deliver_in_chunks(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) {
+    let members = job.snapshot.by_shard[job.shard].len();
+    let (mut delivered, mut evicted) = (0, 0);
+    let mut start = 0;
+    while start < members {
+        let end = (start + CHUNK).min(members);
+        let (d, e) = deliver_range(job, start..end, limits);
+        delivered += d;
+        evicted += e;
+        start = end;
+        if start < members {
+            tokio::task::yield_now().await;
+        }
+    }
+    finish(job, delivered, evicted, metrics);
 }
 
 /// `deliver` inside a `fanout.shard` trace span, and for a sampled share of the shards,
@@ -272,11 +298,23 @@ impl FanoutJob {
     }
 }
 
-/// Pushes one shard's part; returns (delivered, evicted).
+/// Pushes one shard's part at once; returns (delivered, evicted).
 fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) -> (u64, u64) {
+    let members = job.snapshot.by_shard[job.shard].len();
+    let (delivered, evicted) = deliver_range(job, 0..members, limits);
+    finish(job, delivered, evicted, metrics);
+    (delivered, evicted)
+}
+
+/// Pushes to the shard's recipients in `range`; returns (delivered, evicted).
+fn deliver_range(
+    job: &FanoutJob,
+    range: std::ops::Range<usize>,
+    limits: QueueLimits,
+) -> (u64, u64) {
     let mut delivered = 0u64;
     let mut evicted = 0u64;
-    for member in &job.snapshot.by_shard[job.shard] {
+    for member in &job.snapshot.by_shard[job.shard][range] {
         let client = member.client();
         if job.publication.excludes(client) {
             continue;
@@ -305,7 +343,7 @@ fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) -> (u64, u64
         let Some(frame) = job.publication.frame_for(client) else {
             continue;
         };
-        let pushed = client.push_live(frame.clone(), limits, &member.subscription);
+        let pushed = client.push_live(frame, limits, &member.subscription);
         drop(held);
         if settled {
             job.entry.settle(client.id);
@@ -319,6 +357,11 @@ fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) -> (u64, u64
             Err(_) => {}
         }
     }
+    (delivered, evicted)
+}
+
+/// Counts a finished job; the last shard of a publication records its enqueue time.
+fn finish(job: &FanoutJob, delivered: u64, evicted: u64, metrics: &Metrics) {
     metrics.deliveries.inc_by(delivered);
     if delivered > 0 {
         metrics.pusher_delivered(job.entry_channel(), delivered);
@@ -331,5 +374,4 @@ fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) -> (u64, u64
             .publish_enqueue_seconds
             .observe(job.publication.started.elapsed().as_secs_f64());
     }
-    (delivered, evicted)
 }

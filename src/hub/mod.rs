@@ -4,20 +4,24 @@
 //! Shape: `Hub` is a cheap-clone handle (`Arc<Shared>`). Channels live in a `DashMap`;
 //! each channel keeps its members and a lazily rebuilt snapshot (see `channel`). A
 //! publication is split by fan-out shard and handed to that shard's worker (see `fanout`),
-//! which pushes a shared `Bytes` frame into each recipient's queue. A shared ticker (see
-//! `ticker`) sends pings, enforces pong and write timeouts, and samples queue depth, so
-//! no connection owns a timer.
+//! which pushes a shared `Bytes` frame to each recipient's outbox (see `outbox`): written
+//! straight to a WebSocket client's socket when nothing is pending, queued for its
+//! session otherwise. A shared ticker (see `ticker`) sends pings, enforces pong and write
+//! timeouts, and samples queue depth, so no connection owns a timer.
 //!
 //! Architecture Invariant: no lock and no `DashMap` reference is held while awaiting or
-//! while fanning out; the hub never touches a socket.
+//! while fanning out; the hub touches a socket only through a client's outbox, with a
+//! non-blocking write under that client's queue lock (never waiting for it).
 
 mod channel;
 mod client;
 mod fanout;
+mod outbox;
+pub mod socket;
 mod ticker;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -27,10 +31,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use client::{
-    Batch, ClientHandle, ClientId, Closing, Dialect, FRAME_SLOTS, PushError, QueueLimits,
-};
+pub use client::{ClientHandle, ClientId, Dialect, FRAME_SLOTS};
 pub use fanout::{EncodedPublication, NamedEvent, Publication};
+pub use outbox::{Batch, Closing, PushError, QueueLimits, WriteTurn};
 
 use crate::metrics::Metrics;
 use crate::protocol::{ChannelName, CloseCode, Encoding, StreamPosition};
@@ -47,6 +50,11 @@ pub struct HubSettings {
     pub expiry_grace_secs: u64,
     /// Largest outbound batch frame a session writes.
     pub max_batch_bytes: usize,
+    /// How long a woken session waits before it writes (0: at once, and pushes write
+    /// directly when nothing is pending).
+    pub write_delay_ms: u64,
+    /// Most messages in one batch frame; 0: no bound but `max_batch_bytes`.
+    pub max_messages_per_frame: usize,
     /// Fan-out workers, each owning a slice of the clients.
     pub shards: usize,
 }
@@ -65,6 +73,8 @@ struct Shared {
     queue_limits: Arc<RwLock<QueueLimits>>,
     /// Read by every session write: an atomic, not a lock or an `Arc` clone.
     max_batch_bytes: AtomicUsize,
+    write_delay_ms: AtomicU64,
+    max_messages_per_frame: AtomicUsize,
     metrics: Arc<Metrics>,
     started: Instant,
     id_prefix: u64,
@@ -167,6 +177,8 @@ impl Hub {
                 channels: DashMap::new(),
                 workers,
                 max_batch_bytes: AtomicUsize::new(settings.max_batch_bytes),
+                write_delay_ms: AtomicU64::new(settings.write_delay_ms),
+                max_messages_per_frame: AtomicUsize::new(settings.max_messages_per_frame),
                 settings: RwLock::new(settings),
                 queue_limits,
                 metrics,
@@ -196,11 +208,30 @@ impl Hub {
         self.shared
             .max_batch_bytes
             .store(settings.max_batch_bytes, Ordering::Relaxed);
+        self.shared
+            .write_delay_ms
+            .store(settings.write_delay_ms, Ordering::Relaxed);
+        self.shared
+            .max_messages_per_frame
+            .store(settings.max_messages_per_frame, Ordering::Relaxed);
         *self.shared.settings.write() = settings;
     }
 
     pub fn max_batch_bytes(&self) -> usize {
         self.shared.max_batch_bytes.load(Ordering::Relaxed)
+    }
+
+    /// How long a woken session waits before writing; zero: no wait, direct writes on.
+    pub fn write_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.shared.write_delay_ms.load(Ordering::Relaxed))
+    }
+
+    /// Most messages per batch frame (`usize::MAX` when unbounded).
+    pub fn max_messages_per_frame(&self) -> usize {
+        match self.shared.max_messages_per_frame.load(Ordering::Relaxed) {
+            0 => usize::MAX,
+            n => n,
+        }
     }
 
     pub fn queue_limits(&self) -> QueueLimits {

@@ -72,6 +72,13 @@ fn tick(hub: &Hub) {
             }
             Some(Due::Ping) => {
                 metrics.queue_depth.observe(client.queue_len() as f64);
+                // What pushes wrote straight to the socket is counted here at the
+                // latest (the session counts it whenever it writes itself).
+                let (frames, bytes) = client.take_direct_counts();
+                if frames > 0 {
+                    metrics.frames_sent.inc_by(frames);
+                    metrics.bytes_sent.inc_by(bytes);
+                }
                 // An SSE stream has no way to answer: its heartbeat expects no pong.
                 if client.dialect != Dialect::Sse {
                     client.ping_sent_ms.store(now.max(1), Ordering::Relaxed);

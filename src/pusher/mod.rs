@@ -71,6 +71,8 @@ mod tests {
             write_timeout_ms: 60_000,
             expiry_grace_secs: 0,
             max_batch_bytes: 1 << 16,
+            write_delay_ms: 0,
+            max_messages_per_frame: 0,
             shards: 2,
         };
         Hub::start(settings, Arc::new(Metrics::new()), tracker, stop.clone())

@@ -6,8 +6,6 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
 use super::Admission;
 use super::transport::{Inbound, Transport};
 use crate::auth::TokenError;
@@ -59,15 +57,12 @@ impl From<CloseCode> for Refused {
 
 /// Runs the handshake; on success the client is registered and `connected` is queued.
 /// Returns the rest of the first frame's batch, to be handled as ordinary requests.
-pub(super) async fn handshake<S>(
-    transport: &mut Transport<S>,
+pub(super) async fn handshake(
+    transport: &mut Transport,
     state: &Arc<AppState>,
     header_token: Option<String>,
     admission: &mut Admission,
-) -> Result<(Arc<ClientHandle>, Vec<Result<Request, RequestError>>), Refused>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) -> Result<(Arc<ClientHandle>, Vec<Result<Request, RequestError>>), Refused> {
     let config = state.config();
     // A shutdown does not wait for clients that have not connected yet.
     let first = tokio::select! {

@@ -10,6 +10,7 @@ mod connect;
 mod proxied;
 pub(crate) mod rate;
 mod requests;
+mod stream;
 mod transport;
 mod upgrade;
 
@@ -17,8 +18,6 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use tracing::Instrument;
-
-use tokio::io::{AsyncRead, AsyncWrite};
 
 pub(crate) use connect::{Refused, apply_expiry, identify};
 pub(crate) use proxied::check_subscribe;
@@ -31,6 +30,7 @@ use crate::limits::LimitSlot;
 use crate::protocol::{CloseCode, Encoding, decode_frame, encode_error};
 use crate::state::AppState;
 use rate::RateLimiter;
+use stream::SocketStream;
 use transport::{Inbound, Transport};
 
 /// Batches written before the session goes back to reading.
@@ -43,14 +43,33 @@ enum Flow {
     Stop,
 }
 
+/// The socket of an upgraded connection, taken out of hyper's wrapper so the client's
+/// outbox can write to it directly. `None` (the connection is dropped) if it is not the
+/// TCP stream the server's accept loop serves.
+pub(super) fn socket_stream(upgraded: hyper::upgrade::Upgraded) -> Option<SocketStream> {
+    use hyper_util::rt::TokioIo;
+    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => Some(SocketStream::new(
+            Arc::new(parts.io.into_inner()),
+            parts.read_buf,
+        )),
+        Err(_) => {
+            tracing::warn!("upgraded connection is not a TCP stream; dropped");
+            None
+        }
+    }
+}
+
 /// A connected session.
-struct Session<S> {
-    transport: Transport<S>,
+struct Session {
+    transport: Transport,
     state: Arc<AppState>,
     client: Arc<ClientHandle>,
     rate: RateLimiter,
     /// Set on a Pusher connection (`crate::pusher`): the same session, another front end.
     pusher: Option<Box<crate::pusher::session::PusherConn>>,
+    /// The frame list of a write turn, kept between turns while it is small.
+    spare: Vec<bytes::Bytes>,
     /// Held for the session's life; dropping it releases the connection's limit slots.
     _admission: Admission,
 }
@@ -98,8 +117,8 @@ impl Admission {
 ///
 /// The session sits in its own allocation so the connection's task future holds only a
 /// pointer to it and the state of the await it is parked at (see [`Session::run`]).
-pub(super) struct Started<S> {
-    session: Box<Session<S>>,
+pub(super) struct Started {
+    session: Box<Session>,
     rest: Vec<Result<crate::protocol::Request, crate::protocol::RequestError>>,
     span: tracing::Span,
 }
@@ -107,16 +126,13 @@ pub(super) struct Started<S> {
 /// Runs the `connect` handshake of an upgraded connection. `None` when it ended there
 /// (closed with its code). Callers box this future: it is short-lived, and inlined it
 /// would enlarge every session's task for the connection's whole life.
-pub(super) async fn start<S>(
-    socket: tokio_tungstenite::WebSocketStream<S>,
+pub(super) async fn start(
+    socket: tokio_tungstenite::WebSocketStream<SocketStream>,
     state: Arc<AppState>,
     encoding: Encoding,
     header_token: Option<String>,
     mut admission: Admission,
-) -> Option<Started<S>>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) -> Option<Started> {
     let config = state.config();
     let mut transport = Transport::new(socket, encoding, config.client.write_timeout());
     let handshake = if admission.over_ip_limit {
@@ -139,6 +155,7 @@ where
             return None;
         }
     };
+    transport.attach(&client, state.hub.write_delay().is_zero());
     // One span per session; instrumenting the future (not entering a guard) keeps it
     // attached across awaits and thread hops.
     let span = tracing::info_span!(
@@ -151,6 +168,7 @@ where
         transport,
         rate: RateLimiter::new(&config.client),
         pusher: None,
+        spare: Vec::new(),
         state,
         client,
         _admission: admission,
@@ -166,16 +184,13 @@ where
 /// with Pusher's codes (4001 unknown app, 4003 disabled, 4007 protocol, 4004 over the
 /// app's quota, 4100 over a node or IP limit); otherwise the client is registered and
 /// `pusher:connection_established` queued. `None` when it ended there.
-pub(super) async fn start_pusher<S>(
-    socket: tokio_tungstenite::WebSocketStream<S>,
+pub(super) async fn start_pusher(
+    socket: tokio_tungstenite::WebSocketStream<SocketStream>,
     state: Arc<AppState>,
     key: String,
     protocol_ok: bool,
     mut admission: Admission,
-) -> Option<Started<S>>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+) -> Option<Started> {
     use crate::pusher::close;
     let config = state.config();
     let mut transport = Transport::pusher(socket, config.client.write_timeout());
@@ -219,6 +234,7 @@ where
         None,
         crate::hub::Dialect::Pusher,
     );
+    transport.attach(&client, state.hub.write_delay().is_zero());
     let conn = crate::pusher::session::PusherConn::new(app, &client, &state.metrics);
     let _ = client.push_replay(
         vec![conn.established(config.client.ping_interval_secs)],
@@ -229,6 +245,7 @@ where
         transport,
         rate: RateLimiter::new(&config.client),
         pusher: Some(Box::new(conn)),
+        spare: Vec::new(),
         state,
         client,
         _admission: admission,
@@ -240,10 +257,7 @@ where
     })
 }
 
-impl<S> Started<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+impl Started {
     /// Serves the connection to its end.
     pub(super) async fn serve(self) {
         let Started {
@@ -255,10 +269,7 @@ where
     }
 }
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+impl Session {
     /// Handles the rest of the `connect` frame, serves, and cleans up.
     ///
     /// This future lives as long as the connection, so it holds the boxed session and,
@@ -363,26 +374,47 @@ where
         self.handle_all(requests).await
     }
 
-    /// Writes queued messages as batch frames; performs the close once the queue says so.
+    /// Writes what the outbox holds (what a direct write left unsent, control frames,
+    /// queued messages as batch frames); performs the close once the queue says so.
     async fn flush(&mut self) -> Flow {
+        let delay = self.state.hub.write_delay();
+        if !delay.is_zero() {
+            // Let more messages join this frame (`client.write_delay_ms`).
+            tokio::time::sleep(delay).await;
+        }
         let max_batch = self.state.hub.max_batch_bytes();
+        let mut turn = crate::hub::WriteTurn {
+            items: std::mem::take(&mut self.spare),
+            ..Default::default()
+        };
+        let flow = self.write_turns(&mut turn, max_batch).await;
+        // Keep a small frame list for the next wake-up; a big one would stay with an idle
+        // connection.
+        if turn.items.capacity() <= 16 {
+            turn.items.clear();
+            self.spare = turn.items;
+        }
+        flow
+    }
+
+    async fn write_turns(&mut self, turn: &mut crate::hub::WriteTurn, max_batch: usize) -> Flow {
         for _ in 0..BATCHES_PER_TURN {
-            let batch = self.client.take_batch(max_batch);
-            if !batch.items.is_empty() {
-                let started = self.state.hub.now_ms();
-                self.client.write_started(started);
-                let written = tokio::select! {
-                    written = self.transport.send_batch(&batch.items, &self.state.metrics) => written,
-                    _ = self.client.wait_for_abort() => false,
-                };
-                self.client.write_finished();
-                if !written {
-                    self.client
-                        .close(CloseCode::GoingAway, "write failed", true);
-                    return Flow::Stop;
-                }
+            let max_messages = self.state.hub.max_messages_per_frame();
+            self.client.take_write(max_batch, max_messages, turn);
+            self.transport.count_direct(turn, &self.state.metrics);
+            if !turn.is_empty()
+                && !self
+                    .transport
+                    .send_turn(turn, &self.client, &self.state.hub, &self.state.metrics)
+                    .await
+            {
+                self.client.end_write();
+                self.client
+                    .close(CloseCode::GoingAway, "write failed", true);
+                return Flow::Stop;
             }
-            if let Some(closing) = batch.closing {
+            if let Some(closing) = turn.closing.take() {
+                self.client.end_write();
                 if closing.code != CloseCode::Normal {
                     Box::pin(self.transport.close(
                         closing.code,
@@ -393,12 +425,13 @@ where
                 }
                 return Flow::Stop;
             }
-            if batch.items.is_empty() {
+            if turn.is_empty() {
                 self.transport.report_if_stale(&self.state.metrics);
                 return Flow::Continue;
             }
         }
         // More is waiting: read in between, then come back.
+        self.client.end_write();
         self.client.rewake();
         Flow::Continue
     }
@@ -444,6 +477,8 @@ where
         tracing::debug!(code = label, "disconnected");
         crate::telemetry::session_ended(self.client.id, label);
         self.transport.shutdown().await;
+        let (frames, bytes) = self.client.take_direct_counts();
+        self.transport.count_frames(frames, bytes);
         self.transport.flush_metrics(&self.state.metrics);
     }
 }

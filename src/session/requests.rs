@@ -3,8 +3,6 @@
 
 use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
 use super::rate::Verdict;
 use super::{Flow, Session};
 use crate::auth::{TokenError, may_publish, may_subscribe};
@@ -30,10 +28,7 @@ impl From<policy::Refusal> for Refusal {
     }
 }
 
-impl<S> Session<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+impl Session {
     /// Handles one decoded request (or the error it decoded to).
     pub(super) async fn handle(&mut self, request: Result<Request, RequestError>) -> Flow {
         let request = match request {

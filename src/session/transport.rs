@@ -1,31 +1,35 @@
 //! The socket side of a session: reading data frames, writing batches, and closing with a
 //! `disconnect` message and a close code, every write bounded by `write_timeout`.
 //!
-//! Data frames are written by this module itself, not by tungstenite: a server frame is
-//! a 2–10 byte header and the payload, sent with one vectored write straight from the
-//! shared `Bytes`. tungstenite would copy every frame into a write buffer that keeps its
-//! largest size for the connection's life (one 64 KiB batch, and every idle connection
-//! that got one holds 64 KiB), and would validate JSON frames as UTF-8 per recipient;
-//! frames come from our own encoders and are valid by construction. Control frames
-//! (close, and tungstenite's automatic pongs) still go through tungstenite, which is
-//! flushed before each data frame so frames never interleave.
+//! Data frames are not written by tungstenite: a server frame is a 2–10 byte header and
+//! the payload, sent with one vectored write straight from the shared `Bytes`, either by
+//! a push itself (the outbox's direct write, `crate::hub::outbox`) or, when that could
+//! not finish, here. tungstenite would copy every frame into a write buffer that keeps
+//! its largest size for the connection's life, and would validate JSON frames as UTF-8
+//! per recipient; frames come from our own encoders and are valid by construction.
+//! Control frames (close, and tungstenite's automatic pongs) still come from
+//! tungstenite, through the outbox's `unsent` bytes (see `stream`), so frames never
+//! interleave. A write that finishes at once costs no timer, no clock read and no
+//! wake-up registration; only a write the socket makes wait is watched for the write
+//! timeout (`write_started`, aborted by the ticker).
 //!
 //! Closing is a lingering close: after our close frame we half-close the TCP stream and
 //! discard what the client still sends for a moment, so unread input cannot make the
 //! kernel reset the connection and destroy the close frame before the client reads it.
 
-use std::io::IoSlice;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
-use crate::hub::Dialect;
+use super::stream::SocketStream;
+use crate::hub::socket::{Opcode, Progress, RawSocket, frame_header, try_write_parts, write_parts};
+use crate::hub::{ClientHandle, Dialect, Hub, WriteTurn};
 use crate::metrics::Metrics;
 use crate::protocol::{CloseCode, Encoding, encode_disconnect};
 
@@ -49,8 +53,8 @@ pub(super) enum Inbound {
     Broken,
 }
 
-pub(super) struct Transport<S> {
-    socket: WebSocketStream<S>,
+pub(super) struct Transport {
+    socket: WebSocketStream<SocketStream>,
     encoding: Encoding,
     /// Pusher clients get one event per frame and `pusher:error` before a close.
     dialect: Dialect,
@@ -60,12 +64,9 @@ pub(super) struct Transport<S> {
     last_report: Option<std::time::Instant>,
 }
 
-impl<S> Transport<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
+impl Transport {
     pub(super) fn new(
-        socket: WebSocketStream<S>,
+        socket: WebSocketStream<SocketStream>,
         encoding: Encoding,
         write_timeout: Duration,
     ) -> Self {
@@ -81,7 +82,7 @@ where
     }
 
     /// A transport for a Pusher connection (`crate::pusher`).
-    pub(super) fn pusher(socket: WebSocketStream<S>, write_timeout: Duration) -> Self {
+    pub(super) fn pusher(socket: WebSocketStream<SocketStream>, write_timeout: Duration) -> Self {
         let mut transport = Transport::new(socket, Encoding::Json, write_timeout);
         transport.dialect = Dialect::Pusher;
         transport
@@ -111,41 +112,80 @@ where
         }
     }
 
-    /// Writes `items` as one frame (a batch when there are several; Pusher clients, who
-    /// know no batches, get one frame each). False if it failed.
-    pub(super) async fn send_batch(&mut self, items: &[Bytes], metrics: &Metrics) -> bool {
-        if self.dialect == Dialect::Pusher && items.len() > 1 {
-            for item in items {
-                if !Box::pin(self.send_batch(std::slice::from_ref(item), metrics)).await {
-                    return false;
-                }
-            }
-            return true;
+    /// The client is registered: control frames go through its outbox from now on,
+    /// and with `direct`, pushes may write data frames straight to the socket.
+    pub(super) fn attach(&mut self, client: &std::sync::Arc<ClientHandle>, direct: bool) {
+        let opcode = self.opcode();
+        let stream = self.socket.get_mut();
+        stream.route_through(client.clone());
+        if direct {
+            client.attach_socket(stream.socket().clone(), opcode);
         }
-        let payload = match items {
-            [one] => one.clone(),
-            many => self.encoding.join_batch(many),
-        };
-        let len = payload.len() as u64;
-        // Whatever tungstenite holds (an automatic pong) goes out first, whole.
-        if self.socket.flush().await.is_err() {
-            return false;
+    }
+
+    fn opcode(&self) -> Opcode {
+        match (self.dialect, self.encoding) {
+            (Dialect::Native, Encoding::Msgpack) => Opcode::Binary,
+            _ => Opcode::Text,
         }
-        let (header, header_len) = frame_header(self.encoding, payload.len());
-        let raw = self.socket.get_mut();
-        if write_frame(raw, &header[..header_len], &payload)
-            .await
-            .is_err()
-        {
-            return false;
-        }
+    }
+
+    /// Adds the outbox's direct writes to this session's counts.
+    pub(super) fn count_direct(&mut self, turn: &WriteTurn, metrics: &Metrics) {
+        self.count(turn.direct_frames, turn.direct_bytes, metrics);
+    }
+
+    /// Adds to this session's counts without reporting them yet.
+    pub(super) fn count_frames(&mut self, frames: u64, bytes: u64) {
+        self.unreported_bytes += bytes;
+        self.unreported_frames += frames;
+    }
+
+    fn count(&mut self, frames: u64, bytes: u64, metrics: &Metrics) {
         // Counted locally and added to the shared counters every few frames, so a
         // delivery costs no shared atomic here.
-        self.unreported_bytes += len;
-        self.unreported_frames += 1;
+        self.unreported_bytes += bytes;
+        self.unreported_frames += frames;
         if self.unreported_frames >= METRICS_EVERY_FRAMES {
             self.flush_metrics(metrics);
         }
+    }
+
+    /// Writes a turn: what was `unsent`, then the frames, one batch frame for all of
+    /// them (Pusher clients, who know no batches, get one frame each). False if it
+    /// failed or stalled past the write timeout.
+    pub(super) async fn send_turn(
+        &mut self,
+        turn: &WriteTurn,
+        client: &ClientHandle,
+        hub: &Hub,
+        metrics: &Metrics,
+    ) -> bool {
+        let socket = self.socket.get_ref().socket().clone();
+        let opcode = self.opcode();
+        let mut unsent = &turn.unsent[..];
+        let joined;
+        let frames: &[Bytes] = match &turn.items[..] {
+            many @ [_, _, ..] if self.dialect != Dialect::Pusher => {
+                joined = [self.encoding.join_batch(many)];
+                &joined
+            }
+            items => items,
+        };
+        if frames.is_empty() {
+            return write_watched(&*socket, &mut [unsent], client, hub).await;
+        }
+        let mut bytes = 0;
+        for payload in frames {
+            let (header, used) = frame_header(opcode, payload.len());
+            let mut parts = [unsent, &header[..used], &payload[..]];
+            if !write_watched(&*socket, &mut parts, client, hub).await {
+                return false;
+            }
+            unsent = &[];
+            bytes += payload.len() as u64;
+        }
+        self.count(frames.len() as u64, bytes, metrics);
         true
     }
 
@@ -224,58 +264,26 @@ where
     }
 }
 
-/// The header of an unmasked, final server data frame (RFC 6455 section 5.2): text for
-/// JSON, binary for MessagePack. Returns the buffer and how much of it is used.
-fn frame_header(encoding: Encoding, payload_len: usize) -> ([u8; 10], usize) {
-    let opcode = match encoding {
-        Encoding::Json => 0x1,
-        Encoding::Msgpack => 0x2,
-    };
-    let mut header = [0u8; 10];
-    header[0] = 0x80 | opcode;
-    let used = match payload_len {
-        0..=125 => {
-            header[1] = payload_len as u8;
-            2
-        }
-        126..=0xFFFF => {
-            header[1] = 126;
-            header[2..4].copy_from_slice(&(payload_len as u16).to_be_bytes());
-            4
-        }
-        _ => {
-            header[1] = 127;
-            header[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
-            10
-        }
-    };
-    (header, used)
-}
-
-/// Writes `header` then `payload`, in one vectored write when the stream supports it
-/// (with `TCP_NODELAY`, two writes would be two segments), resuming after partial writes.
-async fn write_frame<W>(out: &mut W, header: &[u8], payload: &[u8]) -> std::io::Result<()>
-where
-    W: AsyncWrite + Unpin,
-{
-    if !out.is_write_vectored() {
-        let mut frame = Vec::with_capacity(header.len() + payload.len());
-        frame.extend_from_slice(header);
-        frame.extend_from_slice(payload);
-        return out.write_all(&frame).await;
+/// Writes `parts` whole: at once if the socket takes them, else waiting for it, watched
+/// by the ticker's write timeout. False if the write failed or was aborted.
+async fn write_watched(
+    socket: &dyn RawSocket,
+    parts: &mut [&[u8]],
+    client: &ClientHandle,
+    hub: &Hub,
+) -> bool {
+    match try_write_parts(socket, parts) {
+        Ok(Progress::Done) => return true,
+        Ok(Progress::Blocked) => {}
+        Err(_) => return false,
     }
-    let (mut header, mut payload) = (header, payload);
-    while !header.is_empty() {
-        let parts = [IoSlice::new(header), IoSlice::new(payload)];
-        let written = out.write_vectored(&parts).await?;
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        let from_header = written.min(header.len());
-        header = &header[from_header..];
-        payload = &payload[written - from_header..];
-    }
-    out.write_all(payload).await
+    client.write_started(hub.now_ms());
+    let written = tokio::select! {
+        written = write_parts(socket, parts) => written.is_ok(),
+        _ = client.wait_for_abort() => false,
+    };
+    client.write_finished();
+    written
 }
 
 /// Close reasons are limited to 123 bytes by RFC 6455.
@@ -292,94 +300,5 @@ fn classify(err: &tungstenite::Error) -> Inbound {
         tungstenite::Error::Capacity(_) => Inbound::TooLarge,
         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => Inbound::Closed,
         _ => Inbound::Broken,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use super::*;
-
-    #[test]
-    fn headers_use_the_shortest_length_form() {
-        let header = |encoding, len| {
-            let (bytes, used) = frame_header(encoding, len);
-            bytes[..used].to_vec()
-        };
-        assert_eq!(header(Encoding::Json, 0), [0x81, 0]);
-        assert_eq!(header(Encoding::Msgpack, 125), [0x82, 125]);
-        assert_eq!(header(Encoding::Json, 126), [0x81, 126, 0, 126]);
-        assert_eq!(header(Encoding::Json, 65_535), [0x81, 126, 0xFF, 0xFF]);
-        assert_eq!(
-            header(Encoding::Msgpack, 65_536),
-            [0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]
-        );
-    }
-
-    /// A vectored writer that takes at most `step` bytes per call.
-    struct Trickle {
-        written: Vec<u8>,
-        step: usize,
-        vectored: bool,
-    }
-
-    impl AsyncWrite for Trickle {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<std::io::Result<usize>> {
-            let n = buf.len().min(self.step);
-            self.written.extend_from_slice(&buf[..n]);
-            Poll::Ready(Ok(n))
-        }
-
-        fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            bufs: &[IoSlice<'_>],
-        ) -> Poll<std::io::Result<usize>> {
-            let mut left = self.step;
-            for buf in bufs {
-                let n = buf.len().min(left);
-                self.written.extend_from_slice(&buf[..n]);
-                left -= n;
-            }
-            Poll::Ready(Ok(self.step - left))
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            self.vectored
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn partial_writes_still_write_the_whole_frame_once() -> std::io::Result<()> {
-        let payload: Vec<u8> = (0..=255).cycle().take(1000).collect();
-        let (header, used) = frame_header(Encoding::Msgpack, payload.len());
-        let mut expected = header[..used].to_vec();
-        expected.extend_from_slice(&payload);
-        for vectored in [true, false] {
-            for step in [1, 3, 4, 5, 999, 5000] {
-                let mut out = Trickle {
-                    written: Vec::new(),
-                    step,
-                    vectored,
-                };
-                write_frame(&mut out, &header[..used], &payload).await?;
-                assert_eq!(out.written, expected, "step {step}, vectored {vectored}");
-            }
-        }
-        Ok(())
     }
 }

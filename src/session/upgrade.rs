@@ -11,7 +11,6 @@ use std::sync::Arc;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
@@ -128,8 +127,9 @@ async fn upgrade(
     state.sessions.spawn(async move {
         let started = Box::pin(async move {
             let upgraded = on_upgrade.await.ok()?;
-            let io = TokioIo::new(upgraded);
-            let socket = WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config)).await;
+            let stream = super::socket_stream(upgraded)?;
+            let socket =
+                WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config)).await;
             match pusher {
                 Some((key, protocol_ok)) => {
                     super::start_pusher(socket, task_state, key, protocol_ok, admission).await

@@ -38,6 +38,8 @@ pub struct WsClient {
     /// Frames received so far, and how many carried more than one message.
     pub frames: usize,
     pub batched_frames: usize,
+    /// The most messages one frame carried.
+    pub largest_frame: usize,
     next_id: u64,
 }
 
@@ -97,6 +99,7 @@ impl WsClient {
             pending: VecDeque::new(),
             frames: 0,
             batched_frames: 0,
+            largest_frame: 0,
             next_id: 1,
         })
     }
@@ -228,6 +231,7 @@ impl WsClient {
         if messages.len() > 1 {
             self.batched_frames += 1;
         }
+        self.largest_frame = self.largest_frame.max(messages.len());
         self.pending.extend(messages);
         Ok(())
     }

@@ -1,0 +1,126 @@
+//! The byte stream tungstenite reads and writes for a session: the upgraded TCP socket,
+//! shared (`Arc`) with the client's outbox, which writes data frames to it directly.
+//!
+//! tungstenite reads through here (first the bytes hyper read past the upgrade request,
+//! then the socket). Its writes (close frames, automatic pongs, the `disconnect` sent
+//! before a close) go straight to the socket until the client is registered; after
+//! that, into the outbox's `unsent` bytes (`ClientHandle::push_control`), so they take
+//! their turn with the frames pushes write directly and never land inside one.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::hub::ClientHandle;
+use crate::hub::socket::{Progress, RawSocket, try_write_parts};
+
+pub(crate) struct SocketStream {
+    socket: Arc<dyn RawSocket>,
+    /// Read by hyper past the upgrade request; served before the socket.
+    prefix: Bytes,
+    /// Set once the client is registered: writes go through its outbox.
+    client: Option<Arc<ClientHandle>>,
+}
+
+impl SocketStream {
+    pub(crate) fn new(socket: Arc<dyn RawSocket>, prefix: Bytes) -> Self {
+        SocketStream {
+            socket,
+            prefix,
+            client: None,
+        }
+    }
+
+    pub(crate) fn socket(&self) -> &Arc<dyn RawSocket> {
+        &self.socket
+    }
+
+    /// From now on, writes go through `client`'s outbox.
+    pub(crate) fn route_through(&mut self, client: Arc<ClientHandle>) {
+        self.client = Some(client);
+    }
+
+    /// Writes whatever the outbox holds unsent, waiting for the socket when it is full.
+    fn poll_unsent(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(client) = &self.client else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            if client.flush_unsent(&*self.socket)? == Progress::Done {
+                return Poll::Ready(Ok(()));
+            }
+            ready!(self.socket.poll_write_ready(cx))?;
+        }
+    }
+}
+
+impl Drop for SocketStream {
+    fn drop(&mut self) {
+        if let Some(client) = &self.client {
+            client.detach_socket();
+        }
+    }
+}
+
+impl AsyncRead for SocketStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            ready!(self.socket.poll_read_ready(cx))?;
+            match self.socket.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for SocketStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if let Some(client) = &self.client {
+            // Taken whole: tungstenite hands over whole frames, and they stay whole.
+            client.push_control(buf);
+            return Poll::Ready(Ok(buf.len()));
+        }
+        loop {
+            let mut parts = [buf];
+            match try_write_parts(&*self.socket, &mut parts)? {
+                Progress::Done => return Poll::Ready(Ok(buf.len())),
+                Progress::Blocked if parts[0].len() < buf.len() => {
+                    return Poll::Ready(Ok(buf.len() - parts[0].len()));
+                }
+                Progress::Blocked => ready!(self.socket.poll_write_ready(cx))?,
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_unsent(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_unsent(cx))?;
+        Poll::Ready(self.socket.shutdown_write())
+    }
+}
