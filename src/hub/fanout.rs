@@ -228,8 +228,8 @@ pub(crate) async fn run_worker(
         let Some(job) = job else { return };
         let limits = *limits.read();
         match &job.publication.trace {
-            Some(parent) => deliver_traced(&job, limits, &metrics, parent),
-            None => deliver_in_chunks(&job, limits, &metrics).await,
+            Some(parent) => deliver_traced(&job, limits, &metrics, parent, jobs.is_empty()),
+            None => deliver_in_chunks(&job, limits, &metrics, &jobs).await,
         }
     }
 }
@@ -240,13 +240,22 @@ const CHUNK: usize = 512;
 
 /// `deliver`, yielding to the runtime between chunks of `CHUNK` recipients. Later jobs
 /// of this shard wait (the worker takes them in order), so per-client order holds.
-async fn deliver_in_chunks(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) {
+///
+/// Direct writes (see `outbox`) are used only while no other job waits for this worker:
+/// a worker that falls behind queues instead, so each session writes what piled up in
+/// one batch frame (one syscall for many messages) and the worker catches up.
+async fn deliver_in_chunks(
+    job: &FanoutJob,
+    limits: QueueLimits,
+    metrics: &Metrics,
+    waiting: &mpsc::Receiver<FanoutJob>,
+) {
     let members = job.snapshot.by_shard[job.shard].len();
     let (mut delivered, mut evicted) = (0, 0);
     let mut start = 0;
     while start < members {
         let end = (start + CHUNK).min(members);
-        let (d, e) = deliver_range(job, start..end, limits);
+        let (d, e) = deliver_range(job, start..end, limits, waiting.is_empty());
         delivered += d;
         evicted += e;
         start = end;
@@ -259,7 +268,13 @@ async fn deliver_in_chunks(job: &FanoutJob, limits: QueueLimits, metrics: &Metri
 
 /// `deliver` inside a `fanout.shard` trace span, and for a sampled share of the shards,
 /// a `deliver` span naming one subscriber and the queue it was handed to.
-fn deliver_traced(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics, parent: &tracing::Span) {
+fn deliver_traced(
+    job: &FanoutJob,
+    limits: QueueLimits,
+    metrics: &Metrics,
+    parent: &tracing::Span,
+    direct: bool,
+) {
     use crate::telemetry::TARGET;
     let span = tracing::info_span!(
         target: TARGET,
@@ -271,7 +286,7 @@ fn deliver_traced(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics, paren
         evicted = tracing::field::Empty,
     );
     let _in_span = span.enter();
-    let (delivered, evicted) = deliver(job, limits, metrics);
+    let (delivered, evicted) = deliver(job, limits, metrics, direct);
     span.record("recipients", delivered);
     span.record("evicted", evicted);
     if crate::telemetry::sample_delivery()
@@ -299,9 +314,9 @@ impl FanoutJob {
 }
 
 /// Pushes one shard's part at once; returns (delivered, evicted).
-fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) -> (u64, u64) {
+fn deliver(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics, direct: bool) -> (u64, u64) {
     let members = job.snapshot.by_shard[job.shard].len();
-    let (delivered, evicted) = deliver_range(job, 0..members, limits);
+    let (delivered, evicted) = deliver_range(job, 0..members, limits, direct);
     finish(job, delivered, evicted, metrics);
     (delivered, evicted)
 }
@@ -311,6 +326,7 @@ fn deliver_range(
     job: &FanoutJob,
     range: std::ops::Range<usize>,
     limits: QueueLimits,
+    direct: bool,
 ) -> (u64, u64) {
     let mut delivered = 0u64;
     let mut evicted = 0u64;
@@ -343,7 +359,7 @@ fn deliver_range(
         let Some(frame) = job.publication.frame_for(client) else {
             continue;
         };
-        let pushed = client.push_live(frame, limits, &member.subscription);
+        let pushed = client.push_live(frame, limits, &member.subscription, direct);
         drop(held);
         if settled {
             job.entry.settle(client.id);

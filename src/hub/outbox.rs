@@ -156,18 +156,20 @@ impl ClientHandle {
     /// Enqueues (or writes) one encoded message. On overflow the queue is emptied and the
     /// client is marked for close 4008; the caller counts the eviction.
     pub fn push(&self, message: Bytes, limits: QueueLimits) -> Result<(), PushError> {
-        self.push_frame(&message, limits, None)
+        self.push_frame(&message, limits, None, true)
     }
 
     /// `push` of a fan-out delivery: dropped if `subscription` has ended. The frame is
-    /// cloned only if it has to be queued.
+    /// cloned only if it has to be queued. Without `direct`, it is queued even when it
+    /// could be written at once (a fan-out worker that is behind lets sessions batch).
     pub(crate) fn push_live(
         &self,
         message: &Bytes,
         limits: QueueLimits,
         subscription: &Subscription,
+        direct: bool,
     ) -> Result<(), PushError> {
-        self.push_frame(message, limits, Some(subscription))
+        self.push_frame(message, limits, Some(subscription), direct)
     }
 
     fn push_frame(
@@ -175,6 +177,7 @@ impl ClientHandle {
         message: &Bytes,
         limits: QueueLimits,
         subscription: Option<&Subscription>,
+        direct: bool,
     ) -> Result<(), PushError> {
         let mut state = self.queue.lock();
         if subscription.is_some_and(|s| !s.active.load(Ordering::Relaxed)) {
@@ -201,7 +204,7 @@ impl ClientHandle {
             self.wake.notify_one();
             return Err(PushError::Overflow);
         }
-        if state.items.is_empty() && !state.writing && state.unsent.is_empty() {
+        if direct && state.items.is_empty() && !state.writing && state.unsent.is_empty() {
             match write_direct(&mut state, message) {
                 DirectOutcome::Written => return Ok(()),
                 DirectOutcome::Partial => {

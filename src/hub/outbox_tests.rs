@@ -134,12 +134,12 @@ fn an_ended_subscription_delivers_nothing() {
         max_bytes: 100,
     };
     assert_eq!(
-        c.push_live(&Bytes::from_static(b"a"), limits, &subscription),
+        c.push_live(&Bytes::from_static(b"a"), limits, &subscription, true),
         Ok(())
     );
     subscription.end();
     assert_eq!(
-        c.push_live(&Bytes::from_static(b"b"), limits, &subscription),
+        c.push_live(&Bytes::from_static(b"b"), limits, &subscription, true),
         Err(PushError::Unsubscribed)
     );
     assert_eq!(c.queue_len(), 1);
