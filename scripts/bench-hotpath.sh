@@ -6,8 +6,11 @@
 #
 #   cargo build --release -p pushwire -p pushwire-loadtest
 #   scripts/bench-hotpath.sh                                   # target/release/pushwire
-#   BIN=/work/bin-before/pushwire OUT=bench-before scripts/bench-hotpath.sh
-#   BINS="before=/work/bin-before/pushwire after=target/release/pushwire" REPEAT=2 \
+#   # an older build to compare with, e.g. main before a change:
+#   git worktree add ../pw-before <commit> && (cd ../pw-before && cargo build --release) \
+#     && mkdir -p bench-bin && cp ../pw-before/target/release/pushwire bench-bin/pushwire-before
+#   BIN=bench-bin/pushwire-before OUT=bench-before scripts/bench-hotpath.sh
+#   BINS="before=bench-bin/pushwire-before after=target/release/pushwire" REPEAT=2 \
 #     scripts/bench-hotpath.sh     # both binaries, runs interleaved, each run twice
 #   RUNS="idle channels" IDLE=1000 CHANNELS=500 SECS=3 scripts/bench-hotpath.sh  # smoke
 #   scripts/bench-hotpath.sh summary bench-hotpath             # the table of earlier runs
