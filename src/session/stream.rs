@@ -30,7 +30,7 @@ impl SocketStream {
     pub(crate) fn new(socket: Arc<dyn RawSocket>, prefix: Bytes) -> Self {
         SocketStream {
             socket,
-            prefix,
+            prefix: detached(prefix),
             client: None,
         }
     }
@@ -58,6 +58,17 @@ impl SocketStream {
     }
 }
 
+/// `prefix` in an allocation of its own: hyper hands over a slice of its read buffer
+/// (8 KiB or more), which would otherwise stay allocated for the connection's life even
+/// when the slice is empty.
+fn detached(prefix: Bytes) -> Bytes {
+    if prefix.is_empty() {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(&prefix)
+    }
+}
+
 impl Drop for SocketStream {
     fn drop(&mut self) {
         if let Some(client) = &self.client {
@@ -76,6 +87,10 @@ impl AsyncRead for SocketStream {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            if self.prefix.is_empty() {
+                // Even empty, the slice would keep hyper's whole read buffer alive.
+                self.prefix = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         loop {
