@@ -108,6 +108,7 @@ FANOUT="${FANOUT:-5000}"
 PROBE="${PROBE:-20}"
 SECS="${SECS:-10}"
 PORT="${PORT:-18481}"
+LOG="${LOG:-}" # RUST_LOG for the node; empty: its default level (info), as users run it
 SERVER_TOML="${SERVER_TOML:-}" # extra [server] keys, e.g. SERVER_TOML="api_thread = false"
 KEY=bench-api-key-0123456789
 
@@ -131,7 +132,8 @@ $SERVER_TOML
 [api]
 keys = ["$KEY"]
 TOML
-  RUST_LOG=warn taskset -c 0 "$2" serve --config "$OUT/$1/node.toml" > "$OUT/$1/node.log" 2>&1 &
+  # The node logs at its default level unless LOG says otherwise (e.g. LOG=warn).
+  env -u RUST_LOG ${LOG:+RUST_LOG=$LOG} taskset -c 0 "$2" serve --config "$OUT/$1/node.toml" > "$OUT/$1/node.log" 2>&1 &
   node_pid=$!
   for _ in $(seq 100); do
     curl -fsS "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1 && return 0
@@ -159,6 +161,7 @@ lt_idle() {
   done
   echo "# loadtest: $LOADTEST sha256 $(sha256sum "$LOADTEST" | cut -c1-16)"
   if [ -n "$SERVER_TOML" ]; then echo "# [server] extra: $SERVER_TOML"; fi
+  echo "# node log level: ${LOG:-default}"
 } | tee "$OUT/header.txt"
 
 for run in $RUNS; do
