@@ -184,7 +184,6 @@ fn run(c: &mut Criterion) -> BenchResult<()> {
         r#"{{"op":"message","channel":"bench-push","data":"{}"}}"#,
         "x".repeat(98)
     ));
-    let limits = state.hub.queue_limits();
     let counting = std::env::var("FRAME_PATH_ITERS")
         .ok()
         .and_then(|n| n.parse::<u64>().ok());
@@ -194,7 +193,7 @@ fn run(c: &mut Criterion) -> BenchResult<()> {
         if wanted("push/1") {
             counted_run("push/1", iters, &mut || {
                 rt.block_on(async {
-                    if client.push(frame.clone(), limits).is_err() {
+                    if state.hub.enqueue(&client, frame.clone()).is_err() {
                         panic!("push refused");
                     }
                     must(one.read_frame().await);
@@ -209,7 +208,7 @@ fn run(c: &mut Criterion) -> BenchResult<()> {
         group.bench_function("push/1", |b| {
             b.iter(|| {
                 rt.block_on(async {
-                    if client.push(frame.clone(), limits).is_err() {
+                    if state.hub.enqueue(&client, frame.clone()).is_err() {
                         panic!("push refused");
                     }
                     must(one.read_frame().await)

@@ -352,16 +352,35 @@ impl Hub {
         Some(recovered)
     }
 
+    /// Enqueues (or writes) one frame for `client`, counting an eviction when it
+    /// overflowed the client's queue (the client is then closing with 4008). Every frame
+    /// but fan-out's goes this way.
+    pub fn enqueue(&self, client: &ClientHandle, frame: Bytes) -> Result<(), PushError> {
+        self.enqueue_within(client, frame, self.queue_limits())
+    }
+
+    /// `enqueue` with limits the caller already read.
+    fn enqueue_within(
+        &self,
+        client: &ClientHandle,
+        frame: Bytes,
+        limits: QueueLimits,
+    ) -> Result<(), PushError> {
+        let pushed = client.push(frame, limits);
+        if pushed == Err(PushError::Overflow) {
+            self.shared.metrics.evicted(1);
+        }
+        pushed
+    }
+
     /// Queues a replay, or its fallback when it does not fit; false if the fallback was
     /// queued.
     fn push_replay(&self, client: &ClientHandle, replay: Replay, limits: QueueLimits) -> bool {
         match client.push_replay(replay.frames, limits) {
             Err(PushError::NoRoom) => {
                 self.shared.metrics.limit_tripped("recover_bytes");
-                if let Some(fallback) = replay.fallback
-                    && client.push(fallback, limits) == Err(PushError::Overflow)
-                {
-                    self.shared.metrics.evicted(1);
+                if let Some(fallback) = replay.fallback {
+                    let _ = self.enqueue_within(client, fallback, limits);
                 }
                 false
             }
@@ -468,11 +487,6 @@ impl Hub {
             _ => Vec::new(),
         };
         let live = through.is_none();
-        let push = |frame: Bytes| {
-            if client.push(frame, limits) == Err(PushError::Overflow) {
-                self.shared.metrics.evicted(1);
-            }
-        };
         let recovered = self.push_replay(client, replay, limits);
         for publication in buffered {
             if let (Some(through), Some(position)) = (&through, publication.position())
@@ -482,7 +496,7 @@ impl Hub {
                 continue;
             }
             if let Some(frame) = publication.frame_for(client) {
-                push(frame.clone());
+                let _ = self.enqueue_within(client, frame.clone(), limits);
             }
         }
         drop(held);

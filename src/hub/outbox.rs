@@ -154,8 +154,9 @@ impl WriteTurn {
 
 impl ClientHandle {
     /// Enqueues (or writes) one encoded message. On overflow the queue is emptied and the
-    /// client is marked for close 4008; the caller counts the eviction.
-    pub fn push(&self, message: Bytes, limits: QueueLimits) -> Result<(), PushError> {
+    /// client is marked for close 4008. Only the hub calls it, through `Hub::enqueue`,
+    /// which counts the eviction (fan-out counts its own, per job).
+    pub(super) fn push(&self, message: Bytes, limits: QueueLimits) -> Result<(), PushError> {
         self.push_frame(&message, limits, None, true)
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::channel::ChannelEntry;
-use super::{ClientHandle, ClientId, ClientSelector, Dialect, Hub, PushError};
+use super::{ClientHandle, ClientId, ClientSelector, Dialect, Hub};
 use crate::protocol::{ChannelName, CloseCode};
 
 impl Hub {
@@ -63,10 +63,8 @@ impl Hub {
         for client in self.select(selector) {
             if self.unsubscribe(&client, channel) {
                 count += 1;
-                if let Some(notice) = unsubscribed_notice(&client, channel)
-                    && client.push(notice, limits) == Err(PushError::Overflow)
-                {
-                    self.shared.metrics.evicted(1);
+                if let Some(notice) = unsubscribed_notice(&client, channel) {
+                    let _ = self.enqueue_within(&client, notice, limits);
                 }
             }
         }

@@ -92,9 +92,7 @@ fn tick(hub: &Hub) {
                     Dialect::Pusher => crate::pusher::ping_frame(),
                     Dialect::Sse => crate::sse::wire::heartbeat_frame(),
                 };
-                if client.push(ping, limits) == Err(super::PushError::Overflow) {
-                    metrics.evicted(1);
-                }
+                let _ = hub.enqueue_within(&client, ping, limits);
             }
             Some(Due::PongTimeout) => {
                 let closed_now = client.close(

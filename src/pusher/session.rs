@@ -116,9 +116,7 @@ fn object<T: for<'de> Deserialize<'de> + Default>(data: Option<&RawValue>) -> Op
 }
 
 fn queue(state: &AppState, client: &ClientHandle, frame: Bytes) {
-    if client.push(frame, state.hub.queue_limits()) == Err(crate::hub::PushError::Overflow) {
-        state.metrics.evicted(1);
-    }
+    let _ = state.hub.enqueue(client, frame);
 }
 
 fn error(state: &AppState, client: &ClientHandle, message: &str, code: Option<u16>) {

@@ -145,9 +145,8 @@ pub(super) async fn handshake(
         expires_at: identity.expires_at,
         subscribed: (!names.is_empty()).then_some(names),
     };
-    let limits = state.hub.queue_limits();
     if let Ok(bytes) = encode(transport.encoding(), &reply) {
-        let _ = client.push(bytes, limits);
+        let _ = state.hub.enqueue(&client, bytes);
     }
     for channel in &channels {
         let Some(ns) = config.namespace_of(channel) else {

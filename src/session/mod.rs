@@ -464,11 +464,7 @@ impl Session {
     }
 
     fn enqueue(&self, bytes: bytes::Bytes) {
-        if self.client.push(bytes, self.state.hub.queue_limits())
-            == Err(crate::hub::PushError::Overflow)
-        {
-            self.state.metrics.evicted(1);
-        }
+        let _ = self.state.hub.enqueue(&self.client, bytes);
     }
 
     /// Unregisters the client and records why the connection ended.
