@@ -11,29 +11,15 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::client::{ClientHandle, ClientId};
-use super::fanout::EncodedPublication;
 use super::outbox::Subscription;
-use crate::protocol::StreamPosition;
-
-/// Where a subscriber that joined through `Hub::subscribe_pending` stands.
-pub(crate) enum Pending {
-    /// Its reply is not queued yet: live publications wait here.
-    Holding(Vec<Arc<EncodedPublication>>),
-    /// Its reply said the stream was at this position: publications at or below it that
-    /// are still on their way (pub/sub is asynchronous to the stream read) are skipped,
-    /// until the first newer one passes.
-    Floor(StreamPosition),
-    /// Plain live delivery.
-    Live,
-}
-
-pub(crate) type PendingBuffer = Mutex<Pending>;
+use super::pending::PendingState;
 
 /// One subscriber of a channel.
 #[derive(Clone)]
 pub(crate) struct Member {
     pub(crate) subscription: Arc<Subscription>,
-    pub(crate) pending: Option<Arc<PendingBuffer>>,
+    /// Set while the subscriber is pending (see `pending`).
+    pub(crate) pending: Option<Arc<PendingState>>,
 }
 
 impl Member {
@@ -81,7 +67,7 @@ impl ChannelEntry {
     pub(crate) fn insert_then(
         &self,
         client: &Arc<ClientHandle>,
-        pending: Option<Arc<PendingBuffer>>,
+        pending: Option<Arc<PendingState>>,
         then: impl FnOnce(),
     ) -> bool {
         let mut state = self.state.lock();
@@ -152,7 +138,7 @@ impl ChannelEntry {
             .collect()
     }
 
-    /// Marks a member's pending buffer as done, so the next snapshot skips the check.
+    /// Marks a member as no longer pending, so the next snapshot skips the check.
     pub(crate) fn settle(&self, id: ClientId) {
         let mut state = self.state.lock();
         if let Some(member) = state.members.get_mut(&id) {

@@ -20,9 +20,10 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::channel::{ChannelEntry, Pending, Snapshot};
+use super::channel::{ChannelEntry, Snapshot};
 use super::client::{ClientHandle, ClientId, Dialect, FRAME_SLOTS};
 use super::outbox::{PushError, QueueLimits};
+use super::pending::Offer;
 use crate::metrics::Metrics;
 use crate::protocol::{
     ChannelName, ClientInfo, Encoding, Payload, ServerMessage, StreamPosition, encode,
@@ -344,35 +345,27 @@ fn deliver_range(
         if job.publication.excludes(client) {
             continue;
         }
+        let deliver = || {
+            job.publication
+                .frame_for(client)
+                .map(|frame| client.push_live(frame, limits, &member.subscription, direct))
+        };
         // A subscriber still receiving its reply and history gets live messages after them.
-        let mut held = member.pending.as_ref().map(|p| p.lock());
-        let mut settled = false;
-        match held.as_deref_mut() {
-            Some(Pending::Holding(buffer)) => {
-                buffer.push(job.publication.clone());
-                continue;
-            }
-            Some(state @ Pending::Floor(_)) => {
-                if let (Pending::Floor(floor), Some(position)) =
-                    (&*state, job.publication.position())
-                {
-                    if position.epoch == floor.epoch && position.offset <= floor.offset {
-                        continue;
+        let pushed = match &member.pending {
+            None => deliver(),
+            Some(pending) => match pending.offer(&job.publication, deliver) {
+                Offer::Delivered { outcome, settled } => {
+                    if settled {
+                        job.entry.settle(client.id);
                     }
-                    *state = Pending::Live;
-                    settled = true;
+                    outcome
                 }
-            }
-            _ => {}
-        }
-        let Some(frame) = job.publication.frame_for(client) else {
+                Offer::Held | Offer::Skipped => continue,
+            },
+        };
+        let Some(pushed) = pushed else {
             continue;
         };
-        let pushed = client.push_live(frame, limits, &member.subscription, direct);
-        drop(held);
-        if settled {
-            job.entry.settle(client.id);
-        }
         match pushed {
             Ok(()) => delivered += 1,
             Err(PushError::Overflow) => {

@@ -17,6 +17,7 @@ mod channel;
 mod client;
 mod fanout;
 mod outbox;
+mod pending;
 mod query;
 pub mod socket;
 mod ticker;
@@ -35,9 +36,10 @@ use tokio_util::task::TaskTracker;
 pub use client::{ClientHandle, ClientId, Dialect, FRAME_SLOTS};
 pub use fanout::{EncodedPublication, NamedEvent, Publication};
 pub use outbox::{Batch, Closing, PushError, QueueLimits, WriteTurn};
+pub use pending::PendingSubscription;
 
 use crate::metrics::Metrics;
-use crate::protocol::{ChannelName, Encoding, StreamPosition};
+use crate::protocol::{ChannelName, Encoding};
 use channel::ChannelEntry;
 
 /// Settings the hub needs from the configuration.
@@ -141,14 +143,6 @@ impl From<Vec<Bytes>> for Replay {
             fallback: None,
         }
     }
-}
-
-/// A subscription registered with live publications held back; see `subscribe_pending`.
-pub struct PendingSubscription {
-    client: Arc<ClientHandle>,
-    channel: ChannelName,
-    entry: Arc<ChannelEntry>,
-    buffer: Arc<channel::PendingBuffer>,
 }
 
 impl Hub {
@@ -409,33 +403,13 @@ impl Hub {
         Some(recovered)
     }
 
-    /// Subscribes `client` to `channel` with live publications held back until
-    /// `finish_pending`: used when the `subscribed` reply depends on a broker round trip
-    /// (stream position, recovered history). `None` if it was already subscribed.
-    pub fn subscribe_pending(
-        &self,
-        client: &Arc<ClientHandle>,
-        channel: &ChannelName,
-    ) -> Option<PendingSubscription> {
-        let buffer = Arc::new(parking_lot::Mutex::new(channel::Pending::Holding(
-            Vec::new(),
-        )));
-        let entry = self.add_member(client, channel, Some(buffer.clone()), || {})?;
-        Some(PendingSubscription {
-            client: client.clone(),
-            channel: channel.clone(),
-            entry,
-            buffer,
-        })
-    }
-
     /// Adds a member to `channel` (creating it), running `then` under the channel lock;
     /// returns the channel, or `None` if the client was already a member.
     fn add_member(
         &self,
         client: &Arc<ClientHandle>,
         channel: &ChannelName,
-        pending: Option<Arc<channel::PendingBuffer>>,
+        pending: Option<Arc<pending::PendingState>>,
         then: impl FnOnce(),
     ) -> Option<Arc<ChannelEntry>> {
         let mut first_local = false;
@@ -462,53 +436,6 @@ impl Hub {
         }
         m.subscriptions.inc();
         Some(entry)
-    }
-
-    /// Queues `replay` (the reply, then recovered messages), then the live publications
-    /// held back meanwhile, skipping those at or below `through` (the stream position the
-    /// reply announced: they are among the recovered ones or before them), and switches
-    /// the subscriber to live delivery, still skipping late ones at or below `through`.
-    /// Returns whether the recovered messages were queued (see `Replay`).
-    pub fn finish_pending(
-        &self,
-        pending: PendingSubscription,
-        replay: Replay,
-        through: Option<StreamPosition>,
-    ) -> bool {
-        let limits = self.queue_limits();
-        let client = &pending.client;
-        let mut held = pending.buffer.lock();
-        let next = match &through {
-            Some(position) => channel::Pending::Floor(position.clone()),
-            None => channel::Pending::Live,
-        };
-        let buffered = match std::mem::replace(&mut *held, next) {
-            channel::Pending::Holding(buffered) => buffered,
-            _ => Vec::new(),
-        };
-        let live = through.is_none();
-        let recovered = self.push_replay(client, replay, limits);
-        for publication in buffered {
-            if let (Some(through), Some(position)) = (&through, publication.position())
-                && position.epoch == through.epoch
-                && position.offset <= through.offset
-            {
-                continue;
-            }
-            if let Some(frame) = publication.frame_for(client) {
-                let _ = self.enqueue_within(client, frame.clone(), limits);
-            }
-        }
-        drop(held);
-        if live {
-            pending.entry.settle(client.id);
-        }
-        recovered
-    }
-
-    /// Undoes a pending subscription whose broker work failed.
-    pub fn abort_pending(&self, pending: PendingSubscription) {
-        self.unsubscribe(&pending.client, &pending.channel);
     }
 
     /// Unsubscribes `client` from `channel`; returns whether it was subscribed.
