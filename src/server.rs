@@ -248,6 +248,7 @@ async fn serve_http(
     api: Option<tokio::runtime::Handle>,
 ) {
     let connections = TaskTracker::new();
+    let mut nodelay = NoDelay::Unknown;
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -255,6 +256,7 @@ async fn serve_http(
         };
         match accepted {
             Ok((stream, peer)) => {
+                nodelay.ensure(&stream);
                 let connection = Connection {
                     peer,
                     router: router.clone(),
@@ -281,6 +283,29 @@ async fn serve_http(
     drop(listener);
     connections.close();
     connections.wait().await;
+}
+
+/// Whether accepted sockets come with `TCP_NODELAY` (push frames are small and
+/// latency-sensitive). The listener has it set; Linux copies it to every accepted socket,
+/// which saves a `setsockopt` per connection. Checked once, on the first connection.
+enum NoDelay {
+    Unknown,
+    Inherited,
+    SetEach,
+}
+
+impl NoDelay {
+    fn ensure(&mut self, stream: &TcpStream) {
+        if let NoDelay::Unknown = self {
+            *self = match stream.nodelay() {
+                Ok(true) => NoDelay::Inherited,
+                _ => NoDelay::SetEach,
+            };
+        }
+        if let NoDelay::SetEach = self {
+            let _ = stream.set_nodelay(true);
+        }
+    }
 }
 
 /// What serving one accepted connection needs.
@@ -338,8 +363,6 @@ async fn serve_connection(stream: TcpStream, connection: Connection) {
         state,
         stop,
     } = connection;
-    // Push frames are small and latency-sensitive.
-    let _ = stream.set_nodelay(true);
     let timeout = Duration::from_secs(state.config().server.handshake_timeout_secs);
     let service = TowerToHyperService::new(router);
     let service = service_fn(move |mut request: hyper::Request<Incoming>| {
@@ -459,6 +482,8 @@ fn bind(addr: &str, backlog: u32, send_buffer: usize) -> Result<TcpListener, Ser
     }
     .map_err(failed)?;
     socket.set_reuseaddr(true).map_err(failed)?;
+    // Inherited by accepted sockets where the OS copies it (see `NoDelay`).
+    socket.set_nodelay(true).map_err(failed)?;
     if send_buffer > 0 {
         let size = u32::try_from(send_buffer).unwrap_or(u32::MAX);
         socket.set_send_buffer_size(size).map_err(failed)?;
@@ -482,4 +507,26 @@ fn node_name(config: &Config) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "pushwire".into());
     format!("{host}-{:04x}", rand::random::<u16>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the listener's `TCP_NODELAY` is inherited or set per socket, every
+    /// accepted socket has it.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() -> Result<(), Box<dyn std::error::Error>> {
+        let listener = bind("127.0.0.1:0", 16, 0)?;
+        let addr = listener.local_addr()?;
+        let mut nodelay = NoDelay::Unknown;
+        for _ in 0..2 {
+            let _client = TcpStream::connect(addr).await?;
+            let (stream, _) = listener.accept().await?;
+            nodelay.ensure(&stream);
+            assert!(stream.nodelay()?);
+        }
+        assert!(!matches!(nodelay, NoDelay::Unknown));
+        Ok(())
+    }
 }

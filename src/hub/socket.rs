@@ -21,6 +21,20 @@ pub trait RawSocket: Send + Sync + 'static {
     fn shutdown_write(&self) -> io::Result<()>;
 }
 
+/// Whether a read that returns less than asked for shows the socket's receive buffer was
+/// drained: true under edge-triggered readiness (epoll, kqueue), where tokio's
+/// `poll_read` relies on it too.
+const SHORT_READ_DRAINS: bool = cfg!(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly",
+));
+
 macro_rules! raw_socket_for {
     ($stream:ty) => {
         impl RawSocket for $stream {
@@ -28,7 +42,27 @@ macro_rules! raw_socket_for {
                 <$stream>::poll_read_ready(self, cx)
             }
             fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-                <$stream>::try_read(self, buf)
+                if !SHORT_READ_DRAINS {
+                    return <$stream>::try_read(self, buf);
+                }
+                // A read that fills less than `buf` emptied the receive buffer: clear the
+                // read readiness (reporting `WouldBlock` to `try_io`), as tokio's own
+                // `poll_read` does, so the next read waits for the next readiness event
+                // instead of making a syscall that returns `WouldBlock`. Every session
+                // frame would otherwise cost that extra syscall.
+                let len = buf.len();
+                let mut read = 0;
+                let result = self.try_io(tokio::io::Interest::READABLE, || {
+                    read = <$stream>::try_read(self, buf)?;
+                    if 0 < read && read < len {
+                        return Err(io::ErrorKind::WouldBlock.into());
+                    }
+                    Ok(read)
+                });
+                match result {
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock && read > 0 => Ok(read),
+                    result => result,
+                }
             }
             fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
                 <$stream>::poll_write_ready(self, cx)
