@@ -12,8 +12,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::ConnectInfo;
+use axum::extract::{ConnectInfo, State};
+use axum::http::Method;
 use axum::routing::get;
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::{Service as _, service_fn};
@@ -364,10 +367,19 @@ async fn serve_connection(stream: TcpStream, connection: Connection) {
         stop,
     } = connection;
     let timeout = Duration::from_secs(state.config().server.handshake_timeout_secs);
-    let service = TowerToHyperService::new(router);
+    let router = TowerToHyperService::new(router);
+    let ws_state = state.clone();
     let service = service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
-        service.call(request)
+        // The benchmarked hot path skips the router and its middleware, which do nothing
+        // for it (`api::record_metrics` does not count `/ws`); the route stays in
+        // `router` for the route table and every other method.
+        if request.method() == Method::GET && request.uri().path() == api::WS_PATH {
+            let request = request.map(axum::body::Body::new);
+            Either::Left(session::ws_handler(State(ws_state.clone()), request).map(Ok))
+        } else {
+            Either::Right(router.call(request))
+        }
     });
     let mut builder = http1::Builder::new();
     builder

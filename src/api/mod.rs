@@ -99,9 +99,10 @@ const PROBE_ROUTES: &[Route] = &[
 /// `/metrics`, on the main listener or its own.
 const METRICS_ROUTE: Route = Route::new("/metrics", "metrics", || get(handlers::metrics));
 
-/// The WebSocket endpoint (declared with the session, in `server`): not counted here, its
-/// request lasts as long as the connection.
-const WS_PATH: &str = "/ws";
+/// The WebSocket endpoint (declared with the session, in `server`, which answers a
+/// `GET` of it before the router): not counted here, its request lasts as long as the
+/// connection.
+pub(crate) const WS_PATH: &str = "/ws";
 
 /// `POST` that reads the body and runs `command` on it (`commands`).
 fn post_command(command: Command) -> MethodRouter<Arc<AppState>> {
