@@ -26,7 +26,7 @@ use crate::fanout;
 use crate::publish_phase::{self, ApiArgs, POLL, Plan, Publishing};
 use crate::report::Results;
 use crate::results::{ChurnResults, ConnectionResults, KilledNode, LatencySummary};
-use crate::stats::Snapshot;
+use crate::stats::{CounterSnapshot, Snapshot};
 
 /// The default channel: spawned nodes keep history for the `hist` namespace.
 const HISTORY_CHANNEL: &str = "hist:bench";
@@ -108,9 +108,11 @@ pub async fn run(args: &ChurnArgs, cluster: Option<&mut LocalCluster>) -> anyhow
     fleet.set_churn(args.churn_rate).await?;
     let publishing = Publishing::start(&args.api, c, &plan)?;
     while !publishing.is_finished() {
-        let snap = fleet.snapshot();
-        let status = format!("{} | {}", publishing.status(), churn_status(&snap));
-        progress.update(&snap, &status);
+        if progress.due() {
+            let snap = fleet.snapshot();
+            let status = format!("{} | {}", publishing.status(), churn_status(&snap));
+            progress.update(&snap, &status);
+        }
         kill.poll(publishing.started.elapsed().as_secs_f64())
             .await?;
         sleep(POLL).await;
@@ -123,7 +125,7 @@ pub async fn run(args: &ChurnArgs, cluster: Option<&mut LocalCluster>) -> anyhow
     progress.phase("drain");
     let expected = published.stats.total_published() * at_ramp.counters.ready;
     let limit = Duration::from_secs(args.api.drain_secs);
-    let all_up = |s: &Snapshot| s.counters.up >= s.counters.ready;
+    let all_up = |c: &CounterSnapshot| c.up >= c.ready;
     let last_delivery = publish_phase::drain(&fleet, &mut progress, expected, limit, all_up).await;
     let at_end = fleet.snapshot();
     let watched = watch.finish(&fleet, at_ramp.counters.ready, PerConnectionAt::AfterRamp);

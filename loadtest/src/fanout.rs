@@ -147,7 +147,9 @@ pub async fn run_plan(run: FanoutRun<'_>) -> anyhow::Result<Results> {
         .then(|| Publishing::start_probe(run.api, c, plan, run.probe_rate))
         .transpose()?;
     while !publishing.is_finished() {
-        progress.update(&fleet.snapshot(), &publishing.status());
+        if progress.due() {
+            progress.update(&fleet.snapshot(), &publishing.status());
+        }
         sleep(POLL).await;
     }
     let published = publishing.finish().await?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::local_fleet::{FleetSpec, LocalFleet};
-use crate::stats::Snapshot;
+use crate::stats::{CounterSnapshot, Snapshot};
 use crate::worker::RemoteFleet;
 
 /// The connections of a run, in this process or spread over worker processes.
@@ -41,6 +41,15 @@ impl Fleet {
         match self {
             Fleet::Local(local) => local.snapshot(),
             Fleet::Remote(remote) => remote.snapshot(),
+        }
+    }
+
+    /// The counters alone: cheap in process (no histogram is merged), for loops that
+    /// poll often while deliveries are being timed.
+    pub fn counters(&self) -> CounterSnapshot {
+        match self {
+            Fleet::Local(local) => local.counters(),
+            Fleet::Remote(remote) => remote.snapshot().counters,
         }
     }
 

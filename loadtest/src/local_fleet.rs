@@ -30,7 +30,7 @@ use crate::codec::Encoding;
 use crate::conn;
 use crate::context::{ConnContext, Handshake, Kick, SlowMode};
 use crate::durable;
-use crate::stats::{Snapshot, Stats};
+use crate::stats::{CounterSnapshot, Snapshot, Stats};
 
 /// Everything needed to open a slice of connections; crosses to worker processes as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,6 +157,10 @@ impl LocalFleet {
 
     pub fn snapshot(&self) -> Snapshot {
         self.ctx.stats.snapshot()
+    }
+
+    pub fn counters(&self) -> CounterSnapshot {
+        self.ctx.stats.counters.snapshot()
     }
 
     /// Sets how many durable clients per second the churn ticker closes (0 pauses it).

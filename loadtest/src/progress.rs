@@ -14,6 +14,8 @@ use crate::stats::Snapshot;
 const RATE_WINDOW: Duration = Duration::from_secs(1);
 /// How often plain-text mode prints a line.
 const PLAIN_EVERY: Duration = Duration::from_secs(2);
+/// How often the bars are given a fresh snapshot (they redraw at 4 Hz).
+const BARS_EVERY: Duration = Duration::from_millis(250);
 
 /// The live display of one run.
 #[derive(Debug)]
@@ -25,6 +27,7 @@ pub struct Progress {
     /// Connections and messages per second over the last rate window.
     rates: (f64, f64),
     last_plain: Option<Instant>,
+    last_update: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -63,6 +66,7 @@ impl Progress {
             last: None,
             rates: (0.0, 0.0),
             last_plain: None,
+            last_update: None,
         }
     }
 
@@ -80,9 +84,22 @@ impl Progress {
         }
     }
 
+    /// Whether an [`update`](Self::update) would show anything now. A full snapshot
+    /// merges every latency histogram (about 0.3 ms on the load generator's thread, which
+    /// also reads the deliveries), so loops that poll more often than the display
+    /// changes ask first: a stall of the generator reads as server latency.
+    pub fn due(&self) -> bool {
+        let every = match self.view {
+            View::Bars { .. } => BARS_EVERY,
+            View::Plain => PLAIN_EVERY,
+        };
+        self.last_update.is_none_or(|at| at.elapsed() >= every)
+    }
+
     /// Shows a fresh snapshot; `extra` is scenario-specific text (publish rate, RSS...).
     pub fn update(&mut self, snap: &Snapshot, extra: &str) {
         let now = Instant::now();
+        self.last_update = Some(now);
         let c = &snap.counters;
         // Rates over at least RATE_WINDOW: worker processes report every 500 ms, so rates
         // between two closer updates would mostly read 0.

@@ -22,7 +22,7 @@ use crate::fleet::Fleet;
 use crate::progress::Progress;
 use crate::publisher::{self, PublisherSpec, PublisherStats};
 use crate::results::{DeliveryResults, LatencySummary};
-use crate::stats::Snapshot;
+use crate::stats::{CounterSnapshot, Snapshot};
 
 /// How often the phases refresh the display and check their conditions.
 pub const POLL: Duration = Duration::from_millis(100);
@@ -271,21 +271,24 @@ pub async fn drain(
     progress: &mut Progress,
     expected: u64,
     limit: Duration,
-    settled: impl Fn(&Snapshot) -> bool,
+    settled: impl Fn(&CounterSnapshot) -> bool,
 ) -> Instant {
     let start = Instant::now();
-    let mut last_count = fleet.snapshot().counters.fresh;
+    let mut last_count = fleet.counters().fresh;
     let mut last_change = start;
     loop {
-        let snap = fleet.snapshot();
-        let fresh = snap.counters.fresh;
-        progress.update(&snap, &format!("draining, {fresh} of {expected} delivered"));
+        let counters = fleet.counters();
+        let fresh = counters.fresh;
+        if progress.due() {
+            let status = format!("draining, {fresh} of {expected} delivered");
+            progress.update(&fleet.snapshot(), &status);
+        }
         let now = Instant::now();
         if fresh != last_count {
             (last_count, last_change) = (fresh, now);
         }
         let done = last_count >= expected || now - last_change >= QUIET;
-        if (done && settled(&snap)) || now - start >= limit {
+        if (done && settled(&counters)) || now - start >= limit {
             return last_change;
         }
         sleep(POLL).await;

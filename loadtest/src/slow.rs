@@ -124,7 +124,9 @@ pub async fn run(args: &SlowArgs) -> anyhow::Result<Results> {
             progress.phase("slow");
             slowed = true;
         }
-        progress.update(&fleet.snapshot(), &publishing.status());
+        if progress.due() {
+            progress.update(&fleet.snapshot(), &publishing.status());
+        }
         sleep(POLL).await;
     }
     let published = publishing.finish().await?;
