@@ -22,12 +22,10 @@ use dashmap::DashMap;
 use tokio::sync::Mutex;
 
 use super::epoch::{self, new_epoch, no_stream_position, recovers_into_new_stream};
+use super::idempotency::IdempotencyKeys;
 use super::occupancy::{LocalOccupancy, emit_local, emit_presence};
 use super::presence::{LocalUsers, PresenceMode, PresencePage, PresenceQuery, PresenceStats};
-use super::{
-    HistoryMessage, HistoryPage, IDEMPOTENCY_WINDOW, PublishResult, ReplyBuilder, SubscribeResult,
-    replay,
-};
+use super::{HistoryMessage, HistoryPage, PublishResult, ReplyBuilder, SubscribeResult, replay};
 use crate::config::NamespaceConfig;
 use crate::hub::{ClientHandle, Hub, HubEvent, Publication, Replay};
 use crate::protocol::{ChannelName, StreamPosition};
@@ -118,7 +116,7 @@ pub struct MemoryBroker {
     webhooks: Webhooks,
     streams: DashMap<ChannelName, Arc<Mutex<Stream>>>,
     stripes: Vec<Mutex<()>>,
-    idempotency: DashMap<String, (Instant, PublishResult)>,
+    idempotency: IdempotencyKeys,
 }
 
 impl MemoryBroker {
@@ -129,7 +127,7 @@ impl MemoryBroker {
             webhooks,
             streams: DashMap::new(),
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            idempotency: DashMap::new(),
+            idempotency: IdempotencyKeys::new(),
         }
     }
 
@@ -155,15 +153,9 @@ impl MemoryBroker {
             .clone()
     }
 
-    /// Idempotency keys are scoped per channel, as on the Redis broker.
-    fn idempotency_key(channel: &ChannelName, key: &str) -> String {
-        format!("{channel}\u{0}{key}")
-    }
-
-    fn remembered(&self, channel: &ChannelName, key: Option<&str>) -> Option<PublishResult> {
-        let key = Self::idempotency_key(channel, key?);
-        let entry = self.idempotency.get(&key)?;
-        (entry.0.elapsed() < IDEMPOTENCY_WINDOW).then(|| entry.1.clone())
+    /// What the publication with this (scoped) key returned, if it is remembered.
+    fn remembered(&self, key: Option<&str>) -> Option<PublishResult> {
+        self.idempotency.get(key?)
     }
 
     pub async fn publish(
@@ -173,9 +165,10 @@ impl MemoryBroker {
         idempotency_key: Option<&str>,
     ) -> PublishResult {
         let channel = &publication.channel.clone();
+        let idempotency_key = idempotency_key.map(|key| IdempotencyKeys::scoped(channel, key));
         if ns.history_size == 0 {
             let _order = self.stripe(channel).lock().await;
-            if let Some(result) = self.remembered(channel, idempotency_key) {
+            if let Some(result) = self.remembered(idempotency_key.as_deref()) {
                 return result;
             }
             self.hub.dispatch(publication).await;
@@ -183,12 +176,12 @@ impl MemoryBroker {
                 offset: None,
                 epoch: None,
             };
-            self.remember(channel, idempotency_key, &result);
+            self.remember(idempotency_key, &result);
             return result;
         }
         let stream = self.stream(channel).await;
         let mut stream = stream.lock().await;
-        if let Some(result) = self.remembered(channel, idempotency_key) {
+        if let Some(result) = self.remembered(idempotency_key.as_deref()) {
             return result;
         }
         let now = Instant::now();
@@ -212,17 +205,14 @@ impl MemoryBroker {
         publication.position = Some(position);
         self.hub.dispatch(publication).await;
         // Remembered before the lock is released: a concurrent repeat waits for it.
-        self.remember(channel, idempotency_key, &result);
+        self.remember(idempotency_key, &result);
         drop(stream);
         result
     }
 
-    fn remember(&self, channel: &ChannelName, key: Option<&str>, result: &PublishResult) {
+    fn remember(&self, key: Option<String>, result: &PublishResult) {
         if let Some(key) = key {
-            self.idempotency.insert(
-                Self::idempotency_key(channel, key),
-                (Instant::now(), result.clone()),
-            );
+            self.idempotency.insert(key, result.clone());
         }
     }
 
@@ -475,12 +465,11 @@ impl MemoryBroker {
         self.streams.len()
     }
 
-    /// Periodic upkeep: drops idempotency keys past their window, and streams untouched
+    /// Periodic upkeep: lets idempotency keys past their window go, and drops streams untouched
     /// for longer than their namespace's history TTL that no local client is subscribed
     /// to (a subscribed client must keep its epoch: it missed nothing).
     pub fn expire(&self, ttl_of: impl Fn(&ChannelName) -> Option<Duration>) {
-        self.idempotency
-            .retain(|_, (at, _)| at.elapsed() < IDEMPOTENCY_WINDOW);
+        self.idempotency.expire();
         self.streams.retain(|name, stream| {
             let Ok(stream) = stream.try_lock() else {
                 return true;

@@ -12,6 +12,7 @@
 //! in offset order; that is what makes per-channel order the same for every client.
 
 mod epoch;
+mod idempotency;
 mod memory;
 mod occupancy;
 pub mod presence;
