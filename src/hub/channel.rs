@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::client::{ClientHandle, ClientId};
+use super::client::ClientHandle;
 use super::outbox::Subscription;
 use super::pending::PendingState;
+use crate::protocol::ClientId;
 
 /// One subscriber of a channel.
 #[derive(Clone)]

@@ -5,7 +5,6 @@
 //! Architecture Invariant: the client's outbox is the only path from the hub to its
 //! socket (see `outbox` for the bounds and the order of writes).
 
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,35 +12,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::outbox::QueueState;
-use crate::protocol::{ChannelName, Encoding};
+use crate::protocol::{ChannelName, ClientId, Encoding};
 
 /// Frames a publication may be encoded into: JSON, MessagePack, Pusher, SSE.
 pub const FRAME_SLOTS: usize = 4;
-
-/// A client id, unique across the cluster (a random node prefix plus a counter).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(pub u64);
-
-impl fmt::Display for ClientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}", self.0)
-    }
-}
-
-impl fmt::Debug for ClientId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{self}")
-    }
-}
-
-impl ClientId {
-    pub fn parse(text: &str) -> Option<ClientId> {
-        if text.len() != 16 {
-            return None;
-        }
-        u64::from_str_radix(text, 16).ok().map(ClientId)
-    }
-}
 
 /// Which front end a client speaks: it picks the frame a publication is encoded into
 /// (see `EncodedPublication::frame_for`) and the ping the ticker sends.
@@ -258,17 +232,5 @@ impl ClientHandle {
 
     pub(crate) fn write_finished(&self) {
         self.write_started_ms.store(0, Ordering::Release);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_ids_round_trip() {
-        let id = ClientId(0xdead_beef_0000_0001);
-        assert_eq!(ClientId::parse(&id.to_string()), Some(id));
-        assert_eq!(ClientId::parse("xyz"), None);
     }
 }

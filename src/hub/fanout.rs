@@ -21,51 +21,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::channel::{ChannelEntry, Snapshot};
-use super::client::{ClientHandle, ClientId, Dialect, FRAME_SLOTS};
+use super::client::{ClientHandle, Dialect, FRAME_SLOTS};
 use super::outbox::{PushError, QueueLimits};
 use super::pending::Offer;
 use crate::metrics::Metrics;
 use crate::protocol::{
-    ChannelName, ClientInfo, Encoding, Payload, ServerMessage, StreamPosition, encode,
-    encode_publication,
+    ChannelName, ClientId, ClientInfo, Encoding, Publication, ServerMessage, StreamPosition,
+    encode, encode_publication,
 };
-
-/// A publication as the hub delivers it.
-#[derive(Debug, Clone)]
-pub struct Publication {
-    pub channel: ChannelName,
-    pub payload: Payload,
-    /// Offset and epoch, on channels with history.
-    pub position: Option<StreamPosition>,
-    /// A client that does not receive it (the publisher's own connection, `exclude_client`,
-    /// a Pusher client event's sender, the Pusher HTTP API's `socket_id`).
-    pub exclude: Option<ClientId>,
-    /// The Pusher event this publication is (`crate::pusher`); `None` for native ones.
-    pub event: Option<Arc<NamedEvent>>,
-}
-
-/// What a Pusher publication carries besides its data. Travels with the publication
-/// through the brokers, the Redis relay and history.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamedEvent {
-    /// The event name (`my-event`, `client-typing`).
-    pub name: Arc<str>,
-    /// On client events in presence channels, the sender's user id.
-    pub user_id: Option<Arc<str>>,
-}
-
-impl Publication {
-    /// A native publication that reaches every subscriber.
-    pub fn new(channel: ChannelName, payload: Payload, position: Option<StreamPosition>) -> Self {
-        Publication {
-            channel,
-            payload,
-            position,
-            exclude: None,
-            event: None,
-        }
-    }
-}
 
 /// A publication (or a presence event) plus its frames, encoded on first use per
 /// encoding.

@@ -33,13 +33,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use client::{ClientHandle, ClientId, Dialect, FRAME_SLOTS};
-pub use fanout::{EncodedPublication, NamedEvent, Publication};
+pub use client::{ClientHandle, Dialect, FRAME_SLOTS};
+pub use fanout::EncodedPublication;
 pub use outbox::{Batch, Closing, PushError, QueueLimits, WriteTurn};
 pub use pending::PendingSubscription;
 
 use crate::metrics::Metrics;
 use crate::protocol::{ChannelName, Encoding};
+pub use crate::protocol::{ClientId, NamedEvent, Publication};
 use channel::ChannelEntry;
 
 /// Settings the hub needs from the configuration.

@@ -5,14 +5,18 @@
 //! every rule of the wire format can be unit- and property-tested in isolation.
 
 mod channel;
+mod client_id;
 mod codes;
 mod payload;
+mod publication;
 mod reply;
 mod request;
 
 pub use channel::{ChannelName, InvalidChannel, MAX_CHANNEL_BYTES};
+pub use client_id::ClientId;
 pub use codes::{CloseCode, ErrorCode};
 pub use payload::{MAX_MSGPACK_DEPTH, Payload, PayloadError};
+pub use publication::{NamedEvent, Publication};
 pub use reply::{
     ClientInfo, EncodeError, HistoryItem, ServerMessage, data_fields, encode, encode_disconnect,
     encode_error, encode_publication, ping_frame,
