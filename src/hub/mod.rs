@@ -24,7 +24,6 @@ mod ticker;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -80,7 +79,8 @@ struct Shared {
     write_delay_ms: AtomicU64,
     max_messages_per_frame: AtomicUsize,
     metrics: Arc<Metrics>,
-    started: Instant,
+    /// The hub clock's origin; a tokio `Instant`, so tests can pause it.
+    started: tokio::time::Instant,
     id_prefix: u64,
     id_counter: AtomicU32,
     events: RwLock<Option<mpsc::UnboundedSender<HubEvent>>>,
@@ -178,7 +178,7 @@ impl Hub {
                 settings: RwLock::new(settings),
                 queue_limits,
                 metrics,
-                started: Instant::now(),
+                started: tokio::time::Instant::now(),
                 id_prefix: u64::from(rand::random::<u32>()) << 32,
                 id_counter: AtomicU32::new(0),
                 events: RwLock::new(None),
