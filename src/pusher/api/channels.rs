@@ -9,12 +9,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{Method, Uri};
 use serde_json::{Map, Value, json};
 
-use super::{AppRef, InfoFields, PusherApiError, Signed, authenticate};
+use super::{InfoFields, PusherApiError, Signed};
 use crate::hub::ClientSelector;
 use crate::protocol::{ChannelName, CloseCode};
 use crate::pusher::apps::PusherApp;
@@ -112,14 +110,7 @@ fn hub_channel(app: &PusherApp, name: &str) -> Result<(ChannelName, Kind), Pushe
     Ok((hub, kind.kind))
 }
 
-pub async fn list(
-    State(state): State<Arc<AppState>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Body,
-) -> Reply {
-    let signed = authenticate(&state, &method, &uri, AppRef::Id(&app_id), body).await?;
+pub async fn list(State(state): State<Arc<AppState>>, signed: Signed) -> Reply {
     let filter = signed.param("filter_by_prefix").unwrap_or_default();
     let fields = InfoFields::parse(signed.param("info"));
     if fields.user_count && !filter.starts_with("presence-") {
@@ -153,12 +144,9 @@ pub async fn list(
 
 pub async fn info(
     State(state): State<Arc<AppState>>,
-    Path((app_id, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    body: Body,
+    Path((_app_id, name)): Path<(String, String)>,
+    signed: Signed,
 ) -> Reply {
-    let signed = authenticate(&state, &method, &uri, AppRef::Id(&app_id), body).await?;
     let (hub, kind) = hub_channel(&signed.app, &name)?;
     let fields = InfoFields::parse(signed.param("info"));
     if fields.user_count && kind != Kind::Presence {
@@ -176,12 +164,9 @@ pub async fn info(
 
 pub async fn users(
     State(state): State<Arc<AppState>>,
-    Path((app_id, name)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    body: Body,
+    Path((_app_id, name)): Path<(String, String)>,
+    signed: Signed,
 ) -> Reply {
-    let signed = authenticate(&state, &method, &uri, AppRef::Id(&app_id), body).await?;
     let (hub, kind) = hub_channel(&signed.app, &name)?;
     if kind != Kind::Presence {
         return Err(PusherApiError::bad_request(
@@ -198,12 +183,9 @@ pub async fn users(
 
 pub async fn terminate(
     State(state): State<Arc<AppState>>,
-    Path((app_id, user_id)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    body: Body,
+    Path((_app_id, user_id)): Path<(String, String)>,
+    signed: Signed,
 ) -> Reply {
-    let signed = authenticate(&state, &method, &uri, AppRef::Id(&app_id), body).await?;
     terminate_user(&state, &signed, &user_id).await
 }
 
@@ -211,11 +193,8 @@ pub async fn terminate(
 pub async fn terminate_by_key(
     State(state): State<Arc<AppState>>,
     Path(user_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Body,
+    signed: Signed,
 ) -> Reply {
-    let signed = authenticate(&state, &method, &uri, AppRef::AuthKey, body).await?;
     terminate_user(&state, &signed, &user_id).await
 }
 

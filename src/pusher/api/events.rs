@@ -10,17 +10,13 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::http::{Method, Uri};
+use axum::extract::State;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::channels::channel_stats;
-use super::{
-    AppRef, InfoFields, MAX_BATCH_EVENTS, MAX_EVENT_CHANNELS, PusherApiError, Signed, authenticate,
-};
+use super::{InfoFields, MAX_BATCH_EVENTS, MAX_EVENT_CHANNELS, PusherApiError, Signed};
 use crate::hub::NamedEvent;
 use crate::protocol::Payload;
 use crate::pusher::apps::PusherApp;
@@ -48,14 +44,7 @@ struct BatchBody {
 
 type Reply = Result<Json<Value>, PusherApiError>;
 
-pub async fn trigger(
-    State(state): State<Arc<AppState>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Body,
-) -> Reply {
-    let signed = authenticate(&state, &method, &uri, AppRef::Id(&app_id), body).await?;
+pub async fn trigger(State(state): State<Arc<AppState>>, signed: Signed) -> Reply {
     let event: EventBody = parse(&signed)?;
     let prepared = Prepared::check(&signed.app, event, MAX_EVENT_CHANNELS)
         .inspect_err(|e| count_limit(&state, e))?;
@@ -66,14 +55,7 @@ pub async fn trigger(
     }))
 }
 
-pub async fn trigger_batch(
-    State(state): State<Arc<AppState>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-    body: Body,
-) -> Reply {
-    let signed = authenticate(&state, &method, &uri, AppRef::Id(&app_id), body).await?;
+pub async fn trigger_batch(State(state): State<Arc<AppState>>, signed: Signed) -> Reply {
     let batch: BatchBody = parse(&signed)?;
     if batch.batch.len() > MAX_BATCH_EVENTS {
         return Err(PusherApiError::bad_request(format!(

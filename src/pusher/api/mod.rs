@@ -4,9 +4,9 @@
 //! `POST /apps/{id}/users/{user}/terminate_connections` (also without `/apps/{id}`, as
 //! the Python SDK sends it; the app is then the one whose key signed the request).
 //!
-//! Every request is signed (`signature::SignedRequest`); `authenticate` finds the app,
-//! reads the body within the app's bound (413), and checks the signature (401) before a
-//! handler sees anything. Everything is cluster-wide through the broker, like the native
+//! Every request is signed (`signature::SignedRequest`); the `Signed` extractor finds the
+//! app (`{app_id}` in the path, else the request's `auth_key`), reads the body within the
+//! app's bound (413), and checks the signature (401) before a handler sees anything. Everything is cluster-wide through the broker, like the native
 //! API it shares publication, channel counts, presence and disconnects with.
 //!
 //! - `events`: triggering events. `channels`: channel and presence queries, and
@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::Query;
+use axum::extract::{FromRequest, FromRequestParts, Query, RawPathParams, Request};
 use axum::http::{Method, StatusCode, Uri};
 use axum::routing::{MethodRouter, get, post};
 use bytes::Bytes;
@@ -106,6 +106,25 @@ impl Signed {
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
+    }
+}
+
+impl FromRequest<Arc<AppState>> for Signed {
+    type Rejection = PusherApiError;
+
+    async fn from_request(
+        request: Request,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let params = RawPathParams::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|e| PusherApiError::bad_request(e.body_text()))?;
+        let app = match params.iter().find(|(name, _)| *name == "app_id") {
+            Some((_, id)) => AppRef::Id(id),
+            None => AppRef::AuthKey,
+        };
+        authenticate(state, &parts.method, &parts.uri, app, body).await
     }
 }
 
