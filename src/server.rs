@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{ConnectInfo, State};
 use axum::http::Method;
-use axum::routing::get;
+use axum::routing::{MethodRouter, get};
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use hyper::body::Incoming;
@@ -404,12 +404,36 @@ async fn serve_connection(stream: TcpStream, connection: Connection) {
     }
 }
 
+/// Builds a route's handler.
+type RouteHandler = fn() -> MethodRouter<Arc<AppState>>;
+
+/// The connection endpoints of the front ends: path, `route` label in the API metrics,
+/// handler. A `GET` of `/ws` is answered before the router (see `serve_connection`), so
+/// the API metrics do not count it.
+const CONNECTION_ROUTES: &[(&str, &str, RouteHandler)] = &[
+    (api::WS_PATH, "ws", || get(session::ws_handler)),
+    ("/sse", "sse", || get(crate::sse::sse_handler)),
+    ("/app/{key}", "pusher_ws", || {
+        get(session::pusher_ws_handler)
+    }),
+];
+
+/// The `route` label of a connection endpoint, `None` for other paths.
+fn connection_route_label(path: &str) -> Option<&'static str> {
+    CONNECTION_ROUTES
+        .iter()
+        .find(|(route, ..)| *route == path)
+        .map(|(_, name, _)| *name)
+}
+
 /// The whole HTTP surface of a node.
 pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
-    Router::new()
-        .route("/ws", get(session::ws_handler))
-        .route("/sse", get(crate::sse::sse_handler))
-        .route("/app/{key}", get(session::pusher_ws_handler))
+    let labels: api::RouteLabels = connection_route_label;
+    CONNECTION_ROUTES
+        .iter()
+        .fold(Router::new(), |router, (path, _, method)| {
+            router.route(path, method())
+        })
         .merge(api::api_router(state.clone()))
         .merge(api::probe_router(with_metrics))
         .merge(crate::pusher::api::router())
@@ -422,7 +446,7 @@ pub fn router(state: Arc<AppState>, with_metrics: bool) -> Router {
             )
         })
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            (state.clone(), labels),
             api::record_metrics,
         ))
         .with_state(state)

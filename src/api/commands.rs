@@ -41,7 +41,7 @@ impl Command {
     ];
 
     /// The command's name: its route (`/api/<name>`) and its key in a batch.
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Command::Publish => "publish",
             Command::Broadcast => "broadcast",
@@ -58,7 +58,7 @@ impl Command {
     }
 
     /// Whether it takes from the API key's `api.publish_rate_per_sec` bucket.
-    pub fn publishes(self) -> bool {
+    pub const fn publishes(self) -> bool {
         matches!(self, Command::Publish | Command::Broadcast)
     }
 }

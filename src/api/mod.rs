@@ -30,10 +30,13 @@ struct Route {
     path: &'static str,
     /// Its `route` label in `pushwire_api_requests_total` and `pushwire_api_request_seconds`.
     name: &'static str,
-    /// Each request takes one publication from the API key's `api.publish_rate_per_sec`
-    /// (`/api/batch` charges each publishing command it carries instead).
-    publishes: bool,
-    method: fn() -> MethodRouter<Arc<AppState>>,
+    handler: Handler,
+}
+
+enum Handler {
+    /// A `POST` that runs a command on its body (`commands`).
+    Command(Command),
+    Other(fn() -> MethodRouter<Arc<AppState>>),
 }
 
 impl Route {
@@ -45,44 +48,46 @@ impl Route {
         Route {
             path,
             name,
-            publishes: false,
-            method,
+            handler: Handler::Other(method),
         }
     }
 
-    const fn publishing(self) -> Route {
+    /// The route of `command`, labelled with its name.
+    const fn command(path: &'static str, command: Command) -> Route {
         Route {
-            publishes: true,
-            ..self
+            path,
+            name: command.name(),
+            handler: Handler::Command(command),
         }
+    }
+
+    fn method_router(&self) -> MethodRouter<Arc<AppState>> {
+        match self.handler {
+            Handler::Command(command) => post_command(command),
+            Handler::Other(method) => method(),
+        }
+    }
+
+    /// Whether each request takes one publication from the API key's
+    /// `api.publish_rate_per_sec` (`/api/batch` charges each publishing command it
+    /// carries instead).
+    fn publishes(&self) -> bool {
+        matches!(self.handler, Handler::Command(command) if command.publishes())
     }
 }
 
 /// The `/api` routes, behind API-key auth.
 const API_ROUTES: &[Route] = &[
-    Route::new("/api/publish", "publish", || post_command(Command::Publish)).publishing(),
-    Route::new("/api/broadcast", "broadcast", || {
-        post_command(Command::Broadcast)
-    })
-    .publishing(),
-    Route::new("/api/disconnect", "disconnect", || {
-        post_command(Command::Disconnect)
-    }),
-    Route::new("/api/subscribe", "subscribe", || {
-        post_command(Command::Subscribe)
-    }),
-    Route::new("/api/unsubscribe", "unsubscribe", || {
-        post_command(Command::Unsubscribe)
-    }),
-    Route::new("/api/history_remove", "history_remove", || {
-        post_command(Command::HistoryRemove)
-    }),
+    Route::command("/api/publish", Command::Publish),
+    Route::command("/api/broadcast", Command::Broadcast),
+    Route::command("/api/disconnect", Command::Disconnect),
+    Route::command("/api/subscribe", Command::Subscribe),
+    Route::command("/api/unsubscribe", Command::Unsubscribe),
+    Route::command("/api/history_remove", Command::HistoryRemove),
     Route::new("/api/batch", "batch", || post(handlers::batch)),
     Route::new("/api/channels", "channels", || get(handlers::channels)),
     Route::new("/api/presence", "presence", || get(handlers::presence)),
-    Route::new("/api/presence_stats", "presence_stats", || {
-        post_command(Command::PresenceStats)
-    }),
+    Route::command("/api/presence_stats", Command::PresenceStats),
     Route::new("/api/history", "history", || get(handlers::history)),
     Route::new("/api/info", "info", || get(handlers::info)),
 ];
@@ -99,9 +104,8 @@ const PROBE_ROUTES: &[Route] = &[
 /// `/metrics`, on the main listener or its own.
 const METRICS_ROUTE: Route = Route::new("/metrics", "metrics", || get(handlers::metrics));
 
-/// The WebSocket endpoint (declared with the session, in `server`, which answers a
-/// `GET` of it before the router): not counted here, its request lasts as long as the
-/// connection.
+/// The WebSocket endpoint (declared with the other connection endpoints, in `server`,
+/// which answers a `GET` of it before the router): not counted here.
 pub(crate) const WS_PATH: &str = "/ws";
 
 /// `POST` that reads the body and runs `command` on it (`commands`).
@@ -115,7 +119,7 @@ fn post_command(command: Command) -> MethodRouter<Arc<AppState>> {
 
 fn add_routes(mut router: Router<Arc<AppState>>, routes: &[Route]) -> Router<Arc<AppState>> {
     for route in routes {
-        router = router.route(route.path, (route.method)());
+        router = router.route(route.path, route.method_router());
     }
     router
 }
@@ -171,7 +175,7 @@ async fn require_api_key(
             let matched = request.extensions().get::<MatchedPath>();
             let publishes = matched
                 .and_then(|path| route_at(path.as_str()))
-                .is_some_and(|route| route.publishes);
+                .is_some_and(Route::publishes);
             if publishes && let Err(refused) = charge_publish(&state, key) {
                 return refused.into_response();
             }
@@ -217,9 +221,13 @@ pub(crate) fn charge_publish(state: &AppState, key: KeyIndex) -> Result<(), ApiE
         })
 }
 
+/// The `route` label of a route declared outside this module and the Pusher API (the
+/// connection endpoints, in `server`), `None` for other paths.
+pub type RouteLabels = fn(&str) -> Option<&'static str>;
+
 /// Counts every HTTP request by route and status, with its latency.
 pub async fn record_metrics(
-    State(state): State<Arc<AppState>>,
+    State((state, elsewhere)): State<(Arc<AppState>, RouteLabels)>,
     request: Request,
     next: Next,
 ) -> Response {
@@ -228,6 +236,7 @@ pub async fn record_metrics(
             .extensions()
             .get::<MatchedPath>()
             .map(MatchedPath::as_str),
+        elsewhere,
     );
     if route == "ws" {
         return next.run(request).await;
@@ -246,13 +255,11 @@ pub async fn record_metrics(
     response
 }
 
-fn route_label(path: Option<&str>) -> &'static str {
+fn route_label(path: Option<&str>, elsewhere: RouteLabels) -> &'static str {
     let Some(path) = path else { return "other" };
-    if path == WS_PATH {
-        return "ws";
-    }
     route_at(path)
         .map(|route| route.name)
         .or_else(|| crate::pusher::api::route_label(path))
+        .or_else(|| elsewhere(path))
         .unwrap_or("other")
 }
