@@ -60,6 +60,14 @@ impl SeqOutcome {
 impl SeqTracker {
     /// Records one received seq; true if it is its first receipt (not a duplicate).
     pub fn observe(&mut self, seq: u64) -> bool {
+        if seq == self.next && self.ahead.is_empty() {
+            // The common case, the next seq in order: nothing waits above the watermark, so
+            // it cannot be a duplicate or late, and the set stays untouched.
+            self.unique += 1;
+            self.max_seen = Some(self.max_seen.map_or(seq, |max| max.max(seq)));
+            self.next += 1;
+            return true;
+        }
         if self.ahead.contains(&seq) || (seq < self.next && !self.take_written_off(seq)) {
             self.duplicates += 1;
             return false;

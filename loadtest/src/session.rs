@@ -211,14 +211,25 @@ impl Session {
         receipts: &mut Receipts,
         interrupt: impl Future<Output = ()>,
     ) -> End {
-        tokio::pin!(interrupt);
+        // The stop future and the silence timer live across frames: re-creating them per
+        // frame registers and deregisters a waiter and a timer entry for every delivery.
+        // The timer is moved only when it fires early (something was heard meanwhile).
+        let ctx = Arc::clone(&self.ctx);
+        let stopped = ctx.stop.cancelled();
+        let silence = sleep_until(self.last_heard + self.dead_after);
+        tokio::pin!(interrupt, stopped, silence);
         loop {
-            let deadline = self.last_heard + self.dead_after;
             tokio::select! {
                 biased;
-                () = self.ctx.stop.cancelled() => return End::Stopped,
+                () = &mut stopped => return End::Stopped,
                 () = &mut interrupt => return End::Interrupted,
-                () = sleep_until(deadline) => return End::Dead,
+                () = &mut silence => {
+                    let deadline = self.last_heard + self.dead_after;
+                    if deadline <= Instant::now() {
+                        return End::Dead;
+                    }
+                    silence.as_mut().reset(deadline);
+                }
                 frame = self.ws.next() => match frame {
                     Some(frame) => if let Some(end) = self.on_frame(receipts, frame).await { return end },
                     None => return End::Closed(None),
