@@ -55,7 +55,20 @@ impl Encoding {
 }
 
 /// Decodes every message of one frame (a batch) into `out`. Empty frames yield nothing.
+/// JSON frames of benchmark messages take the scanner's fast path (`json_scan`).
 pub fn decode_batch(enc: Encoding, frame: &[u8], out: &mut Vec<ServerMsg>) -> anyhow::Result<()> {
+    if enc == Encoding::Json && crate::json_scan::messages(frame, out).is_some() {
+        return Ok(());
+    }
+    decode_batch_with_serde(enc, frame, out)
+}
+
+/// [`decode_batch`] without the fast path: every encoding through its full decoder.
+pub fn decode_batch_with_serde(
+    enc: Encoding,
+    frame: &[u8],
+    out: &mut Vec<ServerMsg>,
+) -> anyhow::Result<()> {
     match enc {
         Encoding::Json => {
             // A `\n`-separated batch is a whitespace-separated stream of JSON values.

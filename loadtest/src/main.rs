@@ -68,6 +68,7 @@ mod fanout;
 mod fleet;
 mod host;
 mod idle;
+mod json_scan;
 mod local_fleet;
 mod progress;
 mod publish_phase;
