@@ -76,8 +76,10 @@ pub struct CommonArgs {
     /// Server process id(s) whose RSS is sampled (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     pub server_pid: Vec<u32>,
-    /// WebSocket read buffer per connection (tungstenite allocates it up front).
-    #[arg(long, default_value_t = 4096)]
+    /// WebSocket read buffer per connection. tungstenite allocates it up front and zeroes
+    /// its free part before every read, so a large one costs CPU on every delivery; frames
+    /// larger than it just take several reads.
+    #[arg(long, default_value_t = 1024)]
     pub read_buffer_bytes: usize,
     /// WebSocket write buffer threshold per connection (0 writes each message at once).
     #[arg(long, default_value_t = 0)]
