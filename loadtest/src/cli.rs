@@ -76,12 +76,11 @@ pub struct CommonArgs {
     /// Server process id(s) whose RSS is sampled (comma-separated or repeated).
     #[arg(long, value_delimiter = ',')]
     pub server_pid: Vec<u32>,
-    /// WebSocket read buffer per connection. tungstenite allocates it up front and zeroes
-    /// its free part before every read, so a large one costs CPU on every delivery; frames
-    /// larger than it just take several reads.
+    /// WebSocket read buffer per connection, allocated up front; a larger frame grows it.
     #[arg(long, default_value_t = 1024)]
     pub read_buffer_bytes: usize,
-    /// WebSocket write buffer threshold per connection (0 writes each message at once).
+    /// Has no effect: every message is written at once (as it was when tungstenite wrote
+    /// them, since each send flushed). Kept so older command lines still parse.
     #[arg(long, default_value_t = 0)]
     pub write_buffer_bytes: usize,
     /// Write the results as JSON to this file.

@@ -13,9 +13,8 @@
 //! they do not read. At the end they read again, without decoding, to learn whether the
 //! server evicted them (close 4008) or cut them off otherwise.
 //!
-//! Memory and CPU per connection are kept small on purpose: tungstenite allocates its read
-//! buffer up front and zeroes its free part before each read, so the WebSocket config asks
-//! for 1 KiB (`--read-buffer-bytes`) instead of the 128 KiB default.
+//! Memory per connection is kept small on purpose: each connection's read buffer
+//! (`ws_client`) is allocated up front, 1 KiB by default (`--read-buffer-bytes`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,9 +24,7 @@ use anyhow::Context as _;
 use tokio::net::TcpSocket;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{Instant, timeout};
-use tokio_tungstenite::client_async_with_config;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::http::{HeaderValue, header::SEC_WEBSOCKET_PROTOCOL};
+use tokio_tungstenite::tungstenite::http::Uri;
 
 use crate::addrs::{Target, source_for};
 use crate::codec::Encoding;
@@ -35,6 +32,7 @@ use crate::context::{ConnContext, Handshake, SlowMode, is_slow};
 use crate::session::{DEAD_SLACK, End, Receipts, Session, Ws, short};
 use crate::stats::Stats;
 use crate::wire::{ClientMsg, RecoverFrom, channel_for};
+use crate::ws_client::WsClient;
 
 /// Sent as `client` in `connect`.
 const CLIENT_NAME: &str = concat!("pushwire-loadtest/", env!("CARGO_PKG_VERSION"));
@@ -269,18 +267,19 @@ async fn dial(
             crate::transport::SseStream::open(stream, &target.addr.to_string(), &path).await?;
         return Ok(Ws::Sse(sse));
     }
-    let mut request = target
-        .url
-        .as_str()
-        .into_client_request()
-        .context("request")?;
-    if let Some(protocol) = ctx.encoding.subprotocol() {
-        request
-            .headers_mut()
-            .insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol));
-    }
-    let (ws, _response) = client_async_with_config(request, stream, Some(ctx.ws_config))
-        .await
-        .context("upgrade")?;
+    let uri: Uri = target.url.parse().context("request")?;
+    let host = uri.authority().map_or(String::new(), |a| a.to_string());
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let config = &ctx.ws_config;
+    let ws = WsClient::connect(
+        stream,
+        &host,
+        path,
+        ctx.encoding.subprotocol(),
+        config.read_buffer_size,
+        config.max_message_size.unwrap_or(usize::MAX),
+    )
+    .await
+    .context("upgrade")?;
     Ok(Ws::WebSocket(Box::new(ws)))
 }

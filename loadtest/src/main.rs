@@ -88,6 +88,7 @@ mod stats;
 mod transport;
 mod wire;
 mod worker;
+mod ws_client;
 
 use std::time::Duration;
 

@@ -8,12 +8,12 @@
 //! client has nothing to say.
 
 use anyhow::{Context as _, bail};
-use futures_util::{SinkExt as _, StreamExt as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
+
+use crate::ws_client::WsClient;
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 4096;
@@ -21,7 +21,7 @@ const READ_CHUNK: usize = 4096;
 const MAX_HEAD: usize = 16 * 1024;
 
 pub enum Ws {
-    WebSocket(Box<WebSocketStream<TcpStream>>),
+    WebSocket(Box<WsClient<TcpStream>>),
     Sse(SseStream),
 }
 
@@ -43,7 +43,7 @@ impl Ws {
 
     pub async fn close(&mut self, frame: Option<CloseFrame>) -> Result<(), tungstenite::Error> {
         match self {
-            Ws::WebSocket(ws) => ws.as_mut().close(frame).await,
+            Ws::WebSocket(ws) => ws.close(frame).await,
             Ws::Sse(sse) => {
                 let _ = sse.socket.shutdown().await;
                 Ok(())
