@@ -123,9 +123,8 @@ impl<'a> Scanner<'a> {
         self.expect(b'"')?;
         let rest = &self.bytes[self.pos..];
         // serde refuses control characters in strings; escapes need unescaping.
-        let len = rest
+        let len = rest[..rest.len().min(LONG_STRING)]
             .iter()
-            .take(LONG_STRING)
             .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
         if rest[len] != b'"' {
             return None;
