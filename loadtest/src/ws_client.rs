@@ -198,6 +198,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsClient<S> {
     /// Turns one frame into a message, joining fragments and answering control frames.
     async fn on_frame(&mut self, opcode: u8, payload: Bytes) -> Result<Option<Message>, Error> {
         let fin = opcode & 0x80 != 0;
+        // RFC 6455 section 5.5: control frames are whole and at most 125 bytes.
+        if opcode & 0x08 != 0 {
+            if !fin {
+                return Err(Error::Protocol(ProtocolError::FragmentedControlFrame));
+            }
+            if payload.len() > 125 {
+                return Err(Error::Protocol(ProtocolError::ControlFrameTooBig));
+            }
+        }
         let (opcode, payload) = match opcode & 0x0f {
             PING => {
                 self.write_frame(PONG, &payload).await?;
@@ -233,6 +242,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsClient<S> {
                     return Ok(None);
                 }
                 (op, joined.freeze())
+            }
+            other if other & 0x08 != 0 => {
+                return Err(Error::Protocol(ProtocolError::UnknownControlFrameType(
+                    other,
+                )));
             }
             other => return Err(Error::Protocol(ProtocolError::UnknownDataFrameType(other))),
         };
@@ -464,6 +478,18 @@ mod tests {
             ws.next().await.unwrap(),
             Err(Error::Protocol(ProtocolError::MaskedFrameFromServer))
         ));
+        for (frame, what) in [
+            (server_frame(0x09, b"p"), "fragmented ping"),
+            (server_frame(0x89, &[b'p'; 126]), "ping over 125 bytes"),
+            (server_frame(0x8B, b""), "reserved control opcode"),
+            (server_frame(0x83, b""), "reserved data opcode"),
+        ] {
+            let (mut ws, _server) = open(&frame).await;
+            assert!(
+                matches!(ws.next().await.unwrap(), Err(Error::Protocol(_))),
+                "{what}"
+            );
+        }
         let (mut ws, server) = open(&[0x81, 126, 0xff, 0xff]).await;
         ws.max_message = 1024;
         assert!(matches!(ws.next().await.unwrap(), Err(Error::Capacity(_))));
