@@ -71,7 +71,8 @@ pub struct Hub {
 struct Shared {
     clients: DashMap<ClientId, Arc<ClientHandle>>,
     channels: DashMap<ChannelName, Arc<ChannelEntry>>,
-    workers: Vec<mpsc::Sender<FanoutSender>>,
+    /// Each fan-out shard's job queue.
+    workers: Vec<mpsc::Sender<fanout::FanoutJob>>,
     settings: RwLock<HubSettings>,
     queue_limits: Arc<RwLock<QueueLimits>>,
     /// Read by every session write: an atomic, not a lock or an `Arc` clone.
@@ -108,8 +109,6 @@ pub enum HubEvent {
         client: crate::protocol::ClientInfo,
     },
 }
-
-type FanoutSender = fanout::FanoutJob;
 
 /// How a broker follows a channel's presence (see `broker::presence`): whether joins and
 /// leaves are announced, and at most how many a second per channel on this node.
