@@ -135,6 +135,15 @@ impl Config {
         Ok(config)
     }
 
+    /// What loading `text` fails with, empty when it loads (tests of validation).
+    #[cfg(test)]
+    pub(crate) fn error_of(text: &str) -> String {
+        Config::from_toml(text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
     /// The namespace options for a channel, or `None` when its namespace is undeclared.
     pub fn namespace_of(&self, channel: &crate::protocol::ChannelName) -> Option<&NamespaceConfig> {
         self.namespaces

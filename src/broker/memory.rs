@@ -216,20 +216,6 @@ impl MemoryBroker {
         }
     }
 
-    /// Subscribes; where the namespace has presence, the hub's `Joined` event counts the
-    /// connection in (and announces its user's join).
-    pub async fn subscribe(
-        &self,
-        client: &Arc<ClientHandle>,
-        channel: &ChannelName,
-        ns: &NamespaceConfig,
-        recover: Option<&StreamPosition>,
-        reply: ReplyBuilder<'_>,
-    ) -> Option<SubscribeResult> {
-        self.subscribe_ordered(client, channel, ns, recover, reply)
-            .await
-    }
-
     /// Follows hub membership events: counts presence users, announces their joins
     /// and leaves, and tells webhooks about them and about occupancy.
     pub async fn run_events(
@@ -292,7 +278,9 @@ impl MemoryBroker {
         }
     }
 
-    async fn subscribe_ordered(
+    /// Subscribes; where the namespace has presence, the hub's `Joined` event counts the
+    /// connection in (and announces its user's join).
+    pub async fn subscribe(
         &self,
         client: &Arc<ClientHandle>,
         channel: &ChannelName,
@@ -359,7 +347,7 @@ impl MemoryBroker {
         let order = self.stripe(channel).lock().await;
         if self.existing(channel).is_some() {
             drop(order);
-            return Box::pin(self.subscribe_ordered(client, channel, ns, recover, reply)).await;
+            return Box::pin(self.subscribe(client, channel, ns, recover, reply)).await;
         }
         let now = epoch::now_ms();
         let lifetime = Duration::from_secs(ns.history_ttl_secs);

@@ -143,13 +143,6 @@ fn check_token_secret(config: &Config) -> Result<(), ConfigError> {
 mod tests {
     use super::*;
 
-    fn error_of(toml: &str) -> String {
-        Config::from_toml(toml)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
-    }
-
     #[test]
     fn zero_redis_timings_name_their_key() {
         for key in [
@@ -163,21 +156,23 @@ mod tests {
             "node_timeout_ms",
             "presence_ttl_secs",
         ] {
-            let error = error_of(&format!("[redis]\n{key} = 0\n"));
+            let error = Config::error_of(&format!("[redis]\n{key} = 0\n"));
             assert!(error.contains(&format!("redis.{key}")), "{key}: {error:?}");
         }
     }
 
     #[test]
     fn inverted_pairs_are_refused() {
-        let error = error_of("[redis]\nheartbeat_interval_ms = 5000\nnode_timeout_ms = 5000\n");
-        assert!(error.contains("redis.node_timeout_ms"), "{error}");
         let error =
-            error_of("[client]\nqueue_max_bytes = 100000\n[api]\nmax_publish_bytes = 60000\n");
+            Config::error_of("[redis]\nheartbeat_interval_ms = 5000\nnode_timeout_ms = 5000\n");
+        assert!(error.contains("redis.node_timeout_ms"), "{error}");
+        let error = Config::error_of(
+            "[client]\nqueue_max_bytes = 100000\n[api]\nmax_publish_bytes = 60000\n",
+        );
         assert!(error.contains("api.max_publish_bytes"), "{error}");
         assert!(Config::from_toml("[client]\nqueue_max_bytes = 131072\n").is_ok());
         let app = "[[pusher.apps]]\nid = \"1\"\nkey = \"k\"\nsecret = \"s\"\n";
-        let error = error_of(&format!(
+        let error = Config::error_of(&format!(
             "[client]\nqueue_max_bytes = 131072\n{app}max_event_bytes = 70000\n"
         ));
         assert!(error.contains("pusher.apps[0].max_event_bytes"), "{error}");
@@ -186,7 +181,8 @@ mod tests {
 
     #[test]
     fn short_hmac_secrets_are_refused() {
-        let error = error_of("[auth]\ntoken_hmac_secret = \"0123456789abcdef0123456789abcde\"\n");
+        let error =
+            Config::error_of("[auth]\ntoken_hmac_secret = \"0123456789abcdef0123456789abcde\"\n");
         assert!(error.contains("auth.token_hmac_secret"), "{error}");
         assert!(
             !error.contains("0123456789abcdef"),

@@ -211,13 +211,6 @@ key = "other-key"
 secret = "other-secret"
 "#;
 
-    fn error_of(toml: &str) -> String {
-        Config::from_toml(toml)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default()
-    }
-
     #[test]
     fn apps_load_with_the_issue_key_names_and_defaults() -> Result<(), ConfigError> {
         let config = Config::from_toml(TWO_APPS)?;
@@ -240,14 +233,16 @@ secret = "other-secret"
     fn errors_name_the_app_and_key() {
         let app = |fields: &str| format!("[[pusher.apps]]\n{fields}\n");
         let base = "key = \"k\"\nsecret = \"s\"";
-        assert!(error_of(&app(&format!("id = \"12a\"\n{base}"))).contains("pusher.apps[0].id"));
-        assert!(error_of(&app(base)).contains("pusher.apps[0].id"));
         assert!(
-            error_of(&app("id = \"1\"\nkey = \"a/b\"\nsecret = \"s\""))
+            Config::error_of(&app(&format!("id = \"12a\"\n{base}"))).contains("pusher.apps[0].id")
+        );
+        assert!(Config::error_of(&app(base)).contains("pusher.apps[0].id"));
+        assert!(
+            Config::error_of(&app("id = \"1\"\nkey = \"a/b\"\nsecret = \"s\""))
                 .contains("pusher.apps[0].key")
         );
         assert!(
-            error_of(&app("id = \"1\"\nkey = \"k\"")).contains("pusher.apps[0].secret"),
+            Config::error_of(&app("id = \"1\"\nkey = \"k\"")).contains("pusher.apps[0].secret"),
             "a missing secret is refused"
         );
         let twice_id = format!(
@@ -255,25 +250,25 @@ secret = "other-secret"
             app("id = \"1\"\nkey = \"a\"\nsecret = \"s\""),
             app("id = \"1\"\nkey = \"b\"\nsecret = \"s\"")
         );
-        assert!(error_of(&twice_id).contains("pusher.apps[1].id"));
+        assert!(Config::error_of(&twice_id).contains("pusher.apps[1].id"));
         let twice_key = format!(
             "{}{}",
             app("id = \"1\"\nkey = \"a\"\nsecret = \"s\""),
             app("id = \"2\"\nkey = \"a\"\nsecret = \"s\"")
         );
-        assert!(error_of(&twice_key).contains("pusher.apps[1].key"));
+        assert!(Config::error_of(&twice_key).contains("pusher.apps[1].key"));
         let hook = format!(
             "{}[[pusher.apps.webhooks]]\nurl = \"ftp://x\"\n",
             app("id = \"1\"\nkey = \"a\"\nsecret = \"s\"")
         );
-        assert!(error_of(&hook).contains("pusher.apps[0].webhooks[0].url"));
+        assert!(Config::error_of(&hook).contains("pusher.apps[0].webhooks[0].url"));
         let events = format!(
             "{}[[pusher.apps.webhooks]]\nurl = \"http://x\"\nevents = [\"channel_occupid\"]\n",
             app("id = \"1\"\nkey = \"a\"\nsecret = \"s\"")
         );
-        assert!(error_of(&events).contains("pusher.apps[0].webhooks[0].events"));
+        assert!(Config::error_of(&events).contains("pusher.apps[0].webhooks[0].events"));
         assert!(
-            error_of(&app(
+            Config::error_of(&app(
                 "id = \"1\"\nkey = \"a\"\nsecret = \"s\"\nclient_event = true"
             ))
             .contains("client_event")
