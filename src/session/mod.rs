@@ -116,8 +116,9 @@ impl Admission {
 /// A connection that completed `connect`, ready to be served.
 ///
 /// The session sits in its own allocation so the connection's task future holds only a
-/// pointer to it and the state of the await it is parked at (see [`Session::run`]).
-pub(super) struct Started {
+/// pointer to it and the state of the await it is parked at (see
+/// [`Session::serve_and_finish`]).
+pub(super) struct Connected {
     session: Box<Session>,
     rest: Vec<Result<crate::protocol::Request, crate::protocol::RequestError>>,
     span: tracing::Span,
@@ -126,13 +127,13 @@ pub(super) struct Started {
 /// Runs the `connect` handshake of an upgraded connection. `None` when it ended there
 /// (closed with its code). Callers box this future: it is short-lived, and inlined it
 /// would enlarge every session's task for the connection's whole life.
-pub(super) async fn start(
+pub(super) async fn connect(
     socket: tokio_tungstenite::WebSocketStream<SocketStream>,
     state: Arc<AppState>,
     encoding: Encoding,
     header_token: Option<String>,
     mut admission: Admission,
-) -> Option<Started> {
+) -> Option<Connected> {
     let config = state.config();
     let mut transport = Transport::new(socket, encoding, config.client.write_timeout());
     let handshake = if admission.over_ip_limit {
@@ -173,7 +174,7 @@ pub(super) async fn start(
         client,
         _admission: admission,
     });
-    Some(Started {
+    Some(Connected {
         session,
         rest,
         span,
@@ -184,13 +185,13 @@ pub(super) async fn start(
 /// with Pusher's codes (4001 unknown app, 4003 disabled, 4007 protocol, 4004 over the
 /// app's quota, 4100 over a node or IP limit); otherwise the client is registered and
 /// `pusher:connection_established` queued. `None` when it ended there.
-pub(super) async fn start_pusher(
+pub(super) async fn connect_pusher(
     socket: tokio_tungstenite::WebSocketStream<SocketStream>,
     state: Arc<AppState>,
     key: String,
     protocol_ok: bool,
     mut admission: Admission,
-) -> Option<Started> {
+) -> Option<Connected> {
     use crate::pusher::close;
     let config = state.config();
     let mut transport = Transport::pusher(socket, config.client.write_timeout());
@@ -250,22 +251,22 @@ pub(super) async fn start_pusher(
         client,
         _admission: admission,
     });
-    Some(Started {
+    Some(Connected {
         session,
         rest: Vec::new(),
         span,
     })
 }
 
-impl Started {
-    /// Serves the connection to its end.
-    pub(super) async fn serve(self) {
-        let Started {
+impl Connected {
+    /// Serves the connection to its end, in its span.
+    pub(super) async fn run_to_end(self) {
+        let Connected {
             session,
             rest,
             span,
         } = self;
-        session.run(rest).instrument(span).await;
+        session.serve_and_finish(rest).instrument(span).await;
     }
 }
 
@@ -274,13 +275,13 @@ impl Session {
     ///
     /// This future lives as long as the connection, so it holds the boxed session and,
     /// while idle, only the serve loop's state: everything short-lived is boxed.
-    async fn run(
+    async fn serve_and_finish(
         mut self: Box<Self>,
         rest: Vec<Result<crate::protocol::Request, crate::protocol::RequestError>>,
     ) {
         tracing::debug!(encoding = self.transport.encoding().label(), "connected");
         if Box::pin(self.handle_all(rest)).await == Flow::Continue {
-            self.serve().await;
+            self.main_loop().await;
         }
         Box::pin(self.finish()).await;
     }
@@ -307,7 +308,7 @@ impl Session {
     /// While idle, a session's memory is mostly this loop's future, so the handlers are
     /// boxed: one small allocation per wake-up buys a future of a few hundred bytes less
     /// for every connection.
-    async fn serve(&mut self) {
+    async fn main_loop(&mut self) {
         loop {
             let flow = tokio::select! {
                 _ = self.client.wait_for_work() => Box::pin(self.flush()).await,

@@ -125,20 +125,20 @@ async fn upgrade(
     // The task lives as long as the connection and its allocation is the largest state
     // of its future: the short-lived upgrade is boxed so only the session stays.
     state.sessions.spawn(async move {
-        let started = Box::pin(async move {
+        let connected = Box::pin(async move {
             let upgraded = on_upgrade.await.ok()?;
             let stream = super::socket_stream(upgraded)?;
             let socket =
                 WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config)).await;
             match pusher {
                 Some((key, protocol_ok)) => {
-                    super::start_pusher(socket, task_state, key, protocol_ok, admission).await
+                    super::connect_pusher(socket, task_state, key, protocol_ok, admission).await
                 }
-                None => super::start(socket, task_state, encoding, header_token, admission).await,
+                None => super::connect(socket, task_state, encoding, header_token, admission).await,
             }
         });
-        if let Some(started) = started.await {
-            started.serve().await;
+        if let Some(connected) = connected.await {
+            connected.run_to_end().await;
         }
     });
     let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
