@@ -6,7 +6,9 @@
 //!
 //! Architecture Invariant: a client belongs to exactly one shard and every shard handles
 //! its jobs in order, so every client sees a channel's publications in the order they
-//! were dispatched, while one big publication is spread over every core. A publication is
+//! were dispatched, while one big publication is spread over every core. A small job is
+//! delivered by the dispatcher itself (`deliver_inline`) only while its shard's worker has
+//! no job sent and unfinished, that is after everything dispatched before it. A publication is
 //! encoded at most once per encoding (`EncodedPublication`), and each recipient gets a
 //! cheap `Bytes` clone in its queue; nothing is allocated per recipient. Pusher clients
 //! (`Dialect::Pusher`) have their own slot in the same cache, so a channel with both kinds
@@ -177,9 +179,11 @@ pub(crate) fn jobs_for(
         .collect()
 }
 
-/// Runs one shard's worker until every sender is gone.
+/// Runs one shard's worker until every sender is gone. `backlog` counts the jobs sent to
+/// it and not finished; the worker takes one off after each job.
 pub(crate) async fn run_worker(
     mut jobs: mpsc::Receiver<FanoutJob>,
+    backlog: Arc<AtomicUsize>,
     limits: Arc<parking_lot::RwLock<QueueLimits>>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
@@ -199,7 +203,15 @@ pub(crate) async fn run_worker(
             }
             None => deliver_in_chunks(&job, limits, &metrics, &jobs),
         }
+        backlog.fetch_sub(1, Ordering::Release);
     }
+}
+
+/// Delivers a job in the dispatcher's own task, writing directly: what `Hub::dispatch`
+/// does with a job that `delivers_inline` while the shard's worker has no backlog. One
+/// task wake-up and one channel hand-off fewer per publication to a few subscribers.
+pub(crate) fn deliver_inline(job: &FanoutJob, limits: QueueLimits, metrics: &Metrics) {
+    deliver(job, limits, metrics, true);
 }
 
 /// Recipients a worker serves between two looks at its job queue.
@@ -276,6 +288,14 @@ fn deliver_traced(
 }
 
 impl FanoutJob {
+    /// Small enough to be delivered by the dispatcher itself (at most
+    /// `DIRECT_MAX_RECIPIENTS` in this shard), and not traced (the shard's trace span is
+    /// the worker's).
+    pub(crate) fn delivers_inline(&self) -> bool {
+        self.publication.trace.is_none()
+            && self.snapshot.by_shard[self.shard].len() <= DIRECT_MAX_RECIPIENTS
+    }
+
     fn entry_channel(&self) -> &str {
         let encoded = &self.publication;
         match (&encoded.publication, &encoded.presence_channel) {

@@ -73,6 +73,8 @@ struct Shared {
     channels: DashMap<ChannelName, Arc<ChannelEntry>>,
     /// Each fan-out shard's job queue.
     workers: Vec<mpsc::Sender<fanout::FanoutJob>>,
+    /// Per worker, the jobs sent to it and not finished yet.
+    backlogs: Vec<Arc<AtomicUsize>>,
     settings: RwLock<HubSettings>,
     queue_limits: Arc<RwLock<QueueLimits>>,
     /// Read by every session write: an atomic, not a lock or an `Arc` clone.
@@ -156,11 +158,15 @@ impl Hub {
         let shards = settings.shards.clamp(1, 64);
         let queue_limits = Arc::new(RwLock::new(settings.queue));
         let mut workers = Vec::with_capacity(shards);
+        let mut backlogs = Vec::with_capacity(shards);
         for _ in 0..shards {
             let (tx, rx) = mpsc::channel(1024);
+            let backlog = Arc::new(AtomicUsize::new(0));
             workers.push(tx);
+            backlogs.push(backlog.clone());
             tracker.spawn(fanout::run_worker(
                 rx,
+                backlog,
                 queue_limits.clone(),
                 metrics.clone(),
                 shutdown.clone(),
@@ -171,6 +177,7 @@ impl Hub {
                 clients: DashMap::new(),
                 channels: DashMap::new(),
                 workers,
+                backlogs,
                 max_batch_bytes: AtomicUsize::new(settings.max_batch_bytes),
                 write_delay_ms: AtomicU64::new(settings.write_delay_ms),
                 max_messages_per_frame: AtomicUsize::new(settings.max_messages_per_frame),
@@ -495,8 +502,19 @@ impl Hub {
         let recipients = snapshot.len();
         for job in fanout::jobs_for(&entry, snapshot, encoded) {
             let shard = job.shard;
+            let backlog = &self.shared.backlogs[shard];
+            // With no backlog the worker has finished every job dispatched before this
+            // one (callers dispatch a channel's publications one at a time), so a small
+            // job delivered here keeps every client's order.
+            if job.delivers_inline() && backlog.load(Ordering::Acquire) == 0 {
+                fanout::deliver_inline(&job, self.queue_limits(), &self.shared.metrics);
+                continue;
+            }
+            backlog.fetch_add(1, Ordering::AcqRel);
             // Fails only while shutting down, when nothing is delivered any more.
-            let _ = self.shared.workers[shard].send(job).await;
+            if self.shared.workers[shard].send(job).await.is_err() {
+                backlog.fetch_sub(1, Ordering::AcqRel);
+            }
         }
         recipients
     }
