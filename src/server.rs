@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::ConnectInfo;
 use axum::http::Method;
 use axum::routing::{MethodRouter, get};
 use futures_util::FutureExt as _;
@@ -370,14 +370,13 @@ async fn serve_connection(stream: TcpStream, connection: Connection) {
     let router = TowerToHyperService::new(router);
     let ws_state = state.clone();
     let service = service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
         // The benchmarked hot path skips the router and its middleware, which do nothing
         // for it (`api::record_metrics` does not count `/ws`); the route stays in
         // `router` for the route table and every other method.
         if request.method() == Method::GET && request.uri().path() == api::WS_PATH {
-            let request = request.map(axum::body::Body::new);
-            Either::Left(session::ws_handler(State(ws_state.clone()), request).map(Ok))
+            Either::Left(session::ws_upgrade(ws_state.clone(), request, peer).map(Ok))
         } else {
+            request.extensions_mut().insert(ConnectInfo(peer));
             Either::Right(router.call(request))
         }
     });

@@ -23,7 +23,7 @@ pub(crate) use connect::{Refused, apply_expiry, identify};
 pub(crate) use proxied::check_subscribe;
 pub use proxied::run_refresher;
 pub(crate) use upgrade::{bearer_token, origin_allowed};
-pub use upgrade::{origins_open, pusher_ws_handler, ws_handler};
+pub use upgrade::{origins_open, pusher_ws_handler, ws_handler, ws_upgrade};
 
 use crate::hub::ClientHandle;
 use crate::limits::LimitSlot;

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tokio_tungstenite::WebSocketStream;
@@ -22,9 +23,23 @@ use crate::limits::{PendingLimit, client_ip, trusted_networks};
 use crate::protocol::{Encoding, ErrorCode};
 use crate::state::AppState;
 
-/// Accepts a WebSocket connection.
+/// Accepts a WebSocket connection routed by the router.
 pub async fn ws_handler(State(state): State<Arc<AppState>>, request: Request) -> Response {
-    upgrade(state, request, None).await
+    let (mut parts, _body) = request.into_parts();
+    let peer = connect_info(&parts);
+    upgrade(state, &mut parts, peer, None).await
+}
+
+/// Accepts a WebSocket connection at `GET /ws` straight from the connection's service
+/// (`crate::server`), which skips the router on this hot path: no body conversion, and
+/// the peer address is passed in rather than read back from the request's extensions.
+pub async fn ws_upgrade<B>(
+    state: Arc<AppState>,
+    request: axum::http::Request<B>,
+    peer: SocketAddr,
+) -> Response {
+    let (mut parts, _body) = request.into_parts();
+    upgrade(state, &mut parts, Some(peer), None).await
 }
 
 /// A Pusher app's key and whether the `protocol` the client asked for is one we speak.
@@ -44,12 +59,29 @@ pub async fn pusher_ws_handler(
             .find_map(|pair| pair.strip_prefix("protocol="))
             .map(|v| matches!(v, "5" | "6" | "7"))
     });
-    upgrade(state, request, Some((key, protocol.unwrap_or(true)))).await
+    let (mut parts, _body) = request.into_parts();
+    let peer = connect_info(&parts);
+    upgrade(
+        state,
+        &mut parts,
+        peer,
+        Some((key, protocol.unwrap_or(true))),
+    )
+    .await
+}
+
+/// The peer address the server attached to a routed request.
+fn connect_info(parts: &Parts) -> Option<SocketAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr)
 }
 
 async fn upgrade(
     state: Arc<AppState>,
-    mut request: Request,
+    request: &mut Parts,
+    peer: Option<SocketAddr>,
     pusher: Option<PusherTarget>,
 ) -> Response {
     if state.shutdown.is_cancelled() {
@@ -60,7 +92,7 @@ async fn upgrade(
         )
         .into_response();
     }
-    let headers = request.headers();
+    let headers = &request.headers;
     let key = match handshake_key(headers) {
         Ok(key) => key,
         Err(message) => return ApiError::bad_request(message).into_response(),
@@ -91,17 +123,13 @@ async fn upgrade(
     }
     let header_token = bearer_token(headers);
     let offered_protocol = pusher.is_none() && headers.contains_key(header::SEC_WEBSOCKET_PROTOCOL);
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
-        .map(|peer| {
-            client_ip(
-                peer,
-                headers,
-                &trusted_networks(&config.server.trusted_proxies),
-            )
-        });
+    let peer = peer.map(|addr| addr.ip()).map(|peer| {
+        client_ip(
+            peer,
+            headers,
+            &trusted_networks(&config.server.trusted_proxies),
+        )
+    });
     let pending = match state.limits.try_pending(
         peer,
         config.server.max_pending_connections,
@@ -112,12 +140,9 @@ async fn upgrade(
     };
     let mut admission = Admission::new(&state, pending, peer, config.client.max_connections_per_ip);
     if let Some(proxy) = state.proxy.as_ref().filter(|p| p.connects()) {
-        admission.forwarded = Some(proxy.capture(request.headers(), peer.map(|ip| ip.to_string())));
+        admission.forwarded = Some(proxy.capture(headers, peer.map(|ip| ip.to_string())));
     }
-    let Some(on_upgrade) = request
-        .extensions_mut()
-        .remove::<hyper::upgrade::OnUpgrade>()
-    else {
+    let Some(on_upgrade) = request.extensions.remove::<hyper::upgrade::OnUpgrade>() else {
         return ApiError::bad_request("connection cannot be upgraded").into_response();
     };
     let ws_config = websocket_config(&config.client);
@@ -188,7 +213,7 @@ fn websocket_config(client: &ClientConfig) -> WebSocketConfig {
 }
 
 /// Checks the RFC 6455 request headers; returns `Sec-WebSocket-Key`.
-fn handshake_key(headers: &HeaderMap) -> Result<String, &'static str> {
+fn handshake_key(headers: &HeaderMap) -> Result<&str, &'static str> {
     let has_token = |name: header::HeaderName, token: &str| {
         headers
             .get_all(name)
@@ -210,28 +235,28 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, &'static str> {
     headers
         .get(header::SEC_WEBSOCKET_KEY)
         .and_then(|k| k.to_str().ok())
-        .map(str::to_owned)
         .ok_or("missing Sec-WebSocket-Key")
 }
 
 /// The encoding the client offered, JSON when it offered none; `Err` with the offer when
 /// it offered only protocols we do not speak.
 fn choose_encoding(headers: &HeaderMap) -> Result<Encoding, String> {
-    let offered: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
-        .collect();
-    if offered.is_empty() {
+    let offered = || {
+        headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    if let Some(encoding) = offered().find_map(Encoding::from_subprotocol) {
+        return Ok(encoding);
+    }
+    if offered().next().is_none() {
         return Ok(Encoding::Json);
     }
-    offered
-        .iter()
-        .find_map(|name| Encoding::from_subprotocol(name))
-        .ok_or_else(|| offered.join(", "))
+    Err(offered().collect::<Vec<_>>().join(", "))
 }
 
 /// Whether `client.allowed_origins` lets any web page open a WebSocket (startup warns).
