@@ -51,7 +51,7 @@ pub struct ClientHandle {
     /// Index of the fan-out shard that delivers to this client.
     pub(crate) shard: usize,
     pub(super) queue: Mutex<QueueState>,
-    pub(super) wake: Notify,
+    pub(super) wake: super::wake::Wake,
     abort: Notify,
     /// A Pusher client's presence identity and signed-in user (`crate::pusher`); one
     /// pointer, empty for native clients.
@@ -86,7 +86,7 @@ impl ClientHandle {
             info,
             shard,
             queue: Mutex::new(QueueState::default()),
-            wake: Notify::new(),
+            wake: super::wake::Wake::default(),
             abort: Notify::new(),
             pusher: Mutex::new(None),
             channels: Mutex::new(Vec::new()),

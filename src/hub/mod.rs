@@ -21,6 +21,7 @@ mod pending;
 mod query;
 pub mod socket;
 mod ticker;
+mod wake;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};

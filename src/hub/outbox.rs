@@ -202,7 +202,7 @@ impl ClientHandle {
                 reconnect: true,
             });
             drop(state);
-            self.wake.notify_one();
+            self.wake.notify();
             return Err(PushError::Overflow);
         }
         if direct && state.items.is_empty() && !state.writing && state.unsent.is_empty() {
@@ -210,7 +210,7 @@ impl ClientHandle {
                 DirectOutcome::Written => return Ok(()),
                 DirectOutcome::Partial => {
                     drop(state);
-                    self.wake.notify_one();
+                    self.wake.notify();
                     return Ok(());
                 }
                 DirectOutcome::Queue => {}
@@ -224,7 +224,7 @@ impl ClientHandle {
         let was_empty = state.items.len() == 1;
         drop(state);
         if was_empty {
-            self.wake.notify_one();
+            self.wake.notify();
         }
         Ok(())
     }
@@ -259,7 +259,7 @@ impl ClientHandle {
         }));
         drop(state);
         if was_empty {
-            self.wake.notify_one();
+            self.wake.notify();
         }
         Ok(())
     }
@@ -295,7 +295,7 @@ impl ClientHandle {
             reconnect,
         });
         drop(state);
-        self.wake.notify_one();
+        self.wake.notify();
         true
     }
 
@@ -365,7 +365,7 @@ impl ClientHandle {
         state.unsent.drain(..written);
         if progress == Progress::Blocked {
             drop(state);
-            self.wake.notify_one();
+            self.wake.notify();
         }
         Ok(progress)
     }
@@ -391,12 +391,17 @@ impl ClientHandle {
 
     /// Resolves when something was queued or a close was requested since the last take.
     pub async fn wait_for_work(&self) {
-        self.wake.notified().await;
+        std::future::poll_fn(|cx| self.poll_work(cx)).await;
+    }
+
+    /// `wait_for_work` as a poll: what the session's serve loop waits on.
+    pub fn poll_work(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.wake.poll(cx)
     }
 
     /// Wakes the session again (it left work in the queue to read in between).
     pub(crate) fn rewake(&self) {
-        self.wake.notify_one();
+        self.wake.notify();
     }
 }
 

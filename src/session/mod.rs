@@ -16,6 +16,7 @@ mod upgrade;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tracing::Instrument;
 
@@ -35,6 +36,12 @@ use transport::{Inbound, Transport};
 
 /// Batches written before the session goes back to reading.
 const BATCHES_PER_TURN: usize = 16;
+
+/// What woke the serve loop.
+enum Event {
+    Work,
+    Inbound(Inbound),
+}
 
 /// Whether the session goes on after handling something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +77,8 @@ struct Session {
     pusher: Option<Box<crate::pusher::session::PusherConn>>,
     /// The frame list of a write turn, kept between turns while it is small.
     spare: Vec<bytes::Bytes>,
+    /// Which side the serve loop polls first next time (see `poll_event`).
+    read_first: bool,
     /// Held for the session's life; dropping it releases the connection's limit slots.
     _admission: Admission,
 }
@@ -170,6 +179,7 @@ pub(super) async fn connect(
         rate: RateLimiter::new(&config.client),
         pusher: None,
         spare: Vec::new(),
+        read_first: false,
         state,
         client,
         _admission: admission,
@@ -247,6 +257,7 @@ pub(super) async fn connect_pusher(
         rate: RateLimiter::new(&config.client),
         pusher: Some(Box::new(conn)),
         spare: Vec::new(),
+        read_first: false,
         state,
         client,
         _admission: admission,
@@ -301,23 +312,43 @@ impl Session {
 
     /// The main loop: write what the hub queued, read what the client sends.
     ///
-    /// Not `biased`: under sustained writes the queue is ready again after every turn,
+    /// Not biased: under sustained writes the queue is ready again after every turn,
     /// and a loop that always polled it first would never read the client's requests
-    /// and pongs. Unbiased, each turn starts with either branch at random.
+    /// and pongs. `poll_event` alternates which side it polls first.
     ///
     /// While idle, a session's memory is mostly this loop's future, so the handlers are
     /// boxed: one small allocation per wake-up buys a future of a few hundred bytes less
     /// for every connection.
     async fn main_loop(&mut self) {
         loop {
-            let flow = tokio::select! {
-                _ = self.client.wait_for_work() => Box::pin(self.flush()).await,
-                inbound = self.transport.next() => Box::pin(self.on_inbound(inbound)).await,
+            let flow = match std::future::poll_fn(|cx| self.poll_event(cx)).await {
+                Event::Work => Box::pin(self.flush()).await,
+                Event::Inbound(inbound) => Box::pin(self.on_inbound(inbound)).await,
             };
             if flow == Flow::Stop {
                 return;
             }
         }
+    }
+
+    /// What the idle serve loop waits for: work in the client's queue, or something
+    /// from the socket. A poll, not a `select!` of two futures, so an idle connection's
+    /// task holds no wait state at all. Each poll starts with the other side, so neither
+    /// can starve the other.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        self.read_first = !self.read_first;
+        if self.read_first
+            && let Poll::Ready(inbound) = self.transport.poll_next(cx)
+        {
+            return Poll::Ready(Event::Inbound(inbound));
+        }
+        if self.client.poll_work(cx).is_ready() {
+            return Poll::Ready(Event::Work);
+        }
+        if !self.read_first {
+            return self.transport.poll_next(cx).map(Event::Inbound);
+        }
+        Poll::Pending
     }
 
     async fn on_inbound(&mut self, inbound: Inbound) -> Flow {

@@ -17,6 +17,7 @@
 //! discard what the client still sends for a moment, so unread input cannot make the
 //! kernel reset the connection and destroy the close frame before the client reads it.
 
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -94,14 +95,19 @@ impl Transport {
 
     /// The next data frame. Cancel-safe: dropping the future loses nothing.
     pub(super) async fn next(&mut self) -> Inbound {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    /// `next` as a poll, for the serve loop (which keeps no future while idle).
+    pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Inbound> {
         loop {
-            match self.socket.next().await {
-                Some(Ok(Message::Text(text))) => return Inbound::Frame(Bytes::from(text)),
-                Some(Ok(Message::Binary(bytes))) => return Inbound::Frame(bytes),
+            return Poll::Ready(match ready!(self.socket.poll_next_unpin(cx)) {
+                Some(Ok(Message::Text(text))) => Inbound::Frame(Bytes::from(text)),
+                Some(Ok(Message::Binary(bytes))) => Inbound::Frame(bytes),
                 Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
-                Some(Ok(Message::Close(_))) | None => return Inbound::Closed,
-                Some(Err(err)) => return classify(&err),
-            }
+                Some(Ok(Message::Close(_))) | None => Inbound::Closed,
+                Some(Err(err)) => classify(&err),
+            });
         }
     }
 

@@ -148,20 +148,20 @@ async fn upgrade(
     let ws_config = websocket_config(&config.client);
     let task_state = state.clone();
     // The task lives as long as the connection and its allocation is the largest state
-    // of its future: the short-lived upgrade is boxed so only the session stays.
-    state.sessions.spawn(async move {
-        let connected = Box::pin(async move {
-            let upgraded = on_upgrade.await.ok()?;
-            let stream = super::socket_stream(upgraded)?;
-            let socket =
-                WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config)).await;
-            match pusher {
-                Some((key, protocol_ok)) => {
-                    super::connect_pusher(socket, task_state, key, protocol_ok, admission).await
-                }
-                None => super::connect(socket, task_state, encoding, header_token, admission).await,
+    // of its future: the short-lived upgrade is boxed before the spawn (a capture of the
+    // task's future would stay in it) so only the session's serve state remains.
+    let connected = Box::pin(async move {
+        let upgraded = on_upgrade.await.ok()?;
+        let stream = super::socket_stream(upgraded)?;
+        let socket = WebSocketStream::from_raw_socket(stream, Role::Server, Some(ws_config)).await;
+        match pusher {
+            Some((key, protocol_ok)) => {
+                super::connect_pusher(socket, task_state, key, protocol_ok, admission).await
             }
-        });
+            None => super::connect(socket, task_state, encoding, header_token, admission).await,
+        }
+    });
+    state.sessions.spawn(async move {
         if let Some(connected) = connected.await {
             connected.run_to_end().await;
         }
