@@ -77,7 +77,7 @@ struct Session {
     pusher: Option<Box<crate::pusher::session::PusherConn>>,
     /// The frame list of a write turn, kept between turns while it is small.
     spare: Vec<bytes::Bytes>,
-    /// Which side the serve loop polls first next time (see `poll_event`).
+    /// Which side `poll_event` polls first next time (see `poll_event`).
     read_first: bool,
     /// Held for the session's life; dropping it releases the connection's limit slots.
     _admission: Admission,
@@ -270,29 +270,41 @@ pub(super) async fn connect_pusher(
 }
 
 impl Connected {
-    /// Serves the connection to its end, in its span.
-    pub(super) async fn run_to_end(self) {
+    /// Serves the connection to its end. Not an `async fn`: one would keep `self` and
+    /// its parts beside the session's future for the connection's whole life.
+    pub(super) fn run_to_end(self) -> impl std::future::Future<Output = ()> + Send {
         let Connected {
             session,
             rest,
             span,
         } = self;
-        session.serve_and_finish(rest).instrument(span).await;
+        session.serve_and_finish(rest).instrument(span)
     }
 }
 
 impl Session {
     /// Handles the rest of the `connect` frame, serves, and cleans up.
     ///
-    /// This future lives as long as the connection, so it holds the boxed session and,
-    /// while idle, only the serve loop's state: everything short-lived is boxed.
+    /// This future is the connection's task for its whole life, so it holds the boxed
+    /// session and, while idle, nothing but a poll of the queue and the socket (see
+    /// `poll_event`): every handler is boxed, one small allocation per wake-up for a
+    /// task of a few hundred bytes less on every connection.
+    ///
+    /// Not biased: under sustained writes the queue is ready again after every turn,
+    /// and a loop that always polled it first would never read the client's requests
+    /// and pongs. `poll_event` alternates which side it polls first.
     async fn serve_and_finish(
         mut self: Box<Self>,
         rest: Vec<Result<crate::protocol::Request, crate::protocol::RequestError>>,
     ) {
         tracing::debug!(encoding = self.transport.encoding().label(), "connected");
-        if Box::pin(self.handle_all(rest)).await == Flow::Continue {
-            self.main_loop().await;
+        let mut flow = Box::pin(self.handle_all(rest)).await;
+        while flow == Flow::Continue {
+            let event = std::future::poll_fn(|cx| self.poll_event(cx)).await;
+            flow = match event {
+                Event::Work => Box::pin(self.flush()).await,
+                Event::Inbound(inbound) => Box::pin(self.on_inbound(inbound)).await,
+            };
         }
         Box::pin(self.finish()).await;
     }
@@ -310,31 +322,10 @@ impl Session {
         Flow::Continue
     }
 
-    /// The main loop: write what the hub queued, read what the client sends.
-    ///
-    /// Not biased: under sustained writes the queue is ready again after every turn,
-    /// and a loop that always polled it first would never read the client's requests
-    /// and pongs. `poll_event` alternates which side it polls first.
-    ///
-    /// While idle, a session's memory is mostly this loop's future, so the handlers are
-    /// boxed: one small allocation per wake-up buys a future of a few hundred bytes less
-    /// for every connection.
-    async fn main_loop(&mut self) {
-        loop {
-            let flow = match std::future::poll_fn(|cx| self.poll_event(cx)).await {
-                Event::Work => Box::pin(self.flush()).await,
-                Event::Inbound(inbound) => Box::pin(self.on_inbound(inbound)).await,
-            };
-            if flow == Flow::Stop {
-                return;
-            }
-        }
-    }
-
-    /// What the idle serve loop waits for: work in the client's queue, or something
-    /// from the socket. A poll, not a `select!` of two futures, so an idle connection's
-    /// task holds no wait state at all. Each poll starts with the other side, so neither
-    /// can starve the other.
+    /// What the idle session waits for: work in the client's queue, or something from
+    /// the socket. A poll, not a `select!` of two futures, so an idle connection's task
+    /// holds no wait state at all. Each poll starts with the other side, so neither can
+    /// starve the other.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         self.read_first = !self.read_first;
         if self.read_first
