@@ -80,7 +80,7 @@ struct Session {
     /// Which side `poll_event` polls first next time (see `poll_event`).
     read_first: bool,
     /// Held for the session's life; dropping it releases the connection's limit slots.
-    _admission: Admission,
+    admission: Admission,
 }
 
 /// The limit slots one connection holds (see `crate::limits`); dropped with the session.
@@ -130,7 +130,6 @@ impl Admission {
 pub(super) struct Connected {
     session: Box<Session>,
     rest: Vec<Result<crate::protocol::Request, crate::protocol::RequestError>>,
-    span: tracing::Span,
 }
 
 /// Runs the `connect` handshake of an upgraded connection. `None` when it ended there
@@ -166,14 +165,6 @@ pub(super) async fn connect(
         }
     };
     transport.attach(&client, state.hub.write_delay().is_zero());
-    // One span per session; instrumenting the future (not entering a guard) keeps it
-    // attached across awaits and thread hops.
-    let span = tracing::info_span!(
-        "session",
-        client_id = %client.id,
-        user = %client.user,
-        ip = admission.client_ip.map(tracing::field::display),
-    );
     let session = Box::new(Session {
         transport,
         rate: RateLimiter::new(&config.client),
@@ -182,13 +173,9 @@ pub(super) async fn connect(
         read_first: false,
         state,
         client,
-        _admission: admission,
+        admission: admission,
     });
-    Some(Connected {
-        session,
-        rest,
-        span,
-    })
+    Some(Connected { session, rest })
 }
 
 /// Starts a Pusher connection to the app with `key` (`GET /app/{key}`): refusals close
@@ -251,7 +238,6 @@ pub(super) async fn connect_pusher(
         vec![conn.established(config.client.ping_interval_secs)],
         state.hub.queue_limits(),
     );
-    let span = tracing::info_span!("pusher_session", client_id = %client.id, app = %conn.app().id);
     let session = Box::new(Session {
         transport,
         rate: RateLimiter::new(&config.client),
@@ -260,12 +246,11 @@ pub(super) async fn connect_pusher(
         read_first: false,
         state,
         client,
-        _admission: admission,
+        admission: admission,
     });
     Some(Connected {
         session,
         rest: Vec::new(),
-        span,
     })
 }
 
@@ -273,12 +258,7 @@ impl Connected {
     /// Serves the connection to its end. Not an `async fn`: one would keep `self` and
     /// its parts beside the session's future for the connection's whole life.
     pub(super) fn run_to_end(self) -> impl std::future::Future<Output = ()> + Send {
-        let Connected {
-            session,
-            rest,
-            span,
-        } = self;
-        session.serve_and_finish(rest).instrument(span)
+        self.session.serve_and_finish(self.rest)
     }
 }
 
@@ -297,8 +277,18 @@ impl Session {
         mut self: Box<Self>,
         rest: Vec<Result<crate::protocol::Request, crate::protocol::RequestError>>,
     ) {
-        tracing::debug!(encoding = self.transport.encoding().label(), "connected");
-        let mut flow = Box::pin(self.handle_all(rest)).await;
+        tracing::debug!(
+            client_id = %self.client.id,
+            user = %self.client.user,
+            ip = self.admission.client_ip.map(tracing::field::display),
+            encoding = self.transport.encoding().label(),
+            "connected"
+        );
+        let mut flow = Flow::Continue;
+        if !rest.is_empty() {
+            let span = self.span();
+            flow = Box::pin(self.handle_all(rest)).instrument(span).await;
+        }
         while flow == Flow::Continue {
             let event = std::future::poll_fn(|cx| self.poll_event(cx)).await;
             flow = match event {
@@ -306,7 +296,28 @@ impl Session {
                 Event::Inbound(inbound) => Box::pin(self.on_inbound(inbound)).await,
             };
         }
-        Box::pin(self.finish()).await;
+        let span = self.span();
+        Box::pin(self.finish()).instrument(span).await;
+    }
+
+    /// The log span of what the session does for its client: handling a frame, and its
+    /// end. Not held between frames: a span for the connection's life would cost every
+    /// idle connection its memory, and every wake-up an enter and exit.
+    fn span(&self) -> tracing::Span {
+        match &self.pusher {
+            None => tracing::info_span!(
+                "session",
+                client_id = %self.client.id,
+                user = %self.client.user,
+                ip = self.admission.client_ip.map(tracing::field::display),
+            ),
+            Some(conn) => tracing::info_span!(
+                "pusher_session",
+                client_id = %self.client.id,
+                app = %conn.app().id,
+                ip = self.admission.client_ip.map(tracing::field::display),
+            ),
+        }
     }
 
     /// Handles requests in order until one stops the session.
@@ -344,7 +355,10 @@ impl Session {
 
     async fn on_inbound(&mut self, inbound: Inbound) -> Flow {
         match inbound {
-            Inbound::Frame(frame) => self.on_frame(&frame).await,
+            Inbound::Frame(frame) => {
+                let span = self.span();
+                self.on_frame(&frame).instrument(span).await
+            }
             Inbound::Closed => {
                 self.client.close(CloseCode::Normal, "client closed", true);
                 Flow::Stop
