@@ -430,7 +430,14 @@ impl Hub {
                 Arc::new(ChannelEntry::new(self.shared.workers.len()))
             });
         let added = entry.insert_then(client, pending, || {
-            client.channels.lock().push(channel.clone());
+            let mut channels = client.channels.lock();
+            // Grown from one: most clients hold a channel or two, and `push` would
+            // start at four.
+            if channels.len() == channels.capacity() {
+                let more = channels.len().max(1);
+                channels.reserve_exact(more);
+            }
+            channels.push(channel.clone());
             then();
         });
         let entry = entry.value().clone();

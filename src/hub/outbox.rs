@@ -323,6 +323,11 @@ impl ClientHandle {
         let mut state = self.queue.lock();
         turn.unsent = std::mem::take(&mut state.unsent);
         turn.closing = take_items(&mut state, max_bytes, max_messages, &mut turn.items);
+        if state.items.is_empty() && state.items.capacity() > 0 {
+            // Emptied: let go of the buffer rather than keep it for an idle client (a
+            // queue is the exception while direct writes keep up).
+            state.items = VecDeque::new();
+        }
         turn.direct_frames = std::mem::take(&mut state.written_frames);
         turn.direct_bytes = std::mem::take(&mut state.written_bytes);
         state.writing = !turn.is_empty();

@@ -37,6 +37,12 @@ use transport::{Inbound, Transport};
 /// Batches written before the session goes back to reading.
 const BATCHES_PER_TURN: usize = 16;
 
+thread_local! {
+    /// The frame list of a write turn, kept between turns while it is small: one per
+    /// thread, not one per connection, so an idle connection holds none.
+    static SPARE_ITEMS: std::cell::Cell<Vec<bytes::Bytes>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// What woke the serve loop.
 enum Event {
     Work,
@@ -75,12 +81,10 @@ struct Session {
     rate: RateLimiter,
     /// Set on a Pusher connection (`crate::pusher`): the same session, another front end.
     pusher: Option<Box<crate::pusher::session::PusherConn>>,
-    /// The frame list of a write turn, kept between turns while it is small.
-    spare: Vec<bytes::Bytes>,
     /// Which side `poll_event` polls first next time (see `poll_event`).
     read_first: bool,
     /// Held for the session's life; dropping it releases the connection's limit slots.
-    admission: Admission,
+    slots: Held,
 }
 
 /// The limit slots one connection holds (see `crate::limits`); dropped with the session.
@@ -120,6 +124,23 @@ impl Admission {
         self.pending = None;
         self.user = user;
     }
+
+    /// What a connected session keeps of its admission for its life.
+    fn held(self) -> Held {
+        Held {
+            _ip: self._ip,
+            _user: self.user,
+            client_ip: self.client_ip,
+        }
+    }
+}
+
+/// The limit slots a connected session holds (dropped with it), and its client's
+/// address for its log span: the part of `Admission` that outlives `connect`.
+struct Held {
+    _ip: Option<LimitSlot>,
+    _user: Option<LimitSlot>,
+    client_ip: Option<IpAddr>,
 }
 
 /// A connection that completed `connect`, ready to be served.
@@ -169,11 +190,10 @@ pub(super) async fn connect(
         transport,
         rate: RateLimiter::new(&config.client),
         pusher: None,
-        spare: Vec::new(),
         read_first: false,
         state,
         client,
-        admission: admission,
+        slots: admission.held(),
     });
     Some(Connected { session, rest })
 }
@@ -242,11 +262,10 @@ pub(super) async fn connect_pusher(
         transport,
         rate: RateLimiter::new(&config.client),
         pusher: Some(Box::new(conn)),
-        spare: Vec::new(),
         read_first: false,
         state,
         client,
-        admission: admission,
+        slots: admission.held(),
     });
     Some(Connected {
         session,
@@ -280,7 +299,7 @@ impl Session {
         tracing::debug!(
             client_id = %self.client.id,
             user = %self.client.user,
-            ip = self.admission.client_ip.map(tracing::field::display),
+            ip = self.slots.client_ip.map(tracing::field::display),
             encoding = self.transport.encoding().label(),
             "connected"
         );
@@ -309,13 +328,13 @@ impl Session {
                 "session",
                 client_id = %self.client.id,
                 user = %self.client.user,
-                ip = self.admission.client_ip.map(tracing::field::display),
+                ip = self.slots.client_ip.map(tracing::field::display),
             ),
             Some(conn) => tracing::info_span!(
                 "pusher_session",
                 client_id = %self.client.id,
                 app = %conn.app().id,
-                ip = self.admission.client_ip.map(tracing::field::display),
+                ip = self.slots.client_ip.map(tracing::field::display),
             ),
         }
     }
@@ -421,15 +440,14 @@ impl Session {
         }
         let max_batch = self.state.hub.max_batch_bytes();
         let mut turn = crate::hub::WriteTurn {
-            items: std::mem::take(&mut self.spare),
+            items: SPARE_ITEMS.take(),
             ..Default::default()
         };
         let flow = self.write_turns(&mut turn, max_batch).await;
-        // Keep a small frame list for the next wake-up; a big one would stay with an idle
-        // connection.
+        // Keep a small frame list for the next wake-up on this thread.
         if turn.items.capacity() <= 16 {
             turn.items.clear();
-            self.spare = turn.items;
+            SPARE_ITEMS.set(turn.items);
         }
         flow
     }
