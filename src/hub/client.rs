@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use super::outbox::QueueState;
 use crate::protocol::{ChannelName, ClientId, Encoding};
@@ -52,7 +51,8 @@ pub struct ClientHandle {
     pub(crate) shard: usize,
     pub(super) queue: Mutex<QueueState>,
     pub(super) wake: super::wake::Wake,
-    abort: Notify,
+    /// The session's waker while it waits on a write (`wait_for_abort`).
+    abort: futures_util::task::AtomicWaker,
     /// A Pusher client's presence identity and signed-in user (`crate::pusher`); one
     /// pointer, empty for native clients.
     pusher: Mutex<Option<Box<PusherIdentity>>>,
@@ -87,7 +87,7 @@ impl ClientHandle {
             shard,
             queue: Mutex::new(QueueState::default()),
             wake: super::wake::Wake::default(),
-            abort: Notify::new(),
+            abort: futures_util::task::AtomicWaker::new(),
             pusher: Mutex::new(None),
             channels: Mutex::new(Vec::new()),
             next_ping_ms: AtomicU64::new(next_ping_ms),
@@ -102,13 +102,16 @@ impl ClientHandle {
     /// from an earlier write (the ticker's notice can land just after that write ended)
     /// does not count: only `write_started_ms` says whether this write was aborted.
     pub async fn wait_for_abort(&self) {
-        loop {
-            let notified = self.abort.notified();
+        std::future::poll_fn(|cx| {
+            // Registered before the check: an abort in between still wakes this waker.
+            self.abort.register(cx.waker());
             if self.write_started_ms.load(Ordering::Acquire) == WRITE_ABORTED {
-                return;
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
             }
-            notified.await;
-        }
+        })
+        .await;
     }
 
     /// Aborts the write that started at `started_ms`, if it is still in progress: a
@@ -125,7 +128,7 @@ impl ClientHandle {
             )
             .is_ok();
         if aborted {
-            self.abort.notify_one();
+            self.abort.wake();
         }
         aborted
     }

@@ -110,7 +110,8 @@ pub(super) struct QueueState {
     /// count against the live bounds, only against the total (twice them).
     reserved_items: usize,
     reserved_bytes: usize,
-    closing: Option<Closing>,
+    /// Boxed: rare, and a `Closing` inline would cost every client its size.
+    closing: Option<Box<Closing>>,
     /// Set while the session allows direct writes (`attach_socket`).
     direct: Option<Box<Direct>>,
     /// The session took bytes to write and has not come back for more.
@@ -196,11 +197,11 @@ impl ClientHandle {
             state.bytes = 0;
             state.reserved_items = 0;
             state.reserved_bytes = 0;
-            state.closing = Some(Closing {
+            state.closing = Some(Box::new(Closing {
                 code: CloseCode::SlowConsumer,
                 reason: CloseCode::SlowConsumer.default_reason().into(),
                 reconnect: true,
-            });
+            }));
             drop(state);
             self.wake.notify();
             return Err(PushError::Overflow);
@@ -289,11 +290,11 @@ impl ClientHandle {
             state.reserved_items = 0;
             state.reserved_bytes = 0;
         }
-        state.closing = Some(Closing {
+        state.closing = Some(Box::new(Closing {
             code,
             reason: reason.into(),
             reconnect,
-        });
+        }));
         drop(state);
         self.wake.notify();
         true
@@ -301,7 +302,7 @@ impl ClientHandle {
 
     /// The close in progress, if any.
     pub fn closing(&self) -> Option<Closing> {
-        self.queue.lock().closing.clone()
+        self.queue.lock().closing.as_deref().cloned()
     }
 
     /// Takes queued messages up to `max_bytes` (at least one). The close, if any, is
@@ -323,11 +324,6 @@ impl ClientHandle {
         let mut state = self.queue.lock();
         turn.unsent = std::mem::take(&mut state.unsent);
         turn.closing = take_items(&mut state, max_bytes, max_messages, &mut turn.items);
-        if state.items.is_empty() && state.items.capacity() > 0 {
-            // Emptied: let go of the buffer rather than keep it for an idle client (a
-            // queue is the exception while direct writes keep up).
-            state.items = VecDeque::new();
-        }
         turn.direct_frames = std::mem::take(&mut state.written_frames);
         turn.direct_bytes = std::mem::take(&mut state.written_bytes);
         state.writing = !turn.is_empty();
@@ -436,10 +432,12 @@ fn take_items(
     if !state.items.is_empty() {
         return None;
     }
-    if state.items.capacity() > 64 {
+    if state.items.capacity() > 0 {
+        // Emptied: let go of the buffer rather than keep it for an idle client (a queue
+        // is the exception while direct writes keep up).
         state.items = VecDeque::new();
     }
-    state.closing.clone()
+    state.closing.as_deref().cloned()
 }
 
 enum DirectOutcome {

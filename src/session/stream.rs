@@ -20,8 +20,9 @@ use crate::hub::socket::{Progress, RawSocket, try_write_parts};
 
 pub(crate) struct SocketStream {
     socket: Arc<dyn RawSocket>,
-    /// Read by hyper past the upgrade request; served before the socket.
-    prefix: Bytes,
+    /// Read by hyper past the upgrade request; served before the socket. Boxed: most
+    /// connections have none, and it would stay in every session for its life.
+    prefix: Option<Box<Bytes>>,
     /// Set once the client is registered: writes go through its outbox.
     client: Option<Arc<ClientHandle>>,
 }
@@ -61,12 +62,8 @@ impl SocketStream {
 /// `prefix` in an allocation of its own: hyper hands over a slice of its read buffer
 /// (8 KiB or more), which would otherwise stay allocated for the connection's life even
 /// when the slice is empty.
-fn detached(prefix: Bytes) -> Bytes {
-    if prefix.is_empty() {
-        Bytes::new()
-    } else {
-        Bytes::copy_from_slice(&prefix)
-    }
+fn detached(prefix: Bytes) -> Option<Box<Bytes>> {
+    (!prefix.is_empty()).then(|| Box::new(Bytes::copy_from_slice(&prefix)))
 }
 
 impl Drop for SocketStream {
@@ -83,13 +80,12 @@ impl AsyncRead for SocketStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            if self.prefix.is_empty() {
-                // Even empty, the slice would keep hyper's whole read buffer alive.
-                self.prefix = Bytes::new();
+        if let Some(prefix) = self.prefix.as_deref_mut() {
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix[..n]);
+            prefix.advance(n);
+            if prefix.is_empty() {
+                self.prefix = None;
             }
             return Poll::Ready(Ok(()));
         }
