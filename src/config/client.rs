@@ -58,7 +58,7 @@ impl Default for ClientConfig {
             max_frame_bytes: 64 * 1024,
             max_channels: 128,
             max_batch_bytes: 64 * 1024,
-            read_buffer_bytes: 256,
+            read_buffer_bytes: 128,
             write_timeout_secs: 10,
             write_delay_ms: 0,
             max_messages_per_frame: 0,
