@@ -200,3 +200,30 @@ async fn pings_are_sent_and_a_missing_pong_closes_4005() -> TestResult {
     assert_eq!(reply["op"], "subscribed");
     server.stop().await
 }
+
+/// RFC 6455 5.5.1: a close the client starts is answered with a close frame (the client
+/// sees a clean close, not a dropped connection), before the server closes the socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_from_the_client_is_answered_with_a_close_frame() -> TestResult {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let server = TestServer::start("").await?;
+    let (mut socket, _) = tokio_tungstenite::connect_async(server.ws_url()).await?;
+    socket
+        .send(Message::text(r#"{"op":"connect","id":1}"#))
+        .await?;
+    let reply = socket.next().await.ok_or("no reply")??;
+    assert!(reply.to_text()?.contains("\"connected\""));
+    socket
+        .send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await?;
+    match socket.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Normal),
+        other => return fail(format!("expected the close echoed, got {other:?}")),
+    }
+    server.stop().await
+}

@@ -266,7 +266,14 @@ impl Transport {
 
     /// Completes a close the client started, or just releases the socket.
     pub(super) async fn shutdown(&mut self) {
-        let _ = tokio::time::timeout(self.write_timeout, self.socket.close(None)).await;
+        let close = async {
+            // tungstenite queued its answer to the client's close when it read it; a flush
+            // writes it (into the outbox, once the client is registered: then the socket
+            // is flushed too), and sending a close of our own would be refused.
+            let _ = self.socket.flush().await;
+            let _ = self.socket.get_mut().flush().await;
+        };
+        let _ = tokio::time::timeout(self.write_timeout, close).await;
     }
 }
 
