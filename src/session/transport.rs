@@ -59,7 +59,9 @@ pub(super) struct Transport {
     encoding: Encoding,
     /// Pusher clients get one event per frame and `pusher:error` before a close.
     dialect: Dialect,
-    write_timeout: Duration,
+    /// `client.write_timeout` in milliseconds: 4 bytes beside the two enums instead of
+    /// a 16-byte `Duration` in every session.
+    write_timeout_ms: u32,
     unreported_bytes: u64,
     unreported_frames: u64,
     last_report: Option<std::time::Instant>,
@@ -75,7 +77,7 @@ impl Transport {
             socket,
             encoding,
             dialect: Dialect::Native,
-            write_timeout,
+            write_timeout_ms: u32::try_from(write_timeout.as_millis()).unwrap_or(u32::MAX),
             unreported_bytes: 0,
             unreported_frames: 0,
             last_report: None,
@@ -87,6 +89,10 @@ impl Transport {
         let mut transport = Transport::new(socket, Encoding::Json, write_timeout);
         transport.dialect = Dialect::Pusher;
         transport
+    }
+
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms.into())
     }
 
     pub(super) fn encoding(&self) -> Encoding {
@@ -232,24 +238,23 @@ impl Transport {
             reason: Utf8Bytes::from(truncate_reason(reason)),
         };
         let message = disconnect.and_then(|d| self.data_message(d));
+        let write_timeout = self.write_timeout();
         let write = async {
             if let Some(message) = message {
                 self.socket.feed(message).await?;
             }
             self.socket.send(Message::Close(Some(frame))).await
         };
-        if !matches!(
-            tokio::time::timeout(self.write_timeout, write).await,
-            Ok(Ok(()))
-        ) {
+        if !matches!(tokio::time::timeout(write_timeout, write).await, Ok(Ok(()))) {
             return;
         }
         self.linger().await;
     }
 
     async fn linger(&mut self) {
+        let write_timeout = self.write_timeout();
         let raw = self.socket.get_mut();
-        let _ = tokio::time::timeout(self.write_timeout, raw.shutdown()).await;
+        let _ = tokio::time::timeout(write_timeout, raw.shutdown()).await;
         let drain = async {
             // On the heap: a buffer in this future would sit in every session's task.
             let mut buf = vec![0u8; 4096];
@@ -266,6 +271,7 @@ impl Transport {
 
     /// Completes a close the client started, or just releases the socket.
     pub(super) async fn shutdown(&mut self) {
+        let write_timeout = self.write_timeout();
         let close = async {
             // tungstenite queued its answer to the client's close when it read it; a flush
             // writes it (into the outbox, once the client is registered: then the socket
@@ -273,7 +279,7 @@ impl Transport {
             let _ = self.socket.flush().await;
             let _ = self.socket.get_mut().flush().await;
         };
-        let _ = tokio::time::timeout(self.write_timeout, close).await;
+        let _ = tokio::time::timeout(write_timeout, close).await;
     }
 }
 
