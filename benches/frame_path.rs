@@ -187,13 +187,18 @@ fn run(c: &mut Criterion) -> BenchResult<()> {
     let counting = std::env::var("FRAME_PATH_ITERS")
         .ok()
         .and_then(|n| n.parse::<u64>().ok());
+    let limits = state.hub.queue_limits();
     let only = std::env::var("FRAME_PATH_CASE").ok();
     let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if let Some(iters) = counting {
         if wanted("push/1") {
             counted_run("push/1", iters, &mut || {
                 rt.block_on(async {
-                    if state.hub.enqueue(&client, frame.clone()).is_err() {
+                    if state
+                        .hub
+                        .enqueue_within(&client, frame.clone(), limits)
+                        .is_err()
+                    {
                         panic!("push refused");
                     }
                     must(one.read_frame().await);
@@ -208,7 +213,11 @@ fn run(c: &mut Criterion) -> BenchResult<()> {
         group.bench_function("push/1", |b| {
             b.iter(|| {
                 rt.block_on(async {
-                    if state.hub.enqueue(&client, frame.clone()).is_err() {
+                    if state
+                        .hub
+                        .enqueue_within(&client, frame.clone(), limits)
+                        .is_err()
+                    {
                         panic!("push refused");
                     }
                     must(one.read_frame().await)

@@ -361,8 +361,9 @@ impl Hub {
         self.enqueue_within(client, frame, self.queue_limits())
     }
 
-    /// `enqueue` with limits the caller already read.
-    fn enqueue_within(
+    /// `enqueue` with limits the caller already read (the ticker, once per scan).
+    #[inline]
+    pub fn enqueue_within(
         &self,
         client: &ClientHandle,
         frame: Bytes,
