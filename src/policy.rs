@@ -1,7 +1,8 @@
 //! The request policy every front end applies the same way: which namespace a channel
 //! belongs to ([`resolve_channel`]) and whether data may be published
-//! ([`check_publishable`]). The native session, the HTTP API and SSE call these and map
-//! the one typed [`Refusal`] to their own wire: an `error` op with [`Refusal::code`], or an
+//! ([`check_publishable`], whose size rule is [`check_size`]). The native session, the HTTP
+//! API, SSE and the Pusher front end call these and map the one typed [`Refusal`] to their
+//! own wire: an `error` op with [`Refusal::code`], or an
 //! HTTP status with the same code.
 //!
 //! Order of the publish checks, the same everywhere: size first (cheap, bounded by the
@@ -59,14 +60,22 @@ pub fn resolve_channel(
 /// Checks publication data: at most `limit` bytes, and deliverable to clients of both
 /// encodings.
 pub fn check_publishable(payload: &Payload, limit: usize) -> Result<(), Refusal> {
-    if payload.len() > limit {
-        return Err(Refusal::DataTooLarge { limit });
-    }
+    check_size(payload.len(), limit)?;
     payload
         .check_deliverable()
         .map_err(|e| Refusal::Undeliverable {
             reason: e.to_string(),
         })
+}
+
+/// The size rule alone: `len` bytes of data against the front end's `limit`. For data
+/// that is not a payload yet (a Pusher HTTP API event's `data` string, measured as Pusher
+/// measures it).
+pub fn check_size(len: usize, limit: usize) -> Result<(), Refusal> {
+    if len > limit {
+        return Err(Refusal::DataTooLarge { limit });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -102,5 +111,8 @@ mod tests {
             check_publishable(&huge_number, 2),
             Err(Refusal::DataTooLarge { limit: 2 })
         );
+        // The size rule alone, as the Pusher front end applies it to its event data.
+        assert_eq!(check_size(10, 10), Ok(()));
+        assert_eq!(check_size(11, 10), Err(Refusal::DataTooLarge { limit: 10 }));
     }
 }

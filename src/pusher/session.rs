@@ -340,7 +340,7 @@ async fn client_event(
         );
     }
     let raw = data.map_or("null", RawValue::get);
-    if raw.len() > conn.app.max_event_bytes {
+    if crate::policy::check_size(raw.len(), conn.app.max_event_bytes).is_err() {
         return error(state, client, "Client event rejected: data too large", None);
     }
     let payload = Payload::Json(Bytes::copy_from_slice(raw.as_bytes()));

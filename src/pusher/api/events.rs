@@ -138,7 +138,7 @@ impl Prepared {
             Some(Value::String(text)) => text,
             Some(other) => other.to_string(),
         };
-        if data.len() > app.max_event_bytes {
+        if crate::policy::check_size(data.len(), app.max_event_bytes).is_err() {
             return Err(PusherApiError::too_large(format!(
                 "event data is {} bytes; at most {} (max_event_bytes)",
                 data.len(),
