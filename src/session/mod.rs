@@ -173,15 +173,8 @@ pub(super) async fn connect(
     let (client, rest) = match handshake {
         Ok(connected) => connected,
         Err(connect::Refused { code, reason }) => {
-            if code != CloseCode::Normal {
-                let reason = reason.as_deref().unwrap_or(code.default_reason());
-                transport.close(code, reason, code.reconnect()).await;
-            }
-            state
-                .metrics
-                .disconnects
-                .with_label_values(&[code.label()])
-                .inc();
+            let reason = reason.as_deref().unwrap_or(code.default_reason());
+            refuse(&mut transport, &state, code, reason, code.reconnect()).await;
             return None;
         }
     };
@@ -235,13 +228,14 @@ pub(super) async fn connect_pusher(
     let (app, slot) = match admitted {
         Ok(admitted) => admitted,
         Err((code, reason)) => {
-            let code = CloseCode::Custom(code);
-            transport.close(code, reason, false).await;
-            state
-                .metrics
-                .disconnects
-                .with_label_values(&[code.label()])
-                .inc();
+            refuse(
+                &mut transport,
+                &state,
+                CloseCode::Custom(code),
+                reason,
+                false,
+            )
+            .await;
             return None;
         }
     };
@@ -271,6 +265,25 @@ pub(super) async fn connect_pusher(
         session,
         rest: Vec::new(),
     })
+}
+
+/// Ends a connection refused before it was served: closes with `code` (a `Normal` ending
+/// needs no close of ours) and counts the disconnect under it.
+async fn refuse(
+    transport: &mut Transport,
+    state: &AppState,
+    code: CloseCode,
+    reason: &str,
+    reconnect: bool,
+) {
+    if code != CloseCode::Normal {
+        transport.close(code, reason, reconnect).await;
+    }
+    state
+        .metrics
+        .disconnects
+        .with_label_values(&[code.label()])
+        .inc();
 }
 
 impl Connected {
