@@ -298,7 +298,8 @@ impl Hub {
         let counter = self.shared.id_counter.fetch_add(1, Ordering::Relaxed);
         let id = ClientId(self.shared.id_prefix | u64::from(counter));
         let shard = (counter as usize) % self.shared.workers.len();
-        let next_ping = self.now_ms() + self.shared.settings.read().ping_interval_ms;
+        let interval = self.shared.settings.read().ping_interval_ms;
+        let next_ping = self.now_ms() + interval - first_ping_lead(counter, interval);
         let mut handle = ClientHandle::new(id, user, encoding, info, shard, next_ping);
         handle.dialect = dialect;
         let client = Arc::new(handle);
@@ -526,5 +527,42 @@ impl Hub {
             }
         }
         recipients
+    }
+}
+
+/// How much earlier than a full interval a client's first ping comes: spread over the
+/// first quarter of the interval by the client's counter (a Fibonacci hash), so clients
+/// that connected in the same tick (a reconnect storm after a deploy) are not pinged in
+/// one scan every interval from then on. Later pings keep the spread: each comes one
+/// interval after the previous one.
+fn first_ping_lead(counter: u32, interval_ms: u64) -> u64 {
+    let spread = interval_ms / 4;
+    if spread == 0 {
+        return 0;
+    }
+    let scrambled = u64::from(counter).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+    scrambled % spread
+}
+
+#[cfg(test)]
+mod first_ping_tests {
+    use super::first_ping_lead;
+
+    #[test]
+    fn first_pings_of_clients_connected_together_spread_over_a_quarter_interval() {
+        let interval = 25_000;
+        let leads: Vec<u64> = (0..1_000).map(|c| first_ping_lead(c, interval)).collect();
+        assert!(leads.iter().all(|&lead| lead < interval / 4));
+        // 1,000 consecutive clients land in (nearly) every 250 ms slice of the spread.
+        let mut slices = [false; 25];
+        for lead in &leads {
+            slices[(*lead / 250) as usize] = true;
+        }
+        assert!(slices.iter().all(|&hit| hit), "{slices:?}");
+        assert_eq!(
+            first_ping_lead(7, 3),
+            0,
+            "an interval under 4 ms has no spread"
+        );
     }
 }
