@@ -377,7 +377,12 @@ mod tests {
         server.write_all(&response).await.unwrap();
     }
 
-    async fn open(then: &[u8]) -> (WsClient<DuplexStream>, DuplexStream) {
+    /// Connects a client to a server side that answers the upgrade with `accept` (the
+    /// right key when `None`) followed by the bytes `then`.
+    async fn upgrade(
+        accept: Option<&str>,
+        then: &[u8],
+    ) -> (anyhow::Result<WsClient<DuplexStream>>, DuplexStream) {
         let (client, mut server) = duplex(1 << 16);
         let connecting = WsClient::connect(
             client,
@@ -387,7 +392,12 @@ mod tests {
             256,
             1 << 20,
         );
-        let (ws, ()) = tokio::join!(connecting, answer_upgrade(&mut server, None, then));
+        let (ws, ()) = tokio::join!(connecting, answer_upgrade(&mut server, accept, then));
+        (ws, server)
+    }
+
+    async fn open(then: &[u8]) -> (WsClient<DuplexStream>, DuplexStream) {
+        let (ws, server) = upgrade(None, then).await;
         (ws.unwrap(), server)
     }
 
@@ -406,16 +416,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wrong_accept_key_fails_the_upgrade() {
-        let (client, mut server) = duplex(1 << 16);
-        let connecting = WsClient::connect(
-            client,
-            "node:80",
-            "/ws?x=1",
-            Some("pushwire.v1.json"),
-            256,
-            1024,
-        );
-        let (ws, ()) = tokio::join!(connecting, answer_upgrade(&mut server, Some("bogus"), b""));
+        let (ws, _server) = upgrade(Some("bogus"), b"").await;
         assert!(ws.is_err());
     }
 
