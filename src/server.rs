@@ -5,6 +5,10 @@
 //! (`api_thread`, `server.api_thread`).
 
 mod api_thread;
+mod first_request;
+
+use first_request::FirstBytes;
+pub(crate) use first_request::Head;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -13,10 +17,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use axum::http::Method;
 use axum::routing::{MethodRouter, get};
-use futures_util::FutureExt as _;
-use futures_util::future::Either;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::{Service as _, service_fn};
@@ -33,7 +34,7 @@ use crate::config::{BrokerKind, Config, DEFAULT_NAMESPACE};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
-use crate::session;
+use crate::session::{self, Replayed};
 use crate::state::{AppState, NodeIdentity, hub_settings};
 use crate::webhook::{WebhookError, Webhooks};
 
@@ -355,11 +356,46 @@ async fn route_connection(
     );
 }
 
-/// Serves one HTTP/1.1 connection, WebSocket upgrades included. The request headers must
-/// arrive within `server.handshake_timeout_secs` (slowloris; it also ends idle keep-alive
-/// connections). Each request carries the peer address as `ConnectInfo`, as axum's
-/// `into_make_service_with_connect_info` would add it.
+/// Serves one HTTP/1.1 connection. The head of its first request is read here, within
+/// `server.handshake_timeout_secs` (slowloris): a WebSocket upgrade is answered at once
+/// without hyper (`first_request`, `session::upgrade_raw`); anything else goes to hyper
+/// with the bytes already read.
 async fn serve_connection(stream: TcpStream, connection: Connection) {
+    let timeout = Duration::from_secs(connection.state.config().server.handshake_timeout_secs);
+    let first = tokio::select! {
+        first = tokio::time::timeout(timeout, first_request::read(&stream)) => first,
+        _ = connection.stop.cancelled() => return,
+    };
+    let read = match first {
+        Ok(Ok(FirstBytes::Upgrade(bytes))) => {
+            let Some(head) = Head::parse(&bytes) else {
+                return serve_http1(Replayed::new(stream, bytes), connection).await;
+            };
+            match session::upgrade_raw(&connection.state, stream, &bytes, head, connection.peer)
+                .await
+            {
+                Ok(()) => return,
+                Err(stream) => return serve_http1(Replayed::new(stream, bytes), connection).await,
+            }
+        }
+        Ok(Ok(FirstBytes::Other(bytes))) => bytes,
+        Ok(Err(err)) => {
+            tracing::debug!(peer = %connection.peer, error = %err, "HTTP connection failed");
+            return;
+        }
+        Err(_) => {
+            connection.state.metrics.limit_tripped("handshake_timeout");
+            return;
+        }
+    };
+    serve_http1(Replayed::new(stream, read), connection).await;
+}
+
+/// Serves an HTTP/1.1 connection with hyper, WebSocket upgrades included. Request headers
+/// must arrive within `server.handshake_timeout_secs` (slowloris; it also ends idle
+/// keep-alive connections). Each request carries the peer address as `ConnectInfo`, as
+/// axum's `into_make_service_with_connect_info` would add it.
+async fn serve_http1(stream: Replayed, connection: Connection) {
     let Connection {
         peer,
         router,
@@ -368,17 +404,9 @@ async fn serve_connection(stream: TcpStream, connection: Connection) {
     } = connection;
     let timeout = Duration::from_secs(state.config().server.handshake_timeout_secs);
     let router = TowerToHyperService::new(router);
-    let ws_state = state.clone();
     let service = service_fn(move |mut request: hyper::Request<Incoming>| {
-        // The benchmarked hot path skips the router and its middleware, which do nothing
-        // for it (`api::record_metrics` does not count `/ws`); the route stays in
-        // `router` for the route table and every other method.
-        if request.method() == Method::GET && request.uri().path() == api::WS_PATH {
-            Either::Left(session::ws_upgrade(ws_state.clone(), request, peer).map(Ok))
-        } else {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            Either::Right(router.call(request))
-        }
+        request.extensions_mut().insert(ConnectInfo(peer));
+        router.call(request)
     });
     let mut builder = http1::Builder::new();
     builder
@@ -407,8 +435,8 @@ async fn serve_connection(stream: TcpStream, connection: Connection) {
 type RouteHandler = fn() -> MethodRouter<Arc<AppState>>;
 
 /// The connection endpoints of the front ends: path, `route` label in the API metrics,
-/// handler. A `GET` of `/ws` is answered before the router (see `serve_connection`), so
-/// the API metrics do not count it.
+/// handler. A WebSocket upgrade is mostly answered before hyper and the router (see
+/// `serve_connection`), so the API metrics do not count it.
 const CONNECTION_ROUTES: &[(&str, &str, RouteHandler)] = &[
     (api::WS_PATH, "ws", || get(session::ws_handler)),
     ("/sse", "sse", || get(crate::sse::sse_handler)),

@@ -23,14 +23,16 @@ use tracing::Instrument;
 pub(crate) use connect::{Refused, apply_expiry, identify};
 pub(crate) use proxied::check_subscribe;
 pub use proxied::run_refresher;
+pub(crate) use upgrade::upgrade_raw;
 pub(crate) use upgrade::{bearer_token, origin_allowed};
-pub use upgrade::{origins_open, pusher_ws_handler, ws_handler, ws_upgrade};
+pub use upgrade::{origins_open, pusher_ws_handler, ws_handler};
 
 use crate::hub::ClientHandle;
 use crate::limits::LimitSlot;
 use crate::protocol::{CloseCode, Encoding, decode_frame, encode_error};
 use crate::state::AppState;
 use rate::RateLimiter;
+pub(crate) use stream::Replayed;
 use stream::SocketStream;
 use transport::{Inbound, Transport};
 
@@ -61,11 +63,21 @@ enum Flow {
 /// TCP stream the server's accept loop serves.
 pub(super) fn socket_stream(upgraded: hyper::upgrade::Upgraded) -> Option<SocketStream> {
     use hyper_util::rt::TokioIo;
-    match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-        Ok(parts) => Some(SocketStream::new(
-            Arc::new(parts.io.into_inner()),
-            parts.read_buf,
-        )),
+    let upgraded = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+        Ok(parts) => {
+            let socket = Arc::new(parts.io.into_inner());
+            return Some(SocketStream::new(socket, parts.read_buf));
+        }
+        Err(upgraded) => upgraded,
+    };
+    match upgraded.downcast::<TokioIo<Replayed>>() {
+        Ok(parts) => {
+            // hyper's unread bytes came before the replayed bytes it had not read yet.
+            let (stream, unread) = parts.io.into_inner().into_parts();
+            let mut prefix = bytes::BytesMut::from(parts.read_buf);
+            prefix.extend_from_slice(&unread);
+            Some(SocketStream::new(Arc::new(stream), prefix.freeze()))
+        }
         Err(_) => {
             tracing::warn!("upgraded connection is not a TCP stream; dropped");
             None

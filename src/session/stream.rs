@@ -135,3 +135,67 @@ impl AsyncWrite for SocketStream {
         Poll::Ready(self.socket.shutdown_write())
     }
 }
+
+/// A TCP stream whose first bytes were already read (`crate::server`'s look at the first
+/// request): hyper reads them again from here, then the socket.
+pub(crate) struct Replayed {
+    stream: tokio::net::TcpStream,
+    read: Bytes,
+}
+
+impl Replayed {
+    pub(crate) fn new(stream: tokio::net::TcpStream, read: Bytes) -> Self {
+        Replayed { stream, read }
+    }
+
+    /// The socket, and what of the replayed bytes was not read yet.
+    pub(crate) fn into_parts(self) -> (tokio::net::TcpStream, Bytes) {
+        (self.stream, self.read)
+    }
+}
+
+impl AsyncRead for Replayed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Replayed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
