@@ -8,7 +8,7 @@ use tracing::{Level, Metadata};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::Registry;
-use tracing_subscriber::filter::{FilterFn, filter_fn};
+use tracing_subscriber::filter::{FilterExt as _, FilterFn, filter_fn};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -28,6 +28,11 @@ pub fn init(config: &LogConfig, traces: Option<ExtraLayer>) {
     let log_records =
         log_level_for(tracing_subscriber::layer::Filter::<Registry>::max_level_hint(&level));
     let not_traces = filter_fn(|meta: &Metadata<'_>| meta.target() != crate::telemetry::TARGET);
+    // One filter, not three stacked ones: with stacked per-layer filters the outer
+    // ones enable what the level filter refuses (a `debug` span at the default level),
+    // so the registry would still create, enter and close it for nobody. Combined, the
+    // level filter's "never" for such a call site holds, and it costs nothing.
+    let filter = level.and(payload_logging_cap()).and(not_traces);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(colors_wanted());
@@ -36,15 +41,9 @@ pub fn init(config: &LogConfig, traces: Option<ExtraLayer>) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_filter(level)
-            .with_filter(payload_logging_cap())
-            .with_filter(not_traces)
+            .with_filter(filter)
             .boxed(),
-        LogFormat::Text => fmt
-            .with_filter(level)
-            .with_filter(payload_logging_cap())
-            .with_filter(not_traces)
-            .boxed(),
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
     };
     let installed = tracing_subscriber::registry()
         .with(traces)

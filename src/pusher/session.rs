@@ -261,7 +261,7 @@ async fn subscribe(
         // Already subscribed: subscribing again is idempotent.
         Ok(None) => queue(state, client, succeeded),
         Err(err) => {
-            tracing::warn!(channel = %hub, error = %err, "pusher subscribe failed");
+            tracing::warn!(client_id = %client.id, channel = %hub, error = %err, "pusher subscribe failed");
             subscription_error(state, client, name, "server unavailable, retry");
         }
     }
@@ -366,7 +366,7 @@ async fn client_event(
         .publish_event(&hub, payload, named, Some(client.id), &ns)
         .await
     {
-        tracing::warn!(channel = %hub, error = %err, "client event not published");
+        tracing::warn!(client_id = %client.id, channel = %hub, error = %err, "client event not published");
     }
 }
 
@@ -401,7 +401,7 @@ async fn signin(
             .subscribe(client, &hub, &ns, None, &|_| None)
             .await
         {
-            tracing::warn!(error = %err, "server-to-user subscription failed");
+            tracing::warn!(client_id = %client.id, error = %err, "server-to-user subscription failed");
         }
     }
     let success = serde_json::json!({ "user_data": data.user_data });

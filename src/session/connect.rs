@@ -157,7 +157,12 @@ pub(super) async fn handshake(
             .subscribe(&client, channel, ns, None, &|_| None)
             .await
         {
-            tracing::warn!(channel = %channel, error = %err, "server-side subscription failed");
+            tracing::warn!(
+                client_id = %client.id,
+                channel = %channel,
+                error = %err,
+                "server-side subscription failed"
+            );
         }
     }
     Ok((client, requests.collect()))

@@ -319,7 +319,13 @@ impl RedisBroker {
                     ctx.user_changed(channel, true, joined).await;
                 }
             }
-            Err(err) => tracing::warn!(channel = %channel, error = %err, "presence update failed"),
+            Err(err) => tracing::warn!(
+                client_id = %info.client_id,
+                user = %info.user,
+                channel = %channel,
+                error = %err,
+                "presence update failed"
+            ),
         }
         if !client.is_subscribed(channel) {
             self.left(channel, info).await;
@@ -336,7 +342,13 @@ impl RedisBroker {
         match presence::remove(ctx, channel, &client).await {
             Ok(true) => ctx.user_changed(channel, false, client).await,
             Ok(false) => {}
-            Err(err) => tracing::warn!(channel = %channel, error = %err, "presence update failed"),
+            Err(err) => tracing::warn!(
+                client_id = %client.client_id,
+                user = %client.user,
+                channel = %channel,
+                error = %err,
+                "presence update failed"
+            ),
         }
     }
 
