@@ -15,6 +15,7 @@
 #   RUNS="idle channels" IDLE=1000 CHANNELS=500 SECS=3 scripts/bench-hotpath.sh  # smoke
 #   scripts/bench-hotpath.sh summary bench-hotpath             # the table of earlier runs
 #   SERVER_TOML="api_thread = false" OUT=bench-no-api-thread scripts/bench-hotpath.sh
+#   CLIENT_TOML="write_delay_ms = 5" OUT=bench-write-delay scripts/bench-hotpath.sh
 #
 # Runs (RUNS, default all, in this order):
 #   idle       IDLE (10,000) subscribed connections held 5 s: server RSS per connection and
@@ -110,6 +111,7 @@ SECS="${SECS:-10}"
 PORT="${PORT:-18481}"
 LOG="${LOG:-}" # RUST_LOG for the node; empty: its default level (info), as users run it
 SERVER_TOML="${SERVER_TOML:-}" # extra [server] keys, e.g. SERVER_TOML="api_thread = false"
+CLIENT_TOML="${CLIENT_TOML:-}" # extra [client] keys, e.g. CLIENT_TOML="write_delay_ms = 5"
 KEY=bench-api-key-0123456789
 
 for entry in $BINS; do
@@ -129,6 +131,8 @@ start_node() { # $1: label, $2: server binary
 listen = "127.0.0.1:$PORT"
 worker_threads = 1
 $SERVER_TOML
+[client]
+$CLIENT_TOML
 [api]
 keys = ["$KEY"]
 TOML
@@ -161,6 +165,7 @@ lt_idle() {
   done
   echo "# loadtest: $LOADTEST sha256 $(sha256sum "$LOADTEST" | cut -c1-16)"
   if [ -n "$SERVER_TOML" ]; then echo "# [server] extra: $SERVER_TOML"; fi
+  if [ -n "$CLIENT_TOML" ]; then echo "# [client] extra: $CLIENT_TOML"; fi
   echo "# node log level: ${LOG:-default}"
 } | tee "$OUT/header.txt"
 
