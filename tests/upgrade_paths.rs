@@ -91,15 +91,22 @@ async fn connect_op(socket: &mut WebSocketStream<TcpStream>) -> TestResult<Value
     next_json(socket).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frame_sent_right_behind_the_head_is_read() -> TestResult {
-    let server = TestServer::start("").await?;
-    let mut stream = TcpStream::connect(server.addr).await?;
+/// Sends an upgrade to `/ws` with a `connect` frame in the same write; expects the 101
+/// and `connected`.
+async fn connect_right_behind_the_head(mut stream: TcpStream) -> TestResult {
     let mut bytes = upgrade_head("/ws", "").into_bytes();
     bytes.extend(client_text_frame(CONNECT));
     stream.write_all(&bytes).await?;
     let mut socket = switched(stream).await?;
     assert_eq!(next_json(&mut socket).await?["op"], "connected");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_right_behind_the_head_is_read() -> TestResult {
+    let server = TestServer::start("").await?;
+    let stream = TcpStream::connect(server.addr).await?;
+    connect_right_behind_the_head(stream).await?;
     server.stop().await
 }
 
@@ -160,11 +167,7 @@ async fn an_upgrade_after_a_keep_alive_request_goes_through_the_router() -> Test
         body.extend_from_slice(&chunk[..n]);
     }
     assert_eq!(body.len(), length, "nothing but the body came");
-    let mut bytes = upgrade_head("/ws", "").into_bytes();
-    bytes.extend(client_text_frame(CONNECT));
-    stream.write_all(&bytes).await?;
-    let mut socket = switched(stream).await?;
-    assert_eq!(next_json(&mut socket).await?["op"], "connected");
+    connect_right_behind_the_head(stream).await?;
     server.stop().await
 }
 
