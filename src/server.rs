@@ -214,7 +214,7 @@ impl Server {
             router,
             state.clone(),
             state.shutdown.clone(),
-            api_handle,
+            Serves::Clients { api: api_handle },
         ));
         if let Some(listener) = metrics_listener {
             let metrics = api::metrics_router().with_state(state.clone());
@@ -223,7 +223,7 @@ impl Server {
                 metrics,
                 state.clone(),
                 background_stop.clone(),
-                None,
+                Serves::RouterOnly,
             ));
         }
         signal.await;
@@ -240,16 +240,25 @@ impl Server {
 /// How long to wait after a failed `accept` (out of file descriptors, say) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// What a listener serves.
+enum Serves {
+    /// Clients and the API: WebSocket upgrades answered before hyper (`serve_connection`);
+    /// with `api`, connections that open with an API request move to that runtime (see
+    /// `api_thread`).
+    Clients { api: Option<tokio::runtime::Handle> },
+    /// Only what its router has (the metrics listener): no upgrade skips it.
+    RouterOnly,
+}
+
 /// Accepts connections until `stop`, each served on its own task; returns once every
 /// connection task has finished. Used instead of `axum::serve` because that cannot bound
-/// the time a client takes to send its request headers. With `api`, connections that
-/// open with an API request move to that runtime (see `api_thread`).
+/// the time a client takes to send its request headers.
 async fn serve_http(
     listener: TcpListener,
     router: Router,
     state: Arc<AppState>,
     stop: CancellationToken,
-    api: Option<tokio::runtime::Handle>,
+    serves: Serves,
 ) {
     let connections = TaskTracker::new();
     let mut nodelay = NoDelay::Unknown;
@@ -267,14 +276,18 @@ async fn serve_http(
                     state: state.clone(),
                     stop: stop.clone(),
                 };
-                match &api {
-                    Some(api) => {
+                match &serves {
+                    Serves::Clients { api: Some(api) } => {
                         let task =
                             route_connection(stream, connection, api.clone(), connections.clone());
                         connections.spawn(task);
                     }
-                    None => {
+                    Serves::Clients { api: None } => {
                         connections.spawn(serve_connection(stream, connection));
+                    }
+                    Serves::RouterOnly => {
+                        let stream = Replayed::new(stream, bytes::Bytes::new());
+                        connections.spawn(serve_http1(stream, connection));
                     }
                 }
             }
@@ -363,6 +376,8 @@ async fn route_connection(
 async fn serve_connection(stream: TcpStream, connection: Connection) {
     let timeout = Duration::from_secs(connection.state.config().server.handshake_timeout_secs);
     let first = tokio::select! {
+        // A request that has arrived is answered even when the stop comes with it.
+        biased;
         first = tokio::time::timeout(timeout, first_request::read(&stream)) => first,
         _ = connection.stop.cancelled() => return,
     };
@@ -440,7 +455,7 @@ type RouteHandler = fn() -> MethodRouter<Arc<AppState>>;
 const CONNECTION_ROUTES: &[(&str, &str, RouteHandler)] = &[
     (api::WS_PATH, "ws", || get(session::ws_handler)),
     ("/sse", "sse", || get(crate::sse::sse_handler)),
-    ("/app/{key}", "pusher_ws", || {
+    ("/app/{key}", api::PUSHER_WS_ROUTE, || {
         get(session::pusher_ws_handler)
     }),
 ];

@@ -227,5 +227,29 @@ async fn a_pusher_upgrade_on_the_fast_path_reaches_its_app() -> TestResult {
         let event = next_json(&mut socket).await?;
         assert_eq!(event["event"], expect, "{path}: {event}");
     }
+    // Counted like the router counts the upgrades it answers.
+    let metrics = server.metrics_text().await?;
+    assert!(
+        metrics.contains(r#"pushwire_api_requests_total{route="pusher_ws",status="101"} 3"#),
+        "{metrics}"
+    );
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_port_answers_no_upgrade() -> TestResult {
+    let port = support::redis_server::free_port()?;
+    let server = TestServer::start(&format!(
+        "[server]\nmetrics_listen = \"127.0.0.1:{port}\"\n\
+         [[pusher.apps]]\nid = \"1\"\nkey = \"app-key\"\nsecret = \"app-secret\"\n"
+    ))
+    .await?;
+    for path in ["/ws", "/app/app-key?protocol=7"] {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        stream.write_all(upgrade_head(path, "").as_bytes()).await?;
+        let (head, _) = read_head(&mut stream).await?;
+        assert!(head.starts_with("HTTP/1.1 404 "), "{path}: {head}");
+    }
+    assert_eq!(server.state.hub.connection_count(), 0);
     server.stop().await
 }

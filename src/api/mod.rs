@@ -107,6 +107,9 @@ const METRICS_ROUTE: Route = Route::new("/metrics", "metrics", || get(handlers::
 /// The WebSocket endpoint (declared with the other connection endpoints, in `server`,
 /// which answers a `GET` of it before the router): not counted here.
 pub(crate) const WS_PATH: &str = "/ws";
+/// The `route` label of Pusher's WebSocket endpoint `/app/{key}` in the API metrics
+/// (counted by the router, and by `session::upgrade_raw` for the upgrades it answers).
+pub(crate) const PUSHER_WS_ROUTE: &str = "pusher_ws";
 
 /// `POST` that reads the body and runs `command` on it (`commands`).
 fn post_command(command: Command) -> MethodRouter<Arc<AppState>> {

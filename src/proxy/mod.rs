@@ -179,7 +179,10 @@ impl BackendProxy {
                 continue;
             };
             for value in headers.get_all(&name) {
-                out.append(name.clone(), value.clone());
+                // A copy: the value may share the request head's buffer, kept otherwise.
+                if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
+                    out.append(name.clone(), value);
+                }
             }
         }
         if let Some(cookie) = self.cookies(headers) {

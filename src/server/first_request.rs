@@ -127,6 +127,13 @@ impl<'a> Head<'a> {
             return None;
         }
         let target = request.path?;
+        // What `http::Uri` would refuse, or read differently (a fragment), is hyper's.
+        if target.contains('#')
+            || http::uri::PathAndQuery::from_maybe_shared(bytes.slice_ref(target.as_bytes()))
+                .is_err()
+        {
+            return None;
+        }
         let (path, query) = match target.split_once('?') {
             Some((path, query)) => (path, Some(query)),
             None => (target, None),
@@ -216,6 +223,8 @@ mod tests {
         ));
         assert!(!parse(b"GET /ws HTTP/1.1\r\nBad Header\r\n\r\n"));
         assert!(!parse(b"GET /ws HTTP/1.1\r\nHost: a\r\n"));
+        assert!(!parse(b"GET /app/k?protocol=7#x HTTP/1.1\r\n\r\n"));
+        assert!(!parse(b"GET /ws?a=<b> HTTP/1.1\r\n\r\n"));
         let many: &'static [u8] = format!(
             "GET /ws HTTP/1.1\r\n{}\r\n",
             "X-A: 1\r\n".repeat(MAX_HEADERS + 1)

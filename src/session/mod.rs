@@ -60,23 +60,21 @@ enum Flow {
 
 /// The socket of an upgraded connection, taken out of hyper's wrapper so the client's
 /// outbox can write to it directly. `None` (the connection is dropped) if it is not the
-/// TCP stream the server's accept loop serves.
+/// TCP stream the server's accept loop serves (always behind `Replayed`).
 pub(super) fn socket_stream(upgraded: hyper::upgrade::Upgraded) -> Option<SocketStream> {
     use hyper_util::rt::TokioIo;
-    let upgraded = match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
-        Ok(parts) => {
-            let socket = Arc::new(parts.io.into_inner());
-            return Some(SocketStream::new(socket, parts.read_buf));
-        }
-        Err(upgraded) => upgraded,
-    };
     match upgraded.downcast::<TokioIo<Replayed>>() {
         Ok(parts) => {
             // hyper's unread bytes came before the replayed bytes it had not read yet.
             let (stream, unread) = parts.io.into_inner().into_parts();
-            let mut prefix = bytes::BytesMut::from(parts.read_buf);
-            prefix.extend_from_slice(&unread);
-            Some(SocketStream::new(Arc::new(stream), prefix.freeze()))
+            let prefix = if unread.is_empty() {
+                parts.read_buf
+            } else {
+                let mut prefix = bytes::BytesMut::from(parts.read_buf);
+                prefix.extend_from_slice(&unread);
+                prefix.freeze()
+            };
+            Some(SocketStream::new(Arc::new(stream), prefix))
         }
         Err(_) => {
             tracing::warn!("upgraded connection is not a TCP stream; dropped");

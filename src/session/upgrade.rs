@@ -90,6 +90,8 @@ pub(crate) async fn upgrade_raw(
             _ => return Err(stream),
         }
     };
+    let started = std::time::Instant::now();
+    let is_pusher = pusher.is_some();
     let Ok(accepted) = admit(state, &head.headers, Some(peer), pusher) else {
         return Err(stream);
     };
@@ -98,6 +100,19 @@ pub(crate) async fn upgrade_raw(
     // A fresh socket's send buffer takes the 101 whole; a peer that vanished fails here.
     if stream.write_all(&answer).await.is_err() {
         return Ok(());
+    }
+    if is_pusher {
+        // As the router's metrics layer counts the routed ones (`/ws` is not counted).
+        let metrics = &state.metrics;
+        let route = api::PUSHER_WS_ROUTE;
+        metrics
+            .api_requests
+            .with_label_values(&[route, "101"])
+            .inc();
+        metrics
+            .api_request_seconds
+            .with_label_values(&[route])
+            .observe(started.elapsed().as_secs_f64());
     }
     let after_head = bytes.slice(head.len..);
     let socket = SocketStream::new(Arc::new(stream), after_head);
