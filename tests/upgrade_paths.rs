@@ -1,7 +1,8 @@
 //! The two ways an upgrade is answered: the server's own read of the first request head
 //! (an upgrade at `/ws` or `/app/{key}` in one small head), and hyper with the router for
-//! everything else (a long head, a second request on a keep-alive connection). Raw TCP,
-//! so the bytes on the wire are exactly what a test says.
+//! everything else (a long head, a second request on a keep-alive connection); and the
+//! session's reads behind them (frames longer than one read ask, several frames in one
+//! write). Raw TCP, so the bytes on the wire are exactly what a test says.
 
 mod support;
 
@@ -27,9 +28,16 @@ fn upgrade_head(path: &str, extra: &str) -> String {
 
 /// A client's text frame (masked, as RFC 6455 requires of clients).
 fn client_text_frame(payload: &[u8]) -> Vec<u8> {
-    assert!(payload.len() < 126);
     let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+    let mut frame = vec![0x81];
+    match u16::try_from(payload.len()) {
+        Ok(len) if len < 126 => frame.push(0x80 | len as u8),
+        Ok(len) => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&len.to_be_bytes());
+        }
+        Err(_) => panic!("test frames stay under 64 KiB"),
+    }
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     frame
@@ -251,5 +259,45 @@ async fn the_metrics_port_answers_no_upgrade() -> TestResult {
         assert!(head.starts_with("HTTP/1.1 404 "), "{path}: {head}");
     }
     assert_eq!(server.state.hub.connection_count(), 0);
+    server.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_frames_and_frames_sent_together_are_read_whole_and_in_order() -> TestResult {
+    let server = TestServer::start("").await?;
+    let mut stream = TcpStream::connect(server.addr).await?;
+    stream.write_all(upgrade_head("/ws", "").as_bytes()).await?;
+    let mut socket = switched(stream).await?;
+    let socket_ref = socket.get_mut();
+    // Longer than the session's first read ask (128 bytes), shorter and longer than its
+    // read-ahead (2 KiB), and all in one write behind a `connect` with padding.
+    let pad = "p".repeat(600);
+    let mut bytes = client_text_frame(
+        format!(r#"{{"op":"connect","id":1,"data":{{"pad":"{pad}"}}}}"#).as_bytes(),
+    );
+    for (id, len) in [(2, 10), (3, 1_000), (4, 5_000)] {
+        let request = format!(
+            r#"{{"op":"subscribe","id":{id},"channel":"c{id}","pad":"{}"}}"#,
+            "q".repeat(len)
+        );
+        bytes.extend(client_text_frame(request.as_bytes()));
+    }
+    socket_ref.write_all(&bytes).await?;
+    // Replies may share a frame, one JSON message per line.
+    let mut replies = Vec::new();
+    while replies.len() < 4 {
+        let message = tokio::time::timeout(WAIT, socket.next())
+            .await
+            .map_err(|_| "no reply")?
+            .ok_or("closed")??;
+        for line in message.to_text()?.lines() {
+            replies.push(serde_json::from_str::<Value>(line)?);
+        }
+    }
+    assert_eq!(replies[0]["op"], "connected", "{replies:?}");
+    for (reply, id) in replies[1..].iter().zip([2, 3, 4]) {
+        assert_eq!(reply["id"], id, "{reply}");
+        assert_eq!(reply["op"], "subscribed", "{reply}");
+    }
     server.stop().await
 }

@@ -91,15 +91,46 @@ impl AsyncRead for SocketStream {
         }
         loop {
             ready!(self.socket.poll_read_ready(cx))?;
-            match self.socket.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
+            let read = if buf.remaining() < READ_AHEAD_BYTES {
+                self.read_ahead(buf)
+            } else {
+                self.socket
+                    .try_read(buf.initialize_unfilled())
+                    .map(|n| buf.advance(n))
+            };
+            match read {
+                Ok(()) => return Poll::Ready(Ok(())),
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(err) => return Poll::Ready(Err(err)),
             }
         }
+    }
+}
+
+/// Reads shorter than this go through a per-thread buffer of this size (`read_ahead`).
+const READ_AHEAD_BYTES: usize = 2048;
+
+thread_local! {
+    static READ_AHEAD: std::cell::RefCell<[u8; READ_AHEAD_BYTES]> =
+        const { std::cell::RefCell::new([0; READ_AHEAD_BYTES]) };
+}
+
+impl SocketStream {
+    /// One read of up to `READ_AHEAD_BYTES`, for a reader that asks for less (tungstenite
+    /// asks for `client.read_buffer_bytes`, 128 by default, until it knows a frame's
+    /// length): what does not fit in `buf` is kept as the prefix, so a frame longer than
+    /// the ask (a `connect` with a token) costs one read syscall, not two. An idle
+    /// connection keeps nothing: the prefix lives only until it is read.
+    fn read_ahead(&mut self, buf: &mut ReadBuf<'_>) -> io::Result<()> {
+        READ_AHEAD.with_borrow_mut(|ahead| {
+            let n = self.socket.try_read(ahead)?;
+            let taken = n.min(buf.remaining());
+            buf.put_slice(&ahead[..taken]);
+            if taken < n {
+                self.prefix = Some(Box::new(Bytes::copy_from_slice(&ahead[taken..n])));
+            }
+            Ok(())
+        })
     }
 }
 
