@@ -1,13 +1,16 @@
 //! Listeners, routing (`/ws`, `/api/*`, `/health`, `/ready`, `/metrics`), and graceful
 //! shutdown: stop accepting, send every client `disconnect` + close 1001 after its queue
 //! flushes, wait for the sessions within `shutdown_grace_secs`, then stop the hub.
-//! Connections that open with an API request are served on the API's own thread
-//! (`api_thread`, `server.api_thread`).
+//! Each accepted connection is served by `accept` (WebSocket upgrades answered from the
+//! server's own read of the first request head, hyper for the rest); connections that
+//! open with an API request are served on the API's own thread (`api_thread`,
+//! `server.api_thread`).
 
+mod accept;
 mod api_thread;
 mod first_request;
 
-use first_request::FirstBytes;
+use accept::{Serves, serve_http};
 pub(crate) use first_request::Head;
 
 use std::future::Future;
@@ -16,14 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::ConnectInfo;
 use axum::routing::{MethodRouter, get};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::{Service as _, service_fn};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,7 +31,7 @@ use crate::config::{BrokerKind, Config, DEFAULT_NAMESPACE};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::protocol::CloseCode;
-use crate::session::{self, Replayed};
+use crate::session;
 use crate::state::{AppState, NodeIdentity, hub_settings};
 use crate::webhook::{WebhookError, Webhooks};
 
@@ -237,215 +234,6 @@ impl Server {
     }
 }
 
-/// How long to wait after a failed `accept` (out of file descriptors, say) before the next.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// What a listener serves.
-enum Serves {
-    /// Clients and the API: WebSocket upgrades answered before hyper (`serve_connection`);
-    /// with `api`, connections that open with an API request move to that runtime (see
-    /// `api_thread`).
-    Clients { api: Option<tokio::runtime::Handle> },
-    /// Only what its router has (the metrics listener): no upgrade skips it.
-    RouterOnly,
-}
-
-/// Accepts connections until `stop`, each served on its own task; returns once every
-/// connection task has finished. Used instead of `axum::serve` because that cannot bound
-/// the time a client takes to send its request headers.
-async fn serve_http(
-    listener: TcpListener,
-    router: Router,
-    state: Arc<AppState>,
-    stop: CancellationToken,
-    serves: Serves,
-) {
-    let connections = TaskTracker::new();
-    let mut nodelay = NoDelay::Unknown;
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                nodelay.ensure(&stream);
-                let connection = Connection {
-                    peer,
-                    router: router.clone(),
-                    state: state.clone(),
-                    stop: stop.clone(),
-                };
-                match &serves {
-                    Serves::Clients { api: Some(api) } => {
-                        let task =
-                            route_connection(stream, connection, api.clone(), connections.clone());
-                        connections.spawn(task);
-                    }
-                    Serves::Clients { api: None } => {
-                        connections.spawn(serve_connection(stream, connection));
-                    }
-                    Serves::RouterOnly => {
-                        let stream = Replayed::new(stream, bytes::Bytes::new());
-                        connections.spawn(serve_http1(stream, connection));
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "accept failed");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-            }
-        }
-    }
-    drop(listener);
-    connections.close();
-    connections.wait().await;
-}
-
-/// Whether accepted sockets come with `TCP_NODELAY` (push frames are small and
-/// latency-sensitive). The listener has it set; Linux copies it to every accepted socket,
-/// which saves a `setsockopt` per connection. Checked once, on the first connection.
-enum NoDelay {
-    Unknown,
-    Inherited,
-    SetEach,
-}
-
-impl NoDelay {
-    fn ensure(&mut self, stream: &TcpStream) {
-        if let NoDelay::Unknown = self {
-            *self = match stream.nodelay() {
-                Ok(true) => NoDelay::Inherited,
-                _ => NoDelay::SetEach,
-            };
-        }
-        if let NoDelay::SetEach = self {
-            let _ = stream.set_nodelay(true);
-        }
-    }
-}
-
-/// What serving one accepted connection needs.
-struct Connection {
-    peer: SocketAddr,
-    router: Router,
-    state: Arc<AppState>,
-    stop: CancellationToken,
-}
-
-/// Peeks at the first request of a connection and moves it to the API runtime `api` when
-/// it is an API call; serves it here otherwise. The peek waits at most
-/// `server.handshake_timeout_secs`, like the request headers.
-async fn route_connection(
-    stream: TcpStream,
-    connection: Connection,
-    api: tokio::runtime::Handle,
-    connections: TaskTracker,
-) {
-    let timeout = Duration::from_secs(connection.state.config().server.handshake_timeout_secs);
-    let mut start = [0u8; api_thread::PEEK_BYTES];
-    let peeked = match tokio::time::timeout(timeout, stream.peek(&mut start)).await {
-        Ok(Ok(n)) => n,
-        Ok(Err(_)) => return,
-        Err(_) => {
-            connection.state.metrics.limit_tripped("handshake_timeout");
-            return;
-        }
-    };
-    if !api_thread::is_api_request(&start[..peeked]) {
-        return serve_connection(stream, connection).await;
-    }
-    // Leave this runtime's reactor; the API runtime registers the socket with its own.
-    let Ok(stream) = stream.into_std() else {
-        return;
-    };
-    connections.spawn_on(
-        async move {
-            if let Ok(stream) = TcpStream::from_std(stream) {
-                serve_connection(stream, connection).await;
-            }
-        },
-        &api,
-    );
-}
-
-/// Serves one HTTP/1.1 connection. The head of its first request is read here, within
-/// `server.handshake_timeout_secs` (slowloris): a WebSocket upgrade is answered at once
-/// without hyper (`first_request`, `session::upgrade_raw`); anything else goes to hyper
-/// with the bytes already read.
-async fn serve_connection(stream: TcpStream, connection: Connection) {
-    let timeout = Duration::from_secs(connection.state.config().server.handshake_timeout_secs);
-    let first = tokio::select! {
-        // A request that has arrived is answered even when the stop comes with it.
-        biased;
-        first = tokio::time::timeout(timeout, first_request::read(&stream)) => first,
-        _ = connection.stop.cancelled() => return,
-    };
-    let read = match first {
-        Ok(Ok(FirstBytes::Upgrade(bytes))) => {
-            let Some(head) = Head::parse(&bytes) else {
-                return serve_http1(Replayed::new(stream, bytes), connection).await;
-            };
-            match session::upgrade_raw(&connection.state, stream, &bytes, head, connection.peer)
-                .await
-            {
-                Ok(()) => return,
-                Err(stream) => return serve_http1(Replayed::new(stream, bytes), connection).await,
-            }
-        }
-        Ok(Ok(FirstBytes::Other(bytes))) => bytes,
-        Ok(Err(err)) => {
-            tracing::debug!(peer = %connection.peer, error = %err, "HTTP connection failed");
-            return;
-        }
-        Err(_) => {
-            connection.state.metrics.limit_tripped("handshake_timeout");
-            return;
-        }
-    };
-    serve_http1(Replayed::new(stream, read), connection).await;
-}
-
-/// Serves an HTTP/1.1 connection with hyper, WebSocket upgrades included. Request headers
-/// must arrive within `server.handshake_timeout_secs` (slowloris; it also ends idle
-/// keep-alive connections). Each request carries the peer address as `ConnectInfo`, as
-/// axum's `into_make_service_with_connect_info` would add it.
-async fn serve_http1(stream: Replayed, connection: Connection) {
-    let Connection {
-        peer,
-        router,
-        state,
-        stop,
-    } = connection;
-    let timeout = Duration::from_secs(state.config().server.handshake_timeout_secs);
-    let router = TowerToHyperService::new(router);
-    let service = service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        router.call(request)
-    });
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeout);
-    let connection = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        _ = stop.cancelled() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
-    if let Err(err) = result {
-        if err.is_timeout() {
-            state.metrics.limit_tripped("handshake_timeout");
-        }
-        tracing::debug!(peer = %peer, error = %err, "HTTP connection failed");
-    }
-}
-
 /// Builds a route's handler.
 type RouteHandler = fn() -> MethodRouter<Arc<AppState>>;
 
@@ -542,7 +330,11 @@ async fn expire_streams(state: Arc<AppState>, stop: CancellationToken) {
 /// A listener on `addr` with an explicit backlog (`TcpListener::bind` would leave it at
 /// 128). A non-zero `send_buffer` is set on the listening socket, which accepted sockets
 /// inherit (and with it, no send-buffer autotuning).
-fn bind(addr: &str, backlog: u32, send_buffer: usize) -> Result<TcpListener, ServerError> {
+pub(super) fn bind(
+    addr: &str,
+    backlog: u32,
+    send_buffer: usize,
+) -> Result<TcpListener, ServerError> {
     let failed = |source| ServerError::Bind {
         addr: addr.to_owned(),
         source,
@@ -585,26 +377,4 @@ fn node_name(config: &Config) -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "pushwire".into());
     format!("{host}-{:04x}", rand::random::<u16>())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Whether the listener's `TCP_NODELAY` is inherited or set per socket, every
-    /// accepted socket has it.
-    #[tokio::test]
-    async fn accepted_sockets_have_nodelay() -> Result<(), Box<dyn std::error::Error>> {
-        let listener = bind("127.0.0.1:0", 16, 0)?;
-        let addr = listener.local_addr()?;
-        let mut nodelay = NoDelay::Unknown;
-        for _ in 0..2 {
-            let _client = TcpStream::connect(addr).await?;
-            let (stream, _) = listener.accept().await?;
-            nodelay.ensure(&stream);
-            assert!(stream.nodelay()?);
-        }
-        assert!(!matches!(nodelay, NoDelay::Unknown));
-        Ok(())
-    }
 }
