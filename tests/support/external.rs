@@ -72,11 +72,16 @@ impl Script {
 
     /// The next stdout line, within `WAIT`.
     pub async fn line(&mut self) -> TestResult<String> {
-        match tokio::time::timeout(WAIT, self.lines.next_line()).await {
+        self.line_within(WAIT).await
+    }
+
+    /// The next stdout line, within `limit`.
+    async fn line_within(&mut self, limit: std::time::Duration) -> TestResult<String> {
+        match tokio::time::timeout(limit, self.lines.next_line()).await {
             Ok(Ok(Some(line))) => Ok(line),
             Ok(Ok(None)) => fail("client script ended"),
             Ok(Err(err)) => fail(format!("reading client script: {err}")),
-            Err(_) => fail(format!("no line from client script within {WAIT:?}")),
+            Err(_) => fail(format!("no line from client script within {limit:?}")),
         }
     }
 
@@ -104,13 +109,27 @@ impl Script {
     pub async fn until_within(
         &mut self,
         limit: std::time::Duration,
-        pred: impl FnMut(&serde_json::Value) -> bool,
+        mut pred: impl FnMut(&serde_json::Value) -> bool,
     ) -> TestResult<serde_json::Value> {
-        match tokio::time::timeout(limit, self.until(pred)).await {
-            Ok(found) => found,
-            Err(_) => fail(format!(
-                "no matching line from client script within {limit:?}"
-            )),
+        // One deadline for the whole step: the client may be silent for longer than
+        // `WAIT` between lines (pusher-js says nothing while it waits to retry).
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let line = match self.line_within(left).await {
+                Ok(line) => line,
+                Err(_) if left.is_zero() || tokio::time::Instant::now() >= deadline => {
+                    return fail(format!(
+                        "no matching line from client script within {limit:?}"
+                    ));
+                }
+                Err(err) => return Err(err),
+            };
+            let value: serde_json::Value =
+                serde_json::from_str(&line).map_err(|e| format!("not JSON: {line:?}: {e}"))?;
+            if pred(&value) {
+                return Ok(value);
+            }
         }
     }
 
