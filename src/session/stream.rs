@@ -75,6 +75,10 @@ impl Drop for SocketStream {
 }
 
 impl AsyncRead for SocketStream {
+    // Inlined into tungstenite's read adapter: out of line (as the code generator chose
+    // once `read_ahead` and `Replayed` were added) it cost about 230 instructions per
+    // queued delivery, since every wake-up polls the socket (docs/benchmarks.md).
+    #[inline]
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
