@@ -67,6 +67,10 @@ pub struct ClientHandle {
     /// Granted by the backend's connect proxy: renewed through the refresh proxy on
     /// expiry instead of closed with 4002.
     renew_by_proxy: std::sync::atomic::AtomicBool,
+    /// Times the queue was emptied since the ticker's last scan (saturating), and whether
+    /// it kept its buffer (see `after_emptying`).
+    pub(super) queue_uses: std::sync::atomic::AtomicU8,
+    pub(super) queue_buffer_kept: std::sync::atomic::AtomicBool,
 }
 
 impl ClientHandle {
@@ -95,6 +99,8 @@ impl ClientHandle {
             write_started_ms: AtomicU64::new(0),
             expires_at: AtomicU64::new(0),
             renew_by_proxy: std::sync::atomic::AtomicBool::new(false),
+            queue_uses: std::sync::atomic::AtomicU8::new(0),
+            queue_buffer_kept: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

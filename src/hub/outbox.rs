@@ -26,6 +26,10 @@ use super::client::ClientHandle;
 use super::socket::{Opcode, Progress, RawSocket, frame_header, try_write_parts};
 use crate::protocol::CloseCode;
 
+/// Emptyings of a client's queue within one ticker period after which it keeps its
+/// buffer (`ClientHandle::after_emptying`): more than a connect's two replies.
+const QUEUE_USES_BEFORE_KEEPING: u8 = 2;
+
 /// Bounds of one client's outbound queue.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
@@ -312,6 +316,7 @@ impl ClientHandle {
         let mut state = self.queue.lock();
         let mut batch = Batch::default();
         batch.closing = take_items(&mut state, max_bytes, usize::MAX, &mut batch.items);
+        self.after_emptying(&mut state);
         batch
     }
 
@@ -324,9 +329,48 @@ impl ClientHandle {
         let mut state = self.queue.lock();
         turn.unsent = std::mem::take(&mut state.unsent);
         turn.closing = take_items(&mut state, max_bytes, max_messages, &mut turn.items);
+        self.after_emptying(&mut state);
         turn.direct_frames = std::mem::take(&mut state.written_frames);
         turn.direct_bytes = std::mem::take(&mut state.written_bytes);
         state.writing = !turn.is_empty();
+    }
+
+    /// After the session emptied the queue: the first `QUEUE_USES_BEFORE_KEEPING` times
+    /// since the ticker's last scan the buffer goes, so a client that only got its
+    /// `connected` and `subscribed` replies keeps none; a client emptied more often
+    /// within the scan period is busy and keeps it, so it does not allocate and free one
+    /// per message. The ticker lets go of a kept buffer once a whole period passes
+    /// without use (`trim_idle_queue`).
+    fn after_emptying(&self, state: &mut QueueState) {
+        if !state.items.is_empty() || state.items.capacity() == 0 {
+            return;
+        }
+        let uses = self
+            .queue_uses
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
+            .unwrap_or(u8::MAX);
+        if uses >= QUEUE_USES_BEFORE_KEEPING {
+            self.queue_buffer_kept.store(true, Ordering::Relaxed);
+        } else {
+            state.items = VecDeque::new();
+        }
+    }
+
+    /// The ticker's part of `after_emptying`, on every scan: lets go of the buffer of a
+    /// queue that kept one and was not emptied since the last scan. Skips a queue whose
+    /// lock is taken (the next scan tries again).
+    pub(crate) fn trim_idle_queue(&self) {
+        let used = self.queue_uses.swap(0, Ordering::Relaxed) > 0;
+        if used || !self.queue_buffer_kept.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(mut state) = self.queue.try_lock() else {
+            return;
+        };
+        if state.items.is_empty() {
+            state.items = VecDeque::new();
+            self.queue_buffer_kept.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Ends the session's write without taking more (it reads in between).
@@ -432,11 +476,7 @@ fn take_items(
     if !state.items.is_empty() {
         return None;
     }
-    if state.items.capacity() > 0 {
-        // Emptied: let go of the buffer rather than keep it for an idle client (a queue
-        // is the exception while direct writes keep up).
-        state.items = VecDeque::new();
-    }
+    // Emptied: whether the buffer stays is the caller's (`after_emptying`).
     state.closing.as_deref().cloned()
 }
 

@@ -1,4 +1,5 @@
-//! Unit tests of the outbox: bounds, eviction, replays, batches, and direct writes.
+//! Unit tests of the outbox: bounds, eviction, replays, batches, direct writes, and the
+//! queue buffer kept while busy.
 
 use std::sync::Arc;
 
@@ -255,4 +256,30 @@ async fn a_full_socket_falls_back_to_the_queue_in_order_and_still_evicts() -> st
     assert_eq!(outcome, Err(PushError::Overflow));
     assert_eq!(c.closing().map(|c| c.code), Some(CloseCode::SlowConsumer));
     Ok(())
+}
+
+#[test]
+fn a_busy_queue_keeps_its_buffer_until_a_scan_period_passes_unused() {
+    let c = client();
+    let capacity = |c: &ClientHandle| c.queue.lock().items.capacity();
+    let use_once = |c: &ClientHandle| {
+        assert_eq!(c.push(Bytes::from_static(b"a"), LIMITS), Ok(()));
+        assert_eq!(c.take_batch(1000).items.len(), 1);
+    };
+    // A connect's two replies: the buffer goes each time.
+    for _ in 0..QUEUE_USES_BEFORE_KEEPING {
+        use_once(&c);
+        assert_eq!(capacity(&c), 0);
+    }
+    // Busy: kept.
+    use_once(&c);
+    assert!(capacity(&c) > 0);
+    // A scan after a period with use keeps it; one after a period without lets it go.
+    c.trim_idle_queue();
+    assert!(capacity(&c) > 0);
+    c.trim_idle_queue();
+    assert_eq!(capacity(&c), 0);
+    // And the count starts again: the next uses release until it is busy again.
+    use_once(&c);
+    assert_eq!(capacity(&c), 0);
 }

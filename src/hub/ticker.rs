@@ -58,7 +58,11 @@ fn tick(hub: &Hub) {
     let limits = hub.queue_limits();
     // Collect first: no map lock is held while pushing into queues.
     let unix_now = crate::auth::unix_now();
-    let due_clients = hub.clients_snapshot_where(|c| due(c, now, &settings, unix_now).is_some());
+    // The same pass lets go of the queue buffers that busy clients kept and no longer use.
+    let due_clients = hub.clients_snapshot_where(|c| {
+        c.trim_idle_queue();
+        due(c, now, &settings, unix_now).is_some()
+    });
     for client in due_clients {
         match due(&client, now, &settings, unix_now) {
             Some(Due::TokenExpired) if client.renews_by_proxy() && hub.hand_to_renewal(&client) => {
