@@ -30,6 +30,10 @@ use crate::protocol::CloseCode;
 /// buffer (`ClientHandle::after_emptying`): more than a connect's two replies.
 const QUEUE_USES_BEFORE_KEEPING: u8 = 2;
 
+/// The largest buffer (in entries) a busy queue keeps; one a burst grew larger goes
+/// when emptied, so a steady client holds at most a few KiB for it.
+const QUEUE_KEPT_MAX_ENTRIES: usize = 64;
+
 /// Bounds of one client's outbound queue.
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
@@ -339,8 +343,8 @@ impl ClientHandle {
     /// since the ticker's last scan the buffer goes, so a client that only got its
     /// `connected` and `subscribed` replies keeps none; a client emptied more often
     /// within the scan period is busy and keeps it, so it does not allocate and free one
-    /// per message. The ticker lets go of a kept buffer once a whole period passes
-    /// without use (`trim_idle_queue`).
+    /// per message (up to `QUEUE_KEPT_MAX_ENTRIES`). The ticker lets go of a kept buffer
+    /// once a whole period passes without use (`trim_idle_queue`).
     fn after_emptying(&self, state: &mut QueueState) {
         if !state.items.is_empty() || state.items.capacity() == 0 {
             return;
@@ -349,7 +353,7 @@ impl ClientHandle {
             .queue_uses
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1))
             .unwrap_or(u8::MAX);
-        if uses >= QUEUE_USES_BEFORE_KEEPING {
+        if uses >= QUEUE_USES_BEFORE_KEEPING && state.items.capacity() <= QUEUE_KEPT_MAX_ENTRIES {
             self.queue_buffer_kept.store(true, Ordering::Relaxed);
         } else {
             state.items = VecDeque::new();

@@ -283,3 +283,22 @@ fn a_busy_queue_keeps_its_buffer_until_a_scan_period_passes_unused() {
     use_once(&c);
     assert_eq!(capacity(&c), 0);
 }
+
+#[test]
+fn a_buffer_a_burst_grew_large_goes_when_emptied() {
+    let c = client();
+    let limits = QueueLimits {
+        max_messages: 1000,
+        max_bytes: 100_000,
+    };
+    for _ in 0..=QUEUE_USES_BEFORE_KEEPING {
+        assert_eq!(c.push(Bytes::from_static(b"a"), limits), Ok(()));
+        c.take_batch(1000);
+    }
+    assert!(c.queue.lock().items.capacity() > 0, "busy: kept");
+    for _ in 0..QUEUE_KEPT_MAX_ENTRIES * 2 {
+        assert_eq!(c.push(Bytes::from_static(b"a"), limits), Ok(()));
+    }
+    while !c.take_batch(1000).items.is_empty() {}
+    assert_eq!(c.queue.lock().items.capacity(), 0);
+}
