@@ -69,13 +69,18 @@ pub struct Hub {
     shared: Arc<Shared>,
 }
 
+/// A fan-out shard's worker, as the dispatcher sees it.
+struct Worker {
+    jobs: mpsc::Sender<fanout::FanoutJob>,
+    /// The jobs sent to it and not finished yet.
+    backlog: Arc<AtomicUsize>,
+}
+
 struct Shared {
     clients: DashMap<ClientId, Arc<ClientHandle>>,
     channels: DashMap<ChannelName, Arc<ChannelEntry>>,
-    /// Each fan-out shard's job queue.
-    workers: Vec<mpsc::Sender<fanout::FanoutJob>>,
-    /// Per worker, the jobs sent to it and not finished yet.
-    backlogs: Vec<Arc<AtomicUsize>>,
+    /// One per fan-out shard.
+    workers: Vec<Worker>,
     settings: RwLock<HubSettings>,
     queue_limits: Arc<RwLock<QueueLimits>>,
     /// Read by every session write: an atomic, not a lock or an `Arc` clone.
@@ -159,12 +164,13 @@ impl Hub {
         let shards = settings.shards.clamp(1, 64);
         let queue_limits = Arc::new(RwLock::new(settings.queue));
         let mut workers = Vec::with_capacity(shards);
-        let mut backlogs = Vec::with_capacity(shards);
         for _ in 0..shards {
-            let (tx, rx) = mpsc::channel(1024);
+            let (jobs, rx) = mpsc::channel(1024);
             let backlog = Arc::new(AtomicUsize::new(0));
-            workers.push(tx);
-            backlogs.push(backlog.clone());
+            workers.push(Worker {
+                jobs,
+                backlog: backlog.clone(),
+            });
             tracker.spawn(fanout::run_worker(
                 rx,
                 backlog,
@@ -178,7 +184,6 @@ impl Hub {
                 clients: DashMap::new(),
                 channels: DashMap::new(),
                 workers,
-                backlogs,
                 max_batch_bytes: AtomicUsize::new(settings.max_batch_bytes),
                 write_delay_ms: AtomicU64::new(settings.write_delay_ms),
                 max_messages_per_frame: AtomicUsize::new(settings.max_messages_per_frame),
@@ -511,8 +516,8 @@ impl Hub {
         let snapshot = entry.snapshot();
         let recipients = snapshot.len();
         for job in fanout::jobs_for(&entry, snapshot, encoded) {
-            let shard = job.shard;
-            let backlog = &self.shared.backlogs[shard];
+            let worker = &self.shared.workers[job.shard];
+            let backlog = &worker.backlog;
             // With no backlog the worker has finished every job dispatched before this
             // one (callers dispatch a channel's publications one at a time), so a small
             // job delivered here keeps every client's order.
@@ -522,7 +527,7 @@ impl Hub {
             }
             backlog.fetch_add(1, Ordering::AcqRel);
             // Fails only while shutting down, when nothing is delivered any more.
-            if self.shared.workers[shard].send(job).await.is_err() {
+            if worker.jobs.send(job).await.is_err() {
                 backlog.fetch_sub(1, Ordering::AcqRel);
             }
         }
