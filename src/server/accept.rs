@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::{Service as _, service_fn};
@@ -73,7 +74,7 @@ pub(super) async fn serve_http(
                         connections.spawn(serve_connection(stream, connection));
                     }
                     Serves::RouterOnly => {
-                        let stream = Replayed::new(stream, bytes::Bytes::new());
+                        let stream = Replayed::new(stream, Bytes::new());
                         connections.spawn(serve_http1(stream, connection));
                     }
                 }
@@ -168,19 +169,15 @@ async fn serve_connection(stream: TcpStream, connection: Connection) {
         first = tokio::time::timeout(timeout, first_request::read(&stream)) => first,
         _ = connection.stop.cancelled() => return,
     };
-    let read = match first {
+    // What hyper serves: everything but an upgrade answered here.
+    let (stream, read) = match first {
         Ok(Ok(FirstBytes::Upgrade(bytes))) => {
-            let Some(head) = Head::parse(&bytes) else {
-                return serve_http1(Replayed::new(stream, bytes), connection).await;
-            };
-            match session::upgrade_raw(&connection.state, stream, &bytes, head, connection.peer)
-                .await
-            {
-                Ok(()) => return,
-                Err(stream) => return serve_http1(Replayed::new(stream, bytes), connection).await,
+            match answer_upgrade(stream, &bytes, &connection).await {
+                Some(stream) => (stream, bytes),
+                None => return,
             }
         }
-        Ok(Ok(FirstBytes::Other(bytes))) => bytes,
+        Ok(Ok(FirstBytes::Other(bytes))) => (stream, bytes),
         Ok(Err(err)) => {
             tracing::debug!(peer = %connection.peer, error = %err, "HTTP connection failed");
             return;
@@ -191,6 +188,21 @@ async fn serve_connection(stream: TcpStream, connection: Connection) {
         }
     };
     serve_http1(Replayed::new(stream, read), connection).await;
+}
+
+/// Answers the upgrade whose head is in `bytes` without hyper; gives the stream back
+/// when hyper must serve the connection (a head it parses differently, or a refusal).
+async fn answer_upgrade(
+    stream: TcpStream,
+    bytes: &Bytes,
+    connection: &Connection,
+) -> Option<TcpStream> {
+    let Some(head) = Head::parse(bytes) else {
+        return Some(stream);
+    };
+    session::upgrade_raw(&connection.state, stream, bytes, head, connection.peer)
+        .await
+        .err()
 }
 
 /// Serves an HTTP/1.1 connection with hyper, WebSocket upgrades included. Request headers

@@ -66,6 +66,14 @@ fn detached(prefix: Bytes) -> Option<Box<Bytes>> {
     (!prefix.is_empty()).then(|| Box::new(Bytes::copy_from_slice(&prefix)))
 }
 
+/// Moves what fits of `bytes` (read earlier) into `buf`; true once `bytes` is used up.
+fn read_from(bytes: &mut Bytes, buf: &mut ReadBuf<'_>) -> bool {
+    let n = bytes.len().min(buf.remaining());
+    buf.put_slice(&bytes[..n]);
+    bytes.advance(n);
+    bytes.is_empty()
+}
+
 impl Drop for SocketStream {
     fn drop(&mut self) {
         if let Some(client) = &self.client {
@@ -85,10 +93,7 @@ impl AsyncRead for SocketStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if let Some(prefix) = self.prefix.as_deref_mut() {
-            let n = prefix.len().min(buf.remaining());
-            buf.put_slice(&prefix[..n]);
-            prefix.advance(n);
-            if prefix.is_empty() {
+            if read_from(prefix, buf) {
                 self.prefix = None;
             }
             return Poll::Ready(Ok(()));
@@ -196,10 +201,7 @@ impl AsyncRead for Replayed {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         if !self.read.is_empty() {
-            let n = self.read.len().min(buf.remaining());
-            buf.put_slice(&self.read[..n]);
-            self.read.advance(n);
-            if self.read.is_empty() {
+            if read_from(&mut self.read, buf) {
                 // An empty slice would keep the whole read buffer for the connection's life.
                 self.read = Bytes::new();
             }
