@@ -246,16 +246,27 @@ pub async fn record_metrics(
     }
     let started = Instant::now();
     let response = next.run(request).await;
-    let metrics = &state.metrics;
+    record_request(&state.metrics, route, response.status().as_str(), started);
+    response
+}
+
+/// Counts one request answered with `status` under `route`, timed from `started`: what
+/// `record_metrics` does for routed requests, and `session::upgrade_raw` for the Pusher
+/// upgrades it answers before the router.
+pub(crate) fn record_request(
+    metrics: &crate::metrics::Metrics,
+    route: &str,
+    status: &str,
+    started: Instant,
+) {
     metrics
         .api_requests
-        .with_label_values(&[route, response.status().as_str()])
+        .with_label_values(&[route, status])
         .inc();
     metrics
         .api_request_seconds
         .with_label_values(&[route])
         .observe(started.elapsed().as_secs_f64());
-    response
 }
 
 fn route_label(path: Option<&str>, elsewhere: RouteLabels) -> &'static str {

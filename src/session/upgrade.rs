@@ -103,16 +103,7 @@ pub(crate) async fn upgrade_raw(
     }
     if is_pusher {
         // As the router's metrics layer counts the routed ones (`/ws` is not counted).
-        let metrics = &state.metrics;
-        let route = api::PUSHER_WS_ROUTE;
-        metrics
-            .api_requests
-            .with_label_values(&[route, "101"])
-            .inc();
-        metrics
-            .api_request_seconds
-            .with_label_values(&[route])
-            .observe(started.elapsed().as_secs_f64());
+        api::record_request(&state.metrics, api::PUSHER_WS_ROUTE, "101", started);
     }
     let after_head = bytes.slice(head.len..);
     let socket = SocketStream::new(Arc::new(stream), after_head);
